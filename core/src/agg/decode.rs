@@ -1,0 +1,266 @@
+//! The KPL aggregation decoder, with the KCL's semantics.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::proto;
+use super::{DIGEST_LEN, MAGIC};
+use crate::hash::{hash_key, md5_digest};
+use crate::types::{HashKey, HashKeyRange};
+
+/// A user record taken out of a Kinesis record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeaggregatedRecord {
+    /// The user record's partition key (the outer key for a plain record).
+    pub partition_key: Arc<str>,
+    /// The user record's explicit hash key, if the aggregate carried one (always `None` for a
+    /// plain record: GetRecords does not return it).
+    pub explicit_hash_key: Option<HashKey>,
+    /// The user record's data; a slice of the Kinesis record's data, not a copy.
+    pub data: Bytes,
+    /// Index of the user record inside the aggregate (0 for a plain record); the KCL's
+    /// `subSequenceNumber`, used for checkpoints inside an aggregate.
+    pub sub_sequence_number: u64,
+    /// Whether it came out of a KPL aggregate.
+    pub aggregated: bool,
+}
+
+impl DeaggregatedRecord {
+    /// The hash key that routed (or would route) this record.
+    pub fn hash_key(&self) -> HashKey {
+        self.explicit_hash_key
+            .unwrap_or_else(|| hash_key(&self.partition_key))
+    }
+}
+
+/// Why data is not a valid KPL aggregate. [`deaggregate`] then delivers it as one plain record,
+/// as the KCL does; [`parse_aggregate`] returns this so a caller can log or count it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotAggregated {
+    /// Does not start with the magic `F3 89 9A C2`: an ordinary record.
+    #[error("no KPL magic prefix")]
+    NoMagic,
+    /// Magic present, but nothing longer than the 16-byte digest after it.
+    #[error("too short for a KPL aggregate ({len} bytes)")]
+    TooShort {
+        /// Length of the data.
+        len: usize,
+    },
+    /// The MD5 trailer does not match the protobuf body.
+    #[error("MD5 checksum does not match")]
+    BadChecksum,
+    /// The body is not a valid `AggregatedRecord` message.
+    #[error("protobuf does not parse: {0}")]
+    BadProtobuf(String),
+    /// A proto2 `required` field is missing.
+    #[error("required field {0} is missing")]
+    MissingField(&'static str),
+    /// A record points past the end of a key table.
+    #[error("record {record} refers to {table} index {index}, but the table has {len} entries")]
+    BadIndex {
+        /// Which table.
+        table: &'static str,
+        /// Record position in the aggregate.
+        record: usize,
+        /// The index it refers to.
+        index: u64,
+        /// Table length.
+        len: usize,
+    },
+    /// An explicit hash key table entry that is not a decimal in `0..=2^128-1`.
+    #[error("explicit hash key table entry {0:?} is invalid")]
+    BadExplicitHashKey(String),
+    /// A valid aggregate holding no records (the KCL would deliver nothing; we deliver the raw
+    /// record so nothing is lost).
+    #[error("aggregate holds no records")]
+    Empty,
+}
+
+/// KCL rule: an aggregate holding a user record whose hash key is outside the shard's range is
+/// dropped whole. [`deaggregate_for_shard`] reports it with the records, so the caller decides
+/// (the KCL drops them silently; callers should at least log and count).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "aggregate has a user record (sub-sequence {sub_sequence_number}, hash key {hash_key}) outside \
+     the shard's hash key range; the KCL drops the whole aggregate"
+)]
+pub struct OutsideShard {
+    /// The first offending user record's hash key.
+    pub hash_key: HashKey,
+    /// The first offending user record's sub-sequence number.
+    pub sub_sequence_number: u64,
+    /// Every user record of the aggregate.
+    pub records: Vec<DeaggregatedRecord>,
+}
+
+/// Whether `data` starts like a KPL aggregate (magic, and longer than magic + digest). It may
+/// still fail to decode.
+pub fn has_aggregate_prefix(data: &[u8]) -> bool {
+    data.len() > MAGIC.len() + DIGEST_LEN && data.starts_with(&MAGIC)
+}
+
+/// Decodes a KPL aggregate, or says why `data` is not one.
+pub fn parse_aggregate(data: &Bytes) -> Result<Vec<DeaggregatedRecord>, NotAggregated> {
+    parse(data, None).map_err(|e| match e {
+        Failure::Not(n) => n,
+        // Unreachable without a range; kept total instead of panicking.
+        Failure::Outside { .. } => NotAggregated::Empty,
+    })
+}
+
+/// Splits a Kinesis record into its user records.
+///
+/// An aggregate yields its user records with sub-sequence numbers `0..n`. Anything else (no
+/// magic, too short, bad MD5, bad protobuf, missing field, bad index, empty) is delivered
+/// unchanged as one plain record with `partition_key` — the KCL's behaviour, so data written by
+/// other producers is never lost.
+///
+/// ```
+/// use bytes::Bytes;
+/// let recs = kinesis_core::agg::deaggregate("pk", Bytes::from("plain data"));
+/// assert_eq!(recs.len(), 1);
+/// assert!(!recs[0].aggregated);
+/// ```
+pub fn deaggregate(partition_key: &str, data: Bytes) -> Vec<DeaggregatedRecord> {
+    match parse(&data, None) {
+        Ok(records) => records,
+        Err(_) => vec![plain(partition_key, data)],
+    }
+}
+
+/// [`deaggregate`] with the KCL's hash-range rule for the shard the record was read from:
+/// if any user record of an aggregate hashes outside `range`, the aggregate is returned as
+/// [`OutsideShard`] instead. Plain records are never checked (the KCL does not check them).
+pub fn deaggregate_for_shard(
+    partition_key: &str,
+    data: Bytes,
+    range: HashKeyRange,
+) -> Result<Vec<DeaggregatedRecord>, OutsideShard> {
+    match parse(&data, Some(range)) {
+        Ok(records) => Ok(records),
+        Err(Failure::Outside {
+            hash_key,
+            sub_sequence_number,
+        }) => {
+            let records = parse(&data, None).unwrap_or_default();
+            Err(OutsideShard {
+                hash_key,
+                sub_sequence_number,
+                records,
+            })
+        }
+        Err(Failure::Not(_)) => Ok(vec![plain(partition_key, data)]),
+    }
+}
+
+fn plain(partition_key: &str, data: Bytes) -> DeaggregatedRecord {
+    DeaggregatedRecord {
+        partition_key: partition_key.into(),
+        explicit_hash_key: None,
+        data,
+        sub_sequence_number: 0,
+        aggregated: false,
+    }
+}
+
+enum Failure {
+    Not(NotAggregated),
+    Outside {
+        hash_key: HashKey,
+        sub_sequence_number: u64,
+    },
+}
+
+impl From<NotAggregated> for Failure {
+    fn from(n: NotAggregated) -> Self {
+        Self::Not(n)
+    }
+}
+
+fn parse(data: &Bytes, range: Option<HashKeyRange>) -> Result<Vec<DeaggregatedRecord>, Failure> {
+    if !data.starts_with(&MAGIC) {
+        return Err(NotAggregated::NoMagic.into());
+    }
+    if data.len() <= MAGIC.len() + DIGEST_LEN {
+        return Err(NotAggregated::TooShort { len: data.len() }.into());
+    }
+    let split = data.len() - DIGEST_LEN;
+    let body = data.slice(MAGIC.len()..split);
+    if md5_digest(&body) != data[split..] {
+        return Err(NotAggregated::BadChecksum.into());
+    }
+    let msg = proto::AggregatedRecord::decode(body)
+        .map_err(|e| NotAggregated::BadProtobuf(e.to_string()))?;
+    if msg.records.is_empty() {
+        return Err(NotAggregated::Empty.into());
+    }
+    let pks: Vec<Arc<str>> = msg.partition_key_table.into_iter().map(Arc::from).collect();
+    let ehks = msg
+        .explicit_hash_key_table
+        .iter()
+        .map(|s| HashKey::parse(s).map_err(|_| NotAggregated::BadExplicitHashKey(s.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Hash of each partition-key table entry, computed once per entry and only when checking.
+    let mut pk_hashes: Vec<Option<HashKey>> =
+        vec![None; if range.is_some() { pks.len() } else { 0 }];
+
+    let mut out = Vec::with_capacity(msg.records.len());
+    for (i, r) in msg.records.into_iter().enumerate() {
+        let pk_idx = r
+            .partition_key_index
+            .ok_or(NotAggregated::MissingField("partition_key_index"))?;
+        let data = r.data.ok_or(NotAggregated::MissingField("data"))?;
+        if r.tags.iter().any(|t| t.key.is_none()) {
+            return Err(NotAggregated::MissingField("tags.key").into());
+        }
+        let (pk_pos, pk) = index(&pks, "partition_key_table", i, pk_idx)?;
+        let ehk = match r.explicit_hash_key_index {
+            Some(e) => Some(*index(&ehks, "explicit_hash_key_table", i, e)?.1),
+            None => None,
+        };
+        let sub_sequence_number = i as u64;
+        if let Some(range) = range {
+            let h = match ehk {
+                Some(h) => h,
+                None => match pk_hashes.get_mut(pk_pos) {
+                    Some(slot) => *slot.get_or_insert_with(|| hash_key(pk)),
+                    None => hash_key(pk),
+                },
+            };
+            if !range.contains(h) {
+                return Err(Failure::Outside {
+                    hash_key: h,
+                    sub_sequence_number,
+                });
+            }
+        }
+        out.push(DeaggregatedRecord {
+            partition_key: Arc::clone(pk),
+            explicit_hash_key: ehk,
+            data,
+            sub_sequence_number,
+            aggregated: true,
+        });
+    }
+    Ok(out)
+}
+
+fn index<'a, T>(
+    table: &'a [T],
+    name: &'static str,
+    record: usize,
+    idx: u64,
+) -> Result<(usize, &'a T), NotAggregated> {
+    let found = usize::try_from(idx)
+        .ok()
+        .and_then(|i| Some((i, table.get(i)?)));
+    found.ok_or(NotAggregated::BadIndex {
+        table: name,
+        record,
+        index: idx,
+        len: table.len(),
+    })
+}

@@ -1,0 +1,339 @@
+//! The KPL aggregation encoder with exact, incremental size accounting.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{DIGEST_LEN, MAGIC};
+use crate::hash::md5_digest;
+use crate::record::{KinesisRecord, UserRecord};
+use crate::types::{HashKey, PartitionKey};
+
+/// Default maximum size of one Kinesis record (data + partition key): 1 MiB, the API's default
+/// per-record limit.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// The largest per-record limit a stream can be configured with (`UpdateMaxRecordSize`): 10 MiB.
+pub const MAX_RECORD_BYTES_LIMIT: usize = 10 * 1024 * 1024;
+
+/// Why an aggregator refused a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AggregateError {
+    /// The record alone is larger than the maximum, so it can never be sent.
+    #[error("record is {size} bytes (data + partition key); the limit is {limit}")]
+    RecordTooLarge {
+        /// Data plus partition key, in bytes.
+        size: usize,
+        /// The configured maximum.
+        limit: usize,
+    },
+    /// A maximum outside `1..=10 MiB`.
+    #[error("maximum record size {0} is outside 1..=10485760 bytes")]
+    InvalidMaxSize(usize),
+}
+
+/// An [`Aggregator`] that could not take a record hands it back.
+#[derive(Debug)]
+pub enum TryAdd {
+    /// The record was added.
+    Added,
+    /// The aggregate is full: finish it, then add the record to a new one.
+    Full(UserRecord),
+}
+
+/// Builds one aggregated Kinesis record from user records.
+///
+/// Sizes are exact: [`Aggregator::size_bytes`] is the size (data + outer partition key) of the
+/// record that [`Aggregator::finish`] will return, and [`Aggregator::size_with`] tells, before
+/// adding, what it would be with one more record. A single user record is returned as a plain
+/// Kinesis record, not wrapped, as the KPL does.
+///
+/// The outer partition key and explicit hash key are the first user record's, so the aggregate
+/// goes to the shard that the first record would go to. A caller that groups records by predicted
+/// shard (the producer does) therefore keeps every user record on its own shard.
+///
+/// ```
+/// use bytes::Bytes;
+/// use kinesis_core::{agg::{Aggregator, TryAdd}, PartitionKey, UserRecord};
+/// let mut agg = Aggregator::new(1024 * 1024).unwrap();
+/// for i in 0..3 {
+///     let rec = UserRecord::new(PartitionKey::new(format!("k{i}")).unwrap(), None, Bytes::from("hi"));
+///     assert!(matches!(agg.try_add(rec).unwrap(), TryAdd::Added));
+/// }
+/// let size = agg.size_bytes();
+/// let kr = agg.finish().unwrap();
+/// assert_eq!(kr.user_records, 3);
+/// assert_eq!(kr.data.len() + kr.partition_key.len_bytes(), size);
+/// ```
+#[derive(Debug)]
+pub struct Aggregator {
+    max_bytes: usize,
+    pk_index: HashMap<PartitionKey, u64>,
+    pk_table: Vec<PartitionKey>,
+    ehk_index: HashMap<HashKey, u64>,
+    ehk_table: Vec<String>,
+    records: Vec<Entry>,
+    /// The first record's explicit hash key: the aggregate's outer explicit hash key.
+    first_ehk: Option<HashKey>,
+    /// Exact length of the serialized `AggregatedRecord` message.
+    body_len: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    pk: u64,
+    ehk: Option<u64>,
+    data: Bytes,
+    /// Length of the `Record` message (without its tag and length prefix).
+    len: usize,
+}
+
+/// Bytes a varint takes.
+pub(crate) fn varint_len(v: u64) -> usize {
+    // 1 byte per started group of 7 bits; 0 takes 1 byte.
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+/// Bytes a length-delimited field (1-byte tag + length + payload) takes.
+fn field_len(payload: usize) -> usize {
+    1 + varint_len(payload as u64) + payload
+}
+
+impl Aggregator {
+    /// An empty aggregator for records of at most `max_bytes` (data + partition key),
+    /// `1..=10 MiB`; [`DEFAULT_MAX_RECORD_BYTES`] is the API default.
+    pub fn new(max_bytes: usize) -> Result<Self, AggregateError> {
+        if max_bytes == 0 || max_bytes > MAX_RECORD_BYTES_LIMIT {
+            return Err(AggregateError::InvalidMaxSize(max_bytes));
+        }
+        Ok(Self {
+            max_bytes,
+            pk_index: HashMap::new(),
+            pk_table: Vec::new(),
+            ehk_index: HashMap::new(),
+            ehk_table: Vec::new(),
+            records: Vec::new(),
+            first_ehk: None,
+            body_len: 0,
+        })
+    }
+
+    /// The configured maximum record size.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Number of user records added since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no user record is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Size (data + outer partition key) of the Kinesis record [`finish`](Self::finish) would
+    /// return now; 0 when empty.
+    pub fn size_bytes(&self) -> usize {
+        match self.records.as_slice() {
+            [] => 0,
+            [only] => only.data.len() + self.pk_table[0].len_bytes(),
+            _ => self.aggregated_size(self.body_len),
+        }
+    }
+
+    fn aggregated_size(&self, body_len: usize) -> usize {
+        // The outer partition key is the first record's key, which is always table entry 0.
+        MAGIC.len() + body_len + DIGEST_LEN + self.pk_table[0].len_bytes()
+    }
+
+    /// The exact size the Kinesis record would have with `record` added.
+    pub fn size_with(&self, record: &UserRecord) -> usize {
+        if self.records.is_empty() {
+            return record.size_bytes();
+        }
+        let (body, _) = self.body_len_with(record);
+        self.aggregated_size(body)
+    }
+
+    /// Body length with `record` added, and the record message length.
+    fn body_len_with(&self, record: &UserRecord) -> (usize, usize) {
+        let mut body = self.body_len;
+        let pk_idx = match self.pk_index.get(&record.partition_key) {
+            Some(&i) => i,
+            None => {
+                body += field_len(record.partition_key.len_bytes());
+                self.pk_table.len() as u64
+            }
+        };
+        let mut rec_len = 1 + varint_len(pk_idx) + field_len(record.data.len());
+        if let Some(ehk) = record.explicit_hash_key {
+            let ehk_idx = match self.ehk_index.get(&ehk) {
+                Some(&i) => i,
+                None => {
+                    body += field_len(decimal_len(ehk.0));
+                    self.ehk_table.len() as u64
+                }
+            };
+            rec_len += 1 + varint_len(ehk_idx);
+        }
+        body += field_len(rec_len);
+        (body, rec_len)
+    }
+
+    /// Adds `record` if the result still fits the maximum; otherwise hands it back in
+    /// [`TryAdd::Full`]. A record that could never fit, even alone, is an error.
+    pub fn try_add(&mut self, record: UserRecord) -> Result<TryAdd, AggregateError> {
+        let alone = record.size_bytes();
+        if alone > self.max_bytes {
+            return Err(AggregateError::RecordTooLarge {
+                size: alone,
+                limit: self.max_bytes,
+            });
+        }
+        let (body, rec_len) = self.body_len_with(&record);
+        if !self.records.is_empty() && self.aggregated_size(body) > self.max_bytes {
+            return Ok(TryAdd::Full(record));
+        }
+        self.body_len = body;
+        if self.records.is_empty() {
+            self.first_ehk = record.explicit_hash_key;
+        }
+        let pk = match self.pk_index.get(&record.partition_key) {
+            Some(&i) => i,
+            None => {
+                let i = self.pk_table.len() as u64;
+                self.pk_index.insert(record.partition_key.clone(), i);
+                self.pk_table.push(record.partition_key);
+                i
+            }
+        };
+        let ehk = record
+            .explicit_hash_key
+            .map(|ehk| match self.ehk_index.get(&ehk) {
+                Some(&i) => i,
+                None => {
+                    let i = self.ehk_table.len() as u64;
+                    self.ehk_index.insert(ehk, i);
+                    self.ehk_table.push(ehk.to_string());
+                    i
+                }
+            });
+        self.records.push(Entry {
+            pk,
+            ehk,
+            data: record.data,
+            len: rec_len,
+        });
+        Ok(TryAdd::Added)
+    }
+
+    /// Takes what was added as one Kinesis record and empties the aggregator; `None` if empty.
+    pub fn finish(&mut self) -> Option<KinesisRecord> {
+        let out = match self.records.len() {
+            0 => None,
+            n => Some(KinesisRecord {
+                partition_key: self.pk_table[0].clone(),
+                explicit_hash_key: self.first_ehk,
+                data: match self.records.as_slice() {
+                    [only] => only.data.clone(),
+                    _ => self.serialize(),
+                },
+                user_records: n,
+            }),
+        };
+        self.clear();
+        out
+    }
+
+    fn clear(&mut self) {
+        self.pk_index.clear();
+        self.pk_table.clear();
+        self.ehk_index.clear();
+        self.ehk_table.clear();
+        self.records.clear();
+        self.first_ehk = None;
+        self.body_len = 0;
+    }
+
+    /// Writes magic + `AggregatedRecord` + MD5(`AggregatedRecord`). Fields go in field-number
+    /// order, as C++ protobuf (the KPL) writes them, and required fields are always written.
+    fn serialize(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(MAGIC.len() + self.body_len + DIGEST_LEN);
+        buf.put_slice(&MAGIC);
+        for pk in &self.pk_table {
+            put_len_field(&mut buf, 0x0A, pk.as_str().as_bytes());
+        }
+        for ehk in &self.ehk_table {
+            put_len_field(&mut buf, 0x12, ehk.as_bytes());
+        }
+        for e in &self.records {
+            buf.put_u8(0x1A);
+            put_varint(&mut buf, e.len as u64);
+            buf.put_u8(0x08);
+            put_varint(&mut buf, e.pk);
+            if let Some(ehk) = e.ehk {
+                buf.put_u8(0x10);
+                put_varint(&mut buf, ehk);
+            }
+            put_len_field(&mut buf, 0x1A, &e.data);
+        }
+        let digest = md5_digest(&buf[MAGIC.len()..]);
+        buf.put_slice(&digest);
+        debug_assert_eq!(buf.len(), MAGIC.len() + self.body_len + DIGEST_LEN);
+        buf.freeze()
+    }
+}
+
+#[allow(clippy::cast_possible_truncation)] // keeping the low 7 bits is the encoding
+fn put_varint(buf: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        buf.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.put_u8(v as u8);
+}
+
+fn put_len_field(buf: &mut BytesMut, tag: u8, payload: &[u8]) {
+    buf.put_u8(tag);
+    put_varint(buf, payload.len() as u64);
+    buf.put_slice(payload);
+}
+
+/// Number of decimal digits of `v`.
+fn decimal_len(v: u128) -> usize {
+    if v == 0 { 1 } else { v.ilog10() as usize + 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_lengths() {
+        for (v, n) in [
+            (0u64, 1),
+            (1, 1),
+            (127, 1),
+            (128, 2),
+            (16383, 2),
+            (16384, 3),
+            (u64::MAX, 10),
+        ] {
+            assert_eq!(varint_len(v), n, "{v}");
+            let mut b = BytesMut::new();
+            put_varint(&mut b, v);
+            assert_eq!(b.len(), n);
+        }
+    }
+
+    #[test]
+    fn decimal_lengths() {
+        for v in [0u128, 9, 10, 99, 100, u128::MAX] {
+            assert_eq!(decimal_len(v), v.to_string().len());
+        }
+    }
+}

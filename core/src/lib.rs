@@ -1,0 +1,25 @@
+//! Shared core of the Kinesis client suite: validated types, the KPL aggregation codec, the
+//! shard map, SDK client setup and error classification.
+//!
+//! ```text
+//!   types ── PartitionKey, HashKey, ShardId, SequenceNumber, Checkpoint
+//!   hash  ── partition key ─MD5─► 128-bit hash key
+//!   agg   ── UserRecord* ⇄ KinesisRecord (KPL format)
+//!   shard_map ── ListShards ─► hash key ─► open shard; lineage of closed shards
+//!   sdk   ── aws-config chain (+ endpoint/region override) ─► Kinesis / DynamoDB clients
+//!   classify ── any SDK error ─► Throttled | Transient | Fatal
+//! ```
+//!
+//! Nothing in this crate spawns a task.
+
+pub mod agg;
+mod hash;
+mod record;
+mod types;
+
+pub use hash::hash_key;
+pub use record::{KinesisRecord, UserRecord};
+pub use types::{
+    Checkpoint, HashKey, HashKeyRange, InvalidInput, MAX_PARTITION_KEY_CHARS, PartitionKey,
+    SequenceNumber, ShardId,
+};

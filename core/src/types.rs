@@ -1,0 +1,530 @@
+//! Validated Kinesis identifiers: partition keys, hash keys, shard ids, sequence numbers.
+//!
+//! Every type here is checked once, when it is built from untrusted input, so the rest of the
+//! suite can pass it around without re-validating.
+//!
+//! ```
+//! use kinesis_core::{HashKey, PartitionKey, SequenceNumber};
+//! let pk = PartitionKey::new("user-42").unwrap();
+//! let h = pk.hash_key();
+//! assert_eq!(HashKey::parse(&h.to_string()).unwrap(), h);
+//! assert!(SequenceNumber::parse("9").unwrap() < SequenceNumber::parse("10").unwrap());
+//! ```
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// Why an identifier was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidInput {
+    /// Partition keys must hold 1 to 256 Unicode scalar values.
+    #[error("partition key must be 1 to 256 characters, got {chars}")]
+    PartitionKeyLength {
+        /// Number of characters in the rejected key.
+        chars: usize,
+    },
+    /// Explicit hash keys are decimal integers in `0..=2^128-1`.
+    #[error("hash key {value:?} is not a decimal integer in 0..=2^128-1")]
+    HashKey {
+        /// The rejected text (cut to 64 characters).
+        value: String,
+    },
+    /// Sequence numbers are non-empty strings of decimal digits.
+    #[error("sequence number {value:?} is not a string of decimal digits")]
+    SequenceNumber {
+        /// The rejected text (cut to 64 characters).
+        value: String,
+    },
+    /// Shard ids are 1 to 128 characters of `[a-zA-Z0-9_.-]`.
+    #[error("shard id {value:?} is not valid")]
+    ShardId {
+        /// The rejected text (cut to 64 characters).
+        value: String,
+    },
+    /// A hash-key range whose start is after its end.
+    #[error("hash key range starts at {start} after its end {end}")]
+    HashKeyRange {
+        /// Range start.
+        start: HashKey,
+        /// Range end.
+        end: HashKey,
+    },
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Maximum number of characters in a partition key (Kinesis API).
+pub const MAX_PARTITION_KEY_CHARS: usize = 256;
+
+/// A partition key: 1 to 256 Unicode characters. Its hash routes the record to a shard.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionKey(Arc<str>);
+
+impl PartitionKey {
+    /// Validates and wraps a partition key.
+    pub fn new(key: impl Into<Arc<str>>) -> Result<Self, InvalidInput> {
+        let key: Arc<str> = key.into();
+        let chars = key.chars().count();
+        if chars == 0 || chars > MAX_PARTITION_KEY_CHARS {
+            return Err(InvalidInput::PartitionKeyLength { chars });
+        }
+        Ok(Self(key))
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Number of UTF-8 bytes, as Kinesis counts it against the record size limit.
+    pub fn len_bytes(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The 128-bit hash key that Kinesis computes for this partition key.
+    pub fn hash_key(&self) -> HashKey {
+        crate::hash::hash_key(self.as_str())
+    }
+}
+
+impl fmt::Debug for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for PartitionKey {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+/// A point in the 128-bit hash-key space (`0..=2^128-1`); also the type of an explicit hash key.
+///
+/// Written and parsed as a decimal string, as in the Kinesis API and in the KPL's aggregation
+/// tables.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct HashKey(pub u128);
+
+impl HashKey {
+    /// The smallest hash key.
+    pub const MIN: HashKey = HashKey(0);
+    /// The largest hash key, `2^128 - 1`.
+    pub const MAX: HashKey = HashKey(u128::MAX);
+
+    /// Parses a decimal string as the Kinesis API writes it (`0|[1-9][0-9]{0,38}`), within
+    /// `0..=2^128-1`. Leading zeros are accepted when reading (the KCL reads with `BigInteger`).
+    pub fn parse(s: &str) -> Result<Self, InvalidInput> {
+        let bad = || InvalidInput::HashKey { value: clip(s) };
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        s.parse::<u128>().map(HashKey).map_err(|_| bad())
+    }
+}
+
+impl fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HashKey({})", self.0)
+    }
+}
+
+impl fmt::Display for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl FromStr for HashKey {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl From<u128> for HashKey {
+    fn from(v: u128) -> Self {
+        Self(v)
+    }
+}
+
+/// An inclusive range of hash keys, as a shard's `HashKeyRange`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HashKeyRange {
+    start: HashKey,
+    end: HashKey,
+}
+
+impl HashKeyRange {
+    /// The whole hash-key space.
+    pub const FULL: HashKeyRange = HashKeyRange {
+        start: HashKey::MIN,
+        end: HashKey::MAX,
+    };
+
+    /// A range `start..=end`; rejects `start > end`.
+    pub fn new(start: HashKey, end: HashKey) -> Result<Self, InvalidInput> {
+        if start > end {
+            return Err(InvalidInput::HashKeyRange { start, end });
+        }
+        Ok(Self { start, end })
+    }
+
+    /// Parses the decimal strings of a `HashKeyRange` from the API.
+    pub fn parse(start: &str, end: &str) -> Result<Self, InvalidInput> {
+        Self::new(HashKey::parse(start)?, HashKey::parse(end)?)
+    }
+
+    /// First hash key in the range.
+    pub fn start(&self) -> HashKey {
+        self.start
+    }
+
+    /// Last hash key in the range (inclusive).
+    pub fn end(&self) -> HashKey {
+        self.end
+    }
+
+    /// Whether `key` lies in the range (both ends inclusive).
+    pub fn contains(&self, key: HashKey) -> bool {
+        self.start <= key && key <= self.end
+    }
+}
+
+/// A shard id such as `shardId-000000000007`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(Arc<str>);
+
+impl ShardId {
+    /// Validates a shard id: 1 to 128 characters of `[a-zA-Z0-9_.-]` (Kinesis API pattern).
+    pub fn new(id: impl Into<Arc<str>>) -> Result<Self, InvalidInput> {
+        let id: Arc<str> = id.into();
+        let ok = !id.is_empty()
+            && id.len() <= 128
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !ok {
+            return Err(InvalidInput::ShardId { value: clip(&id) });
+        }
+        Ok(Self(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The number in `shardId-000000000123` (123), if the id has that form. Kinesis numbers
+    /// shards in creation order, so children have higher numbers than their parents.
+    pub fn index(&self) -> Option<u64> {
+        self.0.strip_prefix("shardId-").and_then(|n| n.parse().ok())
+    }
+}
+
+impl fmt::Debug for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for ShardId {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+/// A Kinesis sequence number: a decimal string of up to 128 digits, ordered numerically.
+#[derive(Clone)]
+pub struct SequenceNumber(Arc<str>);
+
+impl SequenceNumber {
+    /// Validates a sequence number (non-empty, decimal digits only, at most 128 of them).
+    pub fn parse(s: &str) -> Result<Self, InvalidInput> {
+        if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InvalidInput::SequenceNumber { value: clip(s) });
+        }
+        Ok(Self(s.into()))
+    }
+
+    /// The sequence number as the API wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn significant(&self) -> &str {
+        let t = self.0.trim_start_matches('0');
+        if t.is_empty() { "0" } else { t }
+    }
+}
+
+impl PartialEq for SequenceNumber {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for SequenceNumber {}
+
+impl std::hash::Hash for SequenceNumber {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.significant().hash(state);
+    }
+}
+
+impl Ord for SequenceNumber {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let (a, b) = (self.significant(), other.significant());
+        a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+    }
+}
+
+impl PartialOrd for SequenceNumber {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for SequenceNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for SequenceNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for SequenceNumber {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// A position in a shard as the KCL records it in a lease's `checkpoint` attribute: a sentinel
+/// or a sequence number with a sub-sequence number (the index of a user record inside a KPL
+/// aggregate).
+///
+/// Ordering follows the KCL (`ExtendedSequenceNumber`): `AT_TIMESTAMP < TRIM_HORIZON < LATEST <`
+/// every sequence number `< SHARD_END`; sequence numbers compare numerically, then by
+/// sub-sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Checkpoint {
+    /// `TRIM_HORIZON`: start at the oldest record.
+    TrimHorizon,
+    /// `LATEST`: start after the newest record.
+    Latest,
+    /// `AT_TIMESTAMP`: start at a time given by configuration (not stored in the lease).
+    AtTimestamp,
+    /// A record position.
+    Sequence {
+        /// The Kinesis record's sequence number.
+        sequence_number: SequenceNumber,
+        /// The user record's index inside the aggregate (0 for a plain record).
+        sub_sequence_number: u64,
+    },
+    /// `SHARD_END`: the shard is closed and every record was processed.
+    ShardEnd,
+}
+
+impl Checkpoint {
+    /// The literal the KCL stores in the `checkpoint` attribute.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::TrimHorizon => "TRIM_HORIZON",
+            Self::Latest => "LATEST",
+            Self::AtTimestamp => "AT_TIMESTAMP",
+            Self::ShardEnd => "SHARD_END",
+            Self::Sequence {
+                sequence_number, ..
+            } => sequence_number.as_str(),
+        }
+    }
+
+    /// Reads a `checkpoint` attribute and its `checkpointSubSequenceNumber`.
+    pub fn parse(checkpoint: &str, sub_sequence_number: u64) -> Result<Self, InvalidInput> {
+        Ok(match checkpoint {
+            "TRIM_HORIZON" => Self::TrimHorizon,
+            "LATEST" => Self::Latest,
+            "AT_TIMESTAMP" => Self::AtTimestamp,
+            "SHARD_END" => Self::ShardEnd,
+            seq => Self::Sequence {
+                sequence_number: SequenceNumber::parse(seq)?,
+                sub_sequence_number,
+            },
+        })
+    }
+
+    /// The sub-sequence number stored beside the checkpoint (0 for sentinels).
+    pub fn sub_sequence_number(&self) -> u64 {
+        match self {
+            Self::Sequence {
+                sub_sequence_number,
+                ..
+            } => *sub_sequence_number,
+            _ => 0,
+        }
+    }
+
+    fn rank(&self) -> i8 {
+        match self {
+            Self::AtTimestamp => -3,
+            Self::TrimHorizon => -2,
+            Self::Latest => -1,
+            Self::Sequence { .. } => 0,
+            Self::ShardEnd => 1,
+        }
+    }
+}
+
+impl Ord for Checkpoint {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (
+                Self::Sequence {
+                    sequence_number: a,
+                    sub_sequence_number: sa,
+                },
+                Self::Sequence {
+                    sequence_number: b,
+                    sub_sequence_number: sb,
+                },
+            ) => a.cmp(b).then(sa.cmp(sb)),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+}
+
+impl PartialOrd for Checkpoint {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sequence {
+                sequence_number,
+                sub_sequence_number,
+            } => {
+                write!(f, "{sequence_number}/{sub_sequence_number}")
+            }
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_key_bounds() {
+        assert!(PartitionKey::new("").is_err());
+        assert!(PartitionKey::new("a").is_ok());
+        assert!(PartitionKey::new("x".repeat(256)).is_ok());
+        assert_eq!(
+            PartitionKey::new("x".repeat(257)),
+            Err(InvalidInput::PartitionKeyLength { chars: 257 })
+        );
+        // 256 characters of 4 bytes each is fine: the limit is in characters.
+        assert!(PartitionKey::new("🔑".repeat(256)).is_ok());
+        assert!(PartitionKey::new("🔑".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn hash_key_parse() {
+        assert_eq!(HashKey::parse("0"), Ok(HashKey(0)));
+        assert_eq!(
+            HashKey::parse("340282366920938463463374607431768211455"),
+            Ok(HashKey::MAX)
+        );
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "1.0",
+            " 1",
+            "abc",
+            "340282366920938463463374607431768211456",
+        ] {
+            assert!(HashKey::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            HashKey::MAX.to_string(),
+            "340282366920938463463374607431768211455"
+        );
+    }
+
+    #[test]
+    fn hash_key_range() {
+        let r = HashKeyRange::parse("10", "20").unwrap();
+        assert!(r.contains(HashKey(10)) && r.contains(HashKey(20)));
+        assert!(!r.contains(HashKey(9)) && !r.contains(HashKey(21)));
+        assert!(HashKeyRange::parse("21", "20").is_err());
+    }
+
+    #[test]
+    fn shard_id() {
+        let s = ShardId::new("shardId-000000000123").unwrap();
+        assert_eq!(s.index(), Some(123));
+        assert!(ShardId::new("").is_err());
+        assert!(ShardId::new("shard id").is_err());
+        assert_eq!(ShardId::new("custom").unwrap().index(), None);
+    }
+
+    #[test]
+    fn sequence_numbers_compare_numerically() {
+        let p = |s| SequenceNumber::parse(s).unwrap();
+        assert!(p("9") < p("10"));
+        assert!(p("49590338271490256608559692538361571095921575989136588898") > p("4959"));
+        assert_eq!(p("007"), p("7"));
+        assert!(SequenceNumber::parse("12a").is_err());
+        assert!(SequenceNumber::parse("").is_err());
+    }
+
+    #[test]
+    fn checkpoint_order_matches_kcl() {
+        let seq = |s: &str, sub| Checkpoint::Sequence {
+            sequence_number: SequenceNumber::parse(s).unwrap(),
+            sub_sequence_number: sub,
+        };
+        let ordered = [
+            Checkpoint::AtTimestamp,
+            Checkpoint::TrimHorizon,
+            Checkpoint::Latest,
+            seq("9", 0),
+            seq("9", 1),
+            seq("10", 0),
+            Checkpoint::ShardEnd,
+        ];
+        for w in ordered.windows(2) {
+            assert!(w[0] < w[1], "{:?} < {:?}", w[0], w[1]);
+        }
+        assert_eq!(Checkpoint::parse("SHARD_END", 0), Ok(Checkpoint::ShardEnd));
+        assert_eq!(Checkpoint::parse("123", 4), Ok(seq("123", 4)));
+        assert!(Checkpoint::parse("NOPE", 0).is_err());
+    }
+}
