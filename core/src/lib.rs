@@ -13,13 +13,17 @@
 //! Nothing in this crate spawns a task.
 
 pub mod agg;
+pub mod classify;
 mod hash;
 mod record;
+pub mod sdk;
+pub mod shard_map;
 mod types;
 
+pub use classify::{AwsError, ErrorKind};
 pub use hash::hash_key;
 pub use record::{KinesisRecord, UserRecord};
 pub use types::{
     Checkpoint, HashKey, HashKeyRange, InvalidInput, MAX_PARTITION_KEY_CHARS, PartitionKey,
-    SequenceNumber, ShardId,
+    SequenceNumber, ShardId, StreamRef,
 };

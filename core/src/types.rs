@@ -44,6 +44,12 @@ pub enum InvalidInput {
         /// The rejected text (cut to 64 characters).
         value: String,
     },
+    /// Stream names are 1 to 128 characters of `[a-zA-Z0-9_.-]`; ARNs start with `arn:`.
+    #[error("stream {value:?} is not a valid stream name or ARN")]
+    Stream {
+        /// The rejected text (cut to 64 characters).
+        value: String,
+    },
     /// A hash-key range whose start is after its end.
     #[error("hash key range starts at {start} after its end {end}")]
     HashKeyRange {
@@ -250,6 +256,83 @@ impl FromStr for ShardId {
     type Err = InvalidInput;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::new(s)
+    }
+}
+
+/// A stream named by name or by ARN. API calls accept either; an ARN is needed across accounts.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum StreamRef {
+    /// A stream name in the client's account and region.
+    Name(Arc<str>),
+    /// A stream ARN (`arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`).
+    Arn(Arc<str>),
+}
+
+impl StreamRef {
+    /// Parses a name (1 to 128 characters of `[a-zA-Z0-9_.-]`) or an ARN (starts with `arn:`).
+    pub fn parse(s: &str) -> Result<Self, InvalidInput> {
+        if s.starts_with("arn:") {
+            let ok = s.len() <= 2048 && s.contains(":stream/");
+            return if ok {
+                Ok(Self::Arn(s.into()))
+            } else {
+                Err(InvalidInput::Stream { value: clip(s) })
+            };
+        }
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if ok {
+            Ok(Self::Name(s.into()))
+        } else {
+            Err(InvalidInput::Stream { value: clip(s) })
+        }
+    }
+
+    /// The stream name, if given by name.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Self::Name(n) => Some(n),
+            Self::Arn(_) => None,
+        }
+    }
+
+    /// The ARN, if given by ARN.
+    pub fn arn(&self) -> Option<&str> {
+        match self {
+            Self::Arn(a) => Some(a),
+            Self::Name(_) => None,
+        }
+    }
+
+    /// The name, or the name part of the ARN.
+    pub fn short_name(&self) -> &str {
+        match self {
+            Self::Name(n) => n,
+            Self::Arn(a) => a.rsplit_once("stream/").map_or(a, |(_, n)| n),
+        }
+    }
+}
+
+impl fmt::Debug for StreamRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name(n) | Self::Arn(n) => f.write_str(n),
+        }
+    }
+}
+
+impl fmt::Display for StreamRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl FromStr for StreamRef {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
     }
 }
 
@@ -493,6 +576,17 @@ mod tests {
         assert!(ShardId::new("").is_err());
         assert!(ShardId::new("shard id").is_err());
         assert_eq!(ShardId::new("custom").unwrap().index(), None);
+    }
+
+    #[test]
+    fn stream_ref() {
+        assert_eq!(StreamRef::parse("orders").unwrap().name(), Some("orders"));
+        let arn = StreamRef::parse("arn:aws:kinesis:us-east-1:123456789012:stream/orders").unwrap();
+        assert_eq!(arn.short_name(), "orders");
+        assert!(arn.arn().is_some());
+        assert!(StreamRef::parse("").is_err());
+        assert!(StreamRef::parse("bad name").is_err());
+        assert!(StreamRef::parse("arn:aws:s3:::bucket").is_err());
     }
 
     #[test]

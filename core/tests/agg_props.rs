@@ -1,6 +1,8 @@
 //! Property tests for the KPL codec: random records round-trip exactly, sizes are exact, and no
 //! input makes the decoder panic or lose data.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::Bytes;
 use kinesis_core::agg::{self, Aggregator, MAGIC, TryAdd};
 use kinesis_core::{HashKey, PartitionKey, UserRecord};

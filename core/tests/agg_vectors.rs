@@ -1,6 +1,8 @@
 //! The KPL codec against the reference vectors made by PyPI `aws-kinesis-agg`
 //! (`../shared/vectors/kpl-aggregation.json` beside the repository, or `$KPL_VECTORS`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use base64::Engine as _;

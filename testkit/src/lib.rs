@@ -1,1 +1,210 @@
-//! placeholder
+//! Test harness: embedded Kinesis and DynamoDB emulators, ready SDK clients, and helpers.
+//!
+//! ```text
+//!   TEST_BACKEND unset / "inprocess" ─► LocalEmulators (ferrokinesis + dynoxide on 127.0.0.1:0)
+//!   TEST_BACKEND=external             ─► AWS_ENDPOINT_URL_KINESIS / _DYNAMODB (kinesis-mock, dynalite)
+//!   TEST_BACKEND=aws                  ─► the standard AWS chain (real account; never in CI)
+//!                         │
+//!                         ▼
+//!   TestEnv { kinesis, dynamodb, sdk } + create_stream() + unique_name() + eventually()
+//! ```
+//!
+//! Each test starts its own emulators on free ports, so tests run in parallel with no shared
+//! state. Nothing sleeps a fixed time: [`eventually`] polls with a deadline.
+//!
+//! ```no_run
+//! # async fn f() {
+//! let env = kinesis_testkit::TestEnv::start().await;
+//! let stream = env.create_stream(2).await;
+//! # }
+//! ```
+
+mod emulators;
+mod wait;
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+
+pub use emulators::{EmulatorOptions, LocalEmulators, StartError};
+pub use wait::{eventually, wait_stream_active};
+
+/// Which services the tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded emulators (default).
+    InProcess,
+    /// Emulators started elsewhere, reached through `AWS_ENDPOINT_URL_*`.
+    External,
+    /// A real AWS account through the standard chain.
+    Aws,
+}
+
+impl Backend {
+    /// Reads `TEST_BACKEND` (`inprocess`, `external`, `aws`); unset means in-process.
+    ///
+    /// # Panics
+    /// On an unknown value, so a typo does not silently test something else.
+    pub fn from_env() -> Self {
+        match std::env::var("TEST_BACKEND").as_deref() {
+            Err(_) | Ok("") | Ok("inprocess") | Ok("in-process") => Self::InProcess,
+            Ok("external") => Self::External,
+            Ok("aws") => Self::Aws,
+            Ok(other) => panic!("TEST_BACKEND={other:?}: expected inprocess, external or aws"),
+        }
+    }
+}
+
+/// What a test needs that not every backend offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Capability {
+    /// Per-shard write throttling (only the embedded emulator, with `enforce_limits`).
+    WriteThrottling,
+    /// Short iterator lifetimes (only the embedded emulator).
+    IteratorExpiry,
+}
+
+/// Credentials the embedded emulators accept (they check none).
+pub fn test_credentials() -> Credentials {
+    Credentials::new("test", "test", None, None, "kinesis-testkit")
+}
+
+/// A running backend with ready clients. Dropping it stops embedded emulators.
+#[derive(Debug)]
+pub struct TestEnv {
+    /// Kinesis client for the backend.
+    pub kinesis: aws_sdk_kinesis::Client,
+    /// DynamoDB client for the backend.
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    /// Shared configuration (region and credentials) for building more clients.
+    pub sdk: SdkConfig,
+    backend: Backend,
+    emulators: Option<LocalEmulators>,
+    enforce_limits: bool,
+    short_iterators: bool,
+}
+
+impl TestEnv {
+    /// Starts the backend chosen by `TEST_BACKEND` with default emulator options.
+    ///
+    /// # Panics
+    /// When the emulators cannot start: a test cannot go on without them.
+    pub async fn start() -> Self {
+        Self::with_options(EmulatorOptions::default()).await
+    }
+
+    /// Starts the backend with these options for the embedded emulators.
+    ///
+    /// # Panics
+    /// When the emulators cannot start.
+    pub async fn with_options(opts: EmulatorOptions) -> Self {
+        let backend = Backend::from_env();
+        match backend {
+            Backend::InProcess => {
+                #[allow(clippy::expect_used)] // test harness: failing loudly is the point
+                let emu = LocalEmulators::start(&opts)
+                    .await
+                    .expect("start embedded emulators");
+                let sdk = local_sdk_config();
+                let kinesis = kinesis_for(&sdk, &emu.kinesis_endpoint());
+                let dynamodb = dynamodb_for(&sdk, &emu.dynamodb_endpoint());
+                Self {
+                    kinesis,
+                    dynamodb,
+                    sdk,
+                    backend,
+                    emulators: Some(emu),
+                    enforce_limits: opts.enforce_limits,
+                    short_iterators: opts.iterator_ttl < Duration::from_secs(300),
+                }
+            }
+            Backend::External | Backend::Aws => {
+                let sdk = kinesis_core::sdk::load(&kinesis_core::sdk::AwsOptions::default()).await;
+                let none = kinesis_core::sdk::AwsOptions::default();
+                Self {
+                    kinesis: kinesis_core::sdk::kinesis_client(&sdk, &none),
+                    dynamodb: kinesis_core::sdk::dynamodb_client(&sdk, &none),
+                    sdk,
+                    backend,
+                    emulators: None,
+                    enforce_limits: false,
+                    short_iterators: false,
+                }
+            }
+        }
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The embedded emulators, when in-process.
+    pub fn emulators(&self) -> Option<&LocalEmulators> {
+        self.emulators.as_ref()
+    }
+
+    /// Whether this backend, as started, offers `cap`. Tests that need it return early
+    /// (with a message on stderr) when it does not.
+    pub fn supports(&self, cap: Capability) -> bool {
+        match cap {
+            Capability::WriteThrottling => self.enforce_limits,
+            Capability::IteratorExpiry => self.short_iterators,
+        }
+    }
+
+    /// Creates a provisioned stream with a unique name and waits until it is ACTIVE.
+    ///
+    /// # Panics
+    /// When the stream cannot be created or does not become ACTIVE within 60 s.
+    pub async fn create_stream(&self, shards: i32) -> String {
+        let name = unique_name("stream");
+        #[allow(clippy::expect_used)]
+        self.kinesis
+            .create_stream()
+            .stream_name(&name)
+            .shard_count(shards)
+            .send()
+            .await
+            .expect("CreateStream");
+        #[allow(clippy::expect_used)]
+        wait_stream_active(&self.kinesis, &name, Duration::from_secs(60))
+            .await
+            .expect("stream becomes ACTIVE");
+        name
+    }
+}
+
+/// Region and test credentials, read from nothing in the environment.
+pub fn local_sdk_config() -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::from_static("us-east-1"))
+        .credentials_provider(SharedCredentialsProvider::new(test_credentials()))
+        .build()
+}
+
+/// A Kinesis client for `endpoint` with `sdk`'s region and credentials.
+pub fn kinesis_for(sdk: &SdkConfig, endpoint: &str) -> aws_sdk_kinesis::Client {
+    let conf = aws_sdk_kinesis::config::Builder::from(sdk)
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_kinesis::Client::from_conf(conf)
+}
+
+/// A DynamoDB client for `endpoint` with `sdk`'s region and credentials.
+pub fn dynamodb_for(sdk: &SdkConfig, endpoint: &str) -> aws_sdk_dynamodb::Client {
+    let conf = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(conf)
+}
+
+/// A name unique to this call: `{prefix}-{12 hex digits}`, valid for streams and tables.
+pub fn unique_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..12])
+}
