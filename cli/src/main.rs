@@ -1,1 +1,125 @@
-fn main() {}
+//! `kinesis`: the operator's tool for the suite.
+//!
+//! ```text
+//!   kinesis local            embedded Kinesis + DynamoDB emulators until Ctrl-C
+//!   kinesis streams ...      create | describe | list | delete | split | merge | scale
+//!   kinesis agg encode       JSON lines of user records  ─► KPL-aggregated records
+//!   kinesis agg decode       JSON lines of Kinesis records ─► user records
+//! ```
+//!
+//! AWS access goes through the standard chain (environment, profile, SSO, IMDS) and honours
+//! `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_KINESIS` and `AWS_ENDPOINT_URL_DYNAMODB`;
+//! `--region`, `--endpoint-url` and `--profile` override them.
+
+mod agg;
+mod local;
+mod streams;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kinesis_core::sdk::AwsOptions;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kinesis",
+    version,
+    about = "Operator tool for Amazon Kinesis Data Streams"
+)]
+struct Cli {
+    /// AWS region (default: the standard chain; us-east-1 when an endpoint is set and no
+    /// region is configured).
+    #[arg(long, global = true)]
+    region: Option<String>,
+    /// Endpoint URL for every service (default: AWS_ENDPOINT_URL_* or the AWS endpoint).
+    #[arg(long, global = true)]
+    endpoint_url: Option<String>,
+    /// Named profile from the AWS config files.
+    #[arg(long, global = true)]
+    profile: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the embedded Kinesis and DynamoDB emulators until Ctrl-C.
+    Local(local::LocalArgs),
+    /// Create, inspect, reshard and delete streams.
+    #[command(subcommand)]
+    Streams(streams::StreamsCommand),
+    /// Encode and decode the KPL aggregation format.
+    #[command(subcommand)]
+    Agg(agg::AggCommand),
+}
+
+impl Cli {
+    fn aws_options(&self) -> AwsOptions {
+        AwsOptions {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            profile: self.profile.clone(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KINESIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let opts = cli.aws_options();
+    let result = match cli.command {
+        // Pure stdin → stdout work needs no runtime.
+        Command::Agg(cmd) => agg::run(cmd),
+        Command::Local(args) => runtime().and_then(|rt| rt.block_on(local::run(args))),
+        Command::Streams(cmd) => runtime().and_then(|rt| rt.block_on(streams::run(cmd, &opts))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", describe_error(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, stopping at an [`AwsError`](kinesis_core::AwsError): it already
+/// shows the service's code and message, and the SDK error below repeats them.
+fn describe_error(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        parts.push(cause.to_string());
+        if cause.is::<kinesis_core::AwsError>() {
+            break;
+        }
+    }
+    parts.join(": ")
+}
+
+/// A reader such as `head` closed our stdout: not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Writes to stdout, returning an error (not panicking like `println!`) when it is closed.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

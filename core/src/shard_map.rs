@@ -266,10 +266,7 @@ pub async fn list_shards(
         // No ShardFilter: the default lists every shard in the retention period, closed ones
         // included, which lineage needs (and one emulator ignores filters anyway).
         let mut req = client.list_shards().max_results(1000);
-        req = match stream {
-            StreamRef::Name(n) => req.stream_name(n.as_ref()),
-            StreamRef::Arn(a) => req.stream_arn(a.as_ref()),
-        };
+        req = crate::with_stream!(req, stream);
         if let Some(last) = out.last() {
             req = req.exclusive_start_shard_id(last.shard_id.as_str());
         }

@@ -106,7 +106,7 @@ impl fmt::Debug for PartitionKey {
 
 impl fmt::Display for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -248,7 +248,7 @@ impl fmt::Debug for ShardId {
 
 impl fmt::Display for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -325,7 +325,9 @@ impl fmt::Debug for StreamRef {
 
 impl fmt::Display for StreamRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+        match self {
+            Self::Name(n) | Self::Arn(n) => f.pad(n),
+        }
     }
 }
 
@@ -334,6 +336,25 @@ impl FromStr for StreamRef {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
+}
+
+/// Sets `stream_name` or `stream_arn` on an SDK request builder from a [`StreamRef`]: every
+/// Kinesis operation that names a stream takes either.
+///
+/// ```no_run
+/// # async fn f(client: aws_sdk_kinesis::Client) {
+/// let stream = kinesis_core::StreamRef::parse("orders").unwrap();
+/// let req = kinesis_core::with_stream!(client.describe_stream_summary(), &stream);
+/// # }
+/// ```
+#[macro_export]
+macro_rules! with_stream {
+    ($req:expr, $stream:expr) => {
+        match $stream {
+            $crate::StreamRef::Name(n) => $req.stream_name(&**n),
+            $crate::StreamRef::Arn(a) => $req.stream_arn(&**a),
+        }
+    };
 }
 
 /// A Kinesis sequence number: a decimal string of up to 128 digits, ordered numerically.
@@ -394,7 +415,7 @@ impl fmt::Debug for SequenceNumber {
 
 impl fmt::Display for SequenceNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
