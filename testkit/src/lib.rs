@@ -20,6 +20,7 @@
 //! ```
 
 mod emulators;
+pub mod python;
 mod wait;
 
 use std::time::Duration;
