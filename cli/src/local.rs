@@ -87,7 +87,9 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         "export AWS_ENDPOINT_URL_DYNAMODB={}",
         emu.dynamodb_endpoint()
     )?;
-    crate::outln!("export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test")?;
+    crate::outln!(
+        "export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test"
+    )?;
     crate::outln!()?;
     crate::outln!("# Ready. Ctrl-C stops (data is in memory only).")?;
     shutdown_signal().await;

@@ -1,0 +1,230 @@
+//! `kinesis local` as a real process, driven by `kinesis streams` (through the standard
+//! `AWS_ENDPOINT_URL_*` variables) and by the AWS CLI.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+struct Local {
+    child: Child,
+    kinesis: String,
+    dynamodb: String,
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_local() -> Local {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kinesis"))
+        .args([
+            "local",
+            "--kinesis-port",
+            "0",
+            "--dynamodb-port",
+            "0",
+            "--stream",
+            "pre:2",
+        ])
+        .args(["--update-stream-ms", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut kinesis, mut dynamodb) = (String::new(), String::new());
+    let mut line = String::new();
+    // Reads until the "Ready" line; the process prints it once both emulators serve.
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "kinesis local exited before it was ready"
+        );
+        if let Some(v) = line.strip_prefix("export AWS_ENDPOINT_URL_KINESIS=") {
+            kinesis = v.trim().to_string();
+        }
+        if let Some(v) = line.strip_prefix("export AWS_ENDPOINT_URL_DYNAMODB=") {
+            dynamodb = v.trim().to_string();
+        }
+        if line.contains("Ready") {
+            break;
+        }
+    }
+    assert!(kinesis.starts_with("http://127.0.0.1:") && dynamodb.starts_with("http://127.0.0.1:"));
+    Local {
+        child,
+        kinesis,
+        dynamodb,
+    }
+}
+
+impl Local {
+    fn env(&self, cmd: &mut Command) {
+        cmd.env_remove("AWS_PROFILE")
+            .env("AWS_ENDPOINT_URL_KINESIS", &self.kinesis)
+            .env("AWS_ENDPOINT_URL_DYNAMODB", &self.dynamodb)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+    }
+
+    fn kinesis(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kinesis"));
+        self.env(&mut c);
+        c.args(args).output().unwrap()
+    }
+
+    fn aws(&self, args: &[&str]) -> Value {
+        let py = kinesis_testkit::python::python().expect("AWS CLI from PyPI");
+        let mut c = Command::new(py);
+        self.env(&mut c);
+        let out = c
+            .args(["-m", "awscli"])
+            .args(args)
+            .args(["--output", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "aws {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn streams_commands_through_the_standard_endpoint_variables() {
+    let local = start_local();
+    assert!(
+        ok(&local.kinesis(&["streams", "list"]))
+            .lines()
+            .any(|l| l == "pre")
+    );
+    ok(&local.kinesis(&["streams", "create", "orders", "--shards", "2"]));
+    let d = ok(&local.kinesis(&["streams", "describe", "orders"]));
+    assert!(
+        d.contains("status    ACTIVE") && d.contains("open      2 shards"),
+        "{d}"
+    );
+
+    ok(&local.kinesis(&["streams", "split", "orders", "shardId-000000000000"]));
+    let d = ok(&local.kinesis(&["streams", "describe", "orders"]));
+    assert!(d.contains("open      3 shards"), "{d}");
+    assert!(d.contains("shardId-000000000000   closed"), "{d}");
+    assert!(
+        d.contains("shardId-000000000002,shardId-000000000003"),
+        "children listed: {d}"
+    );
+
+    ok(&local.kinesis(&[
+        "streams",
+        "merge",
+        "orders",
+        "shardId-000000000002",
+        "shardId-000000000003",
+    ]));
+    let d = ok(&local.kinesis(&["streams", "describe", "orders"]));
+    assert!(d.contains("open      2 shards"), "{d}");
+
+    ok(&local.kinesis(&["streams", "scale", "orders", "--shards", "4"]));
+    assert!(ok(&local.kinesis(&["streams", "describe", "orders"])).contains("open      4 shards"));
+
+    // Errors: clear message, non-zero exit.
+    let out = local.kinesis(&["streams", "describe", "missing"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not found") && err.contains("ResourceNotFoundException"),
+        "{err}"
+    );
+    let out = local.kinesis(&["streams", "split", "orders", "shardId-000000000000"]);
+    assert!(!out.status.success(), "splitting a closed shard fails");
+
+    ok(&local.kinesis(&["streams", "delete", "orders"]));
+}
+
+#[test]
+fn explicit_endpoint_beats_the_environment() {
+    let local = start_local();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kinesis"));
+    local.env(&mut c);
+    // The environment points nowhere; --endpoint-url must win.
+    c.env("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:9");
+    let out = c
+        .args(["--endpoint-url", &local.kinesis, "streams", "list"])
+        .output()
+        .unwrap();
+    assert!(ok(&out).lines().any(|l| l == "pre"));
+}
+
+#[test]
+fn the_aws_cli_works_against_kinesis_local() {
+    let local = start_local();
+    let put = local.aws(&[
+        "kinesis",
+        "put-record",
+        "--stream-name",
+        "pre",
+        "--partition-key",
+        "k",
+        // AWS CLI v1 sends a blob argument's text as raw bytes.
+        "--data",
+        "hello",
+    ]);
+    let shard = put["ShardId"].as_str().unwrap().to_string();
+    let it = local.aws(&[
+        "kinesis",
+        "get-shard-iterator",
+        "--stream-name",
+        "pre",
+        "--shard-id",
+        &shard,
+        "--shard-iterator-type",
+        "TRIM_HORIZON",
+    ]);
+    let recs = local.aws(&[
+        "kinesis",
+        "get-records",
+        "--shard-iterator",
+        it["ShardIterator"].as_str().unwrap(),
+    ]);
+    assert_eq!(recs["Records"][0]["Data"], "aGVsbG8=");
+    assert_eq!(recs["Records"][0]["PartitionKey"], "k");
+
+    local.aws(&[
+        "dynamodb",
+        "create-table",
+        "--table-name",
+        "leases",
+        "--attribute-definitions",
+        "AttributeName=leaseKey,AttributeType=S",
+        "--key-schema",
+        "AttributeName=leaseKey,KeyType=HASH",
+        "--billing-mode",
+        "PAY_PER_REQUEST",
+    ]);
+    let tables = local.aws(&["dynamodb", "list-tables"]);
+    assert_eq!(tables["TableNames"][0], "leases");
+}
