@@ -76,11 +76,11 @@ struct DecodeOut<'a> {
     sequence_number: Option<&'a str>,
 }
 
-pub(crate) fn run(cmd: AggCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(cmd: &AggCommand) -> anyhow::Result<ExitCode> {
     let stdin = std::io::stdin().lock();
     let stdout = BufWriter::new(std::io::stdout().lock());
     let bad = match cmd {
-        AggCommand::Encode { max_size } => encode(stdin, stdout, max_size)?,
+        AggCommand::Encode { max_size } => encode(stdin, stdout, *max_size)?,
         AggCommand::Decode => decode(stdin, stdout)?,
     };
     if bad > 0 {
@@ -252,7 +252,7 @@ mod tests {
             .map(|i| {
                 format!(
                     "{{\"partition_key\":\"k{i}\",\"data\":\"{}\"}}\n",
-                    B64.encode([i as u8; 40])
+                    B64.encode([u8::try_from(i).unwrap(); 40])
                 )
             })
             .collect();
@@ -283,7 +283,7 @@ mod tests {
             assert_eq!(d["partition_key"], format!("k{i}"));
             assert_eq!(
                 B64.decode(d["data"].as_str().unwrap()).unwrap(),
-                vec![i as u8; 40]
+                vec![u8::try_from(i).unwrap(); 40]
             );
             assert_eq!(d["sequence_number"], "7");
         }

@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     let opts = cli.aws_options();
     let result = match cli.command {
         // Pure stdin → stdout work needs no runtime.
-        Command::Agg(cmd) => agg::run(cmd),
+        Command::Agg(cmd) => agg::run(&cmd),
         Command::Local(args) => runtime().and_then(|rt| rt.block_on(local::run(args))),
         Command::Streams(cmd) => runtime().and_then(|rt| rt.block_on(streams::run(cmd, &opts))),
     };

@@ -1,6 +1,10 @@
 //! `kinesis agg` against the reference aggregator (PyPI `aws-kinesis-agg`), both ways.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -61,12 +65,14 @@ fn user_records() -> Vec<Value> {
                 1 => format!("ключ-π-🔑-{i}"),
                 _ => format!("user-{i}"),
             };
-            let data: Vec<u8> = if i % 17 == 0 {
+            let data: Vec<u8> = if i.is_multiple_of(17) {
                 vec![]
             } else {
                 (0..(i * 7 % 400)).map(|b| (b * 31 + i) as u8).collect()
             };
-            let ehk = (i % 5 == 0).then(|| (u128::MAX / 300 * u128::from(i)).to_string());
+            let ehk = i
+                .is_multiple_of(5)
+                .then(|| (u128::MAX / 300 * u128::from(i)).to_string());
             json!({"partition_key": pk, "explicit_hash_key": ehk, "data": B64.encode(data)})
         })
         .collect()

@@ -1,7 +1,11 @@
 //! `kinesis local` as a real process, driven by `kinesis streams` (through the standard
 //! `AWS_ENDPOINT_URL_*` variables) and by the AWS CLI.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,7 +1,11 @@
 //! Property tests for the KPL codec: random records round-trip exactly, sizes are exact, and no
 //! input makes the decoder panic or lose data.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 
 use bytes::Bytes;
 use kinesis_core::agg::{self, Aggregator, MAGIC, TryAdd};

@@ -1,7 +1,11 @@
 //! The KPL codec against the reference vectors made by PyPI `aws-kinesis-agg`
 //! (`../shared/vectors/kpl-aggregation.json` beside the repository, or `$KPL_VECTORS`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 
 use std::path::PathBuf;
 
