@@ -2,13 +2,11 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use prost::Message;
-
-use super::proto;
+use super::wire;
 use super::{DIGEST_LEN, MAGIC};
 use crate::hash::{hash_key, md5_digest};
 use crate::types::{HashKey, HashKeyRange};
+use bytes::Bytes;
 
 /// A user record taken out of a Kinesis record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,32 +186,45 @@ fn parse(data: &Bytes, range: Option<HashKeyRange>) -> Result<Vec<DeaggregatedRe
         return Err(NotAggregated::TooShort { len: data.len() }.into());
     }
     let split = data.len() - DIGEST_LEN;
-    let body = data.slice(MAGIC.len()..split);
-    if md5_digest(&body) != data[split..] {
+    let body = &data[MAGIC.len()..split];
+    if md5_digest(body) != data[split..] {
         return Err(NotAggregated::BadChecksum.into());
     }
-    let msg = proto::AggregatedRecord::decode(body)
-        .map_err(|e| NotAggregated::BadProtobuf(e.to_string()))?;
+    let bad = |e: wire::WireError| NotAggregated::BadProtobuf(e.to_string());
+    let msg = wire::read_message(body).map_err(bad)?;
     if msg.records.is_empty() {
         return Err(NotAggregated::Empty.into());
     }
-    let pks: Vec<Arc<str>> = msg.partition_key_table.into_iter().map(Arc::from).collect();
-    let ehks = msg
-        .explicit_hash_key_table
+    // read_message checked the strings are UTF-8.
+    let text =
+        |r: &std::ops::Range<usize>| std::str::from_utf8(&body[r.clone()]).unwrap_or_default();
+    let pks: Vec<Arc<str>> = msg
+        .partition_keys
         .iter()
-        .map(|s| HashKey::parse(s).map_err(|_| NotAggregated::BadExplicitHashKey(s.clone())))
+        .map(|r| Arc::from(text(r)))
+        .collect();
+    let ehks = msg
+        .explicit_hash_keys
+        .iter()
+        .map(|r| {
+            HashKey::parse(text(r))
+                .map_err(|_| NotAggregated::BadExplicitHashKey(text(r).to_owned()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     // Hash of each partition-key table entry, computed once per entry and only when checking.
     let mut pk_hashes: Vec<Option<HashKey>> =
         vec![None; if range.is_some() { pks.len() } else { 0 }];
 
+    // Offsets from the reader are into `body`, which starts after the magic.
+    let offset = MAGIC.len();
     let mut out = Vec::with_capacity(msg.records.len());
-    for (i, r) in msg.records.into_iter().enumerate() {
+    for (i, rec_range) in msg.records.into_iter().enumerate() {
+        let r = wire::read_record(body, rec_range).map_err(bad)?;
         let pk_idx = r
             .partition_key_index
             .ok_or(NotAggregated::MissingField("partition_key_index"))?;
-        let data = r.data.ok_or(NotAggregated::MissingField("data"))?;
-        if r.tags.iter().any(|t| t.key.is_none()) {
+        let data_range = r.data.ok_or(NotAggregated::MissingField("data"))?;
+        if r.tag_missing_key {
             return Err(NotAggregated::MissingField("tags.key").into());
         }
         let (pk_pos, pk) = index(&pks, "partition_key_table", i, pk_idx)?;
@@ -240,7 +251,7 @@ fn parse(data: &Bytes, range: Option<HashKeyRange>) -> Result<Vec<DeaggregatedRe
         out.push(DeaggregatedRecord {
             partition_key: Arc::clone(pk),
             explicit_hash_key: ehk,
-            data,
+            data: data.slice(data_range.start + offset..data_range.end + offset),
             sub_sequence_number,
             aggregated: true,
         });

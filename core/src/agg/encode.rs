@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use foldhash::fast::RandomState;
+
+use bytes::Bytes;
 
 use super::{DIGEST_LEN, MAGIC};
 use crate::hash::md5_digest;
@@ -69,15 +71,21 @@ pub enum TryAdd {
 #[derive(Debug)]
 pub struct Aggregator {
     max_bytes: usize,
-    pk_index: HashMap<PartitionKey, u64>,
+    pk_index: HashMap<PartitionKey, u64, RandomState>,
     pk_table: Vec<PartitionKey>,
-    ehk_index: HashMap<HashKey, u64>,
+    ehk_index: HashMap<HashKey, u64, RandomState>,
     ehk_table: Vec<String>,
     records: Vec<Entry>,
     /// The first record's explicit hash key: the aggregate's outer explicit hash key.
     first_ehk: Option<HashKey>,
     /// Exact length of the serialized `AggregatedRecord` message.
     body_len: usize,
+}
+
+/// Table positions of a record's keys, if already present.
+struct Lookup {
+    pk: Option<u64>,
+    ehk: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -110,9 +118,9 @@ impl Aggregator {
         }
         Ok(Self {
             max_bytes,
-            pk_index: HashMap::new(),
+            pk_index: HashMap::default(),
             pk_table: Vec::new(),
-            ehk_index: HashMap::new(),
+            ehk_index: HashMap::default(),
             ehk_table: Vec::new(),
             records: Vec::new(),
             first_ehk: None,
@@ -155,29 +163,33 @@ impl Aggregator {
         if self.records.is_empty() {
             return record.size_bytes();
         }
-        let (body, _) = self.body_len_with(record);
+        let (body, _) = self.body_len_with(record, &self.lookup(record));
         self.aggregated_size(body)
     }
 
+    /// Where `record`'s keys already are in the tables.
+    fn lookup(&self, record: &UserRecord) -> Lookup {
+        Lookup {
+            pk: self.pk_index.get(&record.partition_key).copied(),
+            ehk: record
+                .explicit_hash_key
+                .and_then(|h| self.ehk_index.get(&h).copied()),
+        }
+    }
+
     /// Body length with `record` added, and the record message length.
-    fn body_len_with(&self, record: &UserRecord) -> (usize, usize) {
+    fn body_len_with(&self, record: &UserRecord, found: &Lookup) -> (usize, usize) {
         let mut body = self.body_len;
-        let pk_idx = match self.pk_index.get(&record.partition_key) {
-            Some(&i) => i,
-            None => {
-                body += field_len(record.partition_key.len_bytes());
-                self.pk_table.len() as u64
-            }
-        };
+        let pk_idx = found.pk.unwrap_or_else(|| {
+            body += field_len(record.partition_key.len_bytes());
+            self.pk_table.len() as u64
+        });
         let mut rec_len = 1 + varint_len(pk_idx) + field_len(record.data.len());
         if let Some(ehk) = record.explicit_hash_key {
-            let ehk_idx = match self.ehk_index.get(&ehk) {
-                Some(&i) => i,
-                None => {
-                    body += field_len(decimal_len(ehk.0));
-                    self.ehk_table.len() as u64
-                }
-            };
+            let ehk_idx = found.ehk.unwrap_or_else(|| {
+                body += field_len(decimal_len(ehk.0));
+                self.ehk_table.len() as u64
+            });
             rec_len += 1 + varint_len(ehk_idx);
         }
         body += field_len(rec_len);
@@ -194,7 +206,8 @@ impl Aggregator {
                 limit: self.max_bytes,
             });
         }
-        let (body, rec_len) = self.body_len_with(&record);
+        let found = self.lookup(&record);
+        let (body, rec_len) = self.body_len_with(&record, &found);
         if !self.records.is_empty() && self.aggregated_size(body) > self.max_bytes {
             return Ok(TryAdd::Full(record));
         }
@@ -202,26 +215,20 @@ impl Aggregator {
         if self.records.is_empty() {
             self.first_ehk = record.explicit_hash_key;
         }
-        let pk = match self.pk_index.get(&record.partition_key) {
-            Some(&i) => i,
-            None => {
-                let i = self.pk_table.len() as u64;
-                self.pk_index.insert(record.partition_key.clone(), i);
-                self.pk_table.push(record.partition_key);
+        let pk = found.pk.unwrap_or_else(|| {
+            let i = self.pk_table.len() as u64;
+            self.pk_index.insert(record.partition_key.clone(), i);
+            self.pk_table.push(record.partition_key);
+            i
+        });
+        let ehk = record.explicit_hash_key.map(|h| {
+            found.ehk.unwrap_or_else(|| {
+                let i = self.ehk_table.len() as u64;
+                self.ehk_index.insert(h, i);
+                self.ehk_table.push(h.to_string());
                 i
-            }
-        };
-        let ehk = record
-            .explicit_hash_key
-            .map(|ehk| match self.ehk_index.get(&ehk) {
-                Some(&i) => i,
-                None => {
-                    let i = self.ehk_table.len() as u64;
-                    self.ehk_index.insert(ehk, i);
-                    self.ehk_table.push(ehk.to_string());
-                    i
-                }
-            });
+            })
+        });
         self.records.push(Entry {
             pk,
             ehk,
@@ -262,8 +269,8 @@ impl Aggregator {
     /// Writes magic + `AggregatedRecord` + MD5(`AggregatedRecord`). Fields go in field-number
     /// order, as C++ protobuf (the KPL) writes them, and required fields are always written.
     fn serialize(&self) -> Bytes {
-        let mut buf = BytesMut::with_capacity(MAGIC.len() + self.body_len + DIGEST_LEN);
-        buf.put_slice(&MAGIC);
+        let mut buf = Vec::with_capacity(MAGIC.len() + self.body_len + DIGEST_LEN);
+        buf.extend_from_slice(&MAGIC);
         for pk in &self.pk_table {
             put_len_field(&mut buf, 0x0A, pk.as_str().as_bytes());
         }
@@ -271,36 +278,51 @@ impl Aggregator {
             put_len_field(&mut buf, 0x12, ehk.as_bytes());
         }
         for e in &self.records {
-            buf.put_u8(0x1A);
-            put_varint(&mut buf, e.len as u64);
-            buf.put_u8(0x08);
-            put_varint(&mut buf, e.pk);
+            let mut head = [0u8; 32];
+            let mut n = 0;
+            head[n] = 0x1A;
+            n += 1;
+            n += write_varint(&mut head[n..], e.len as u64);
+            head[n] = 0x08;
+            n += 1;
+            n += write_varint(&mut head[n..], e.pk);
             if let Some(ehk) = e.ehk {
-                buf.put_u8(0x10);
-                put_varint(&mut buf, ehk);
+                head[n] = 0x10;
+                n += 1;
+                n += write_varint(&mut head[n..], ehk);
             }
-            put_len_field(&mut buf, 0x1A, &e.data);
+            head[n] = 0x1A;
+            n += 1;
+            n += write_varint(&mut head[n..], e.data.len() as u64);
+            buf.extend_from_slice(&head[..n]);
+            buf.extend_from_slice(&e.data);
         }
         let digest = md5_digest(&buf[MAGIC.len()..]);
-        buf.put_slice(&digest);
+        buf.extend_from_slice(&digest);
         debug_assert_eq!(buf.len(), MAGIC.len() + self.body_len + DIGEST_LEN);
-        buf.freeze()
+        Bytes::from(buf)
     }
 }
 
+/// Writes a varint into `out` (at least 10 bytes long); returns its length.
 #[allow(clippy::cast_possible_truncation)] // keeping the low 7 bits is the encoding
-fn put_varint(buf: &mut BytesMut, mut v: u64) {
+fn write_varint(out: &mut [u8], mut v: u64) -> usize {
+    let mut n = 0;
     while v >= 0x80 {
-        buf.put_u8((v as u8) | 0x80);
+        out[n] = (v as u8) | 0x80;
         v >>= 7;
+        n += 1;
     }
-    buf.put_u8(v as u8);
+    out[n] = v as u8;
+    n + 1
 }
 
-fn put_len_field(buf: &mut BytesMut, tag: u8, payload: &[u8]) {
-    buf.put_u8(tag);
-    put_varint(buf, payload.len() as u64);
-    buf.put_slice(payload);
+fn put_len_field(buf: &mut Vec<u8>, tag: u8, payload: &[u8]) {
+    let mut head = [0u8; 11];
+    head[0] = tag;
+    let n = 1 + write_varint(&mut head[1..], payload.len() as u64);
+    buf.extend_from_slice(&head[..n]);
+    buf.extend_from_slice(payload);
 }
 
 /// Number of decimal digits of `v`.
@@ -324,9 +346,8 @@ mod tests {
             (u64::MAX, 10),
         ] {
             assert_eq!(varint_len(v), n, "{v}");
-            let mut b = BytesMut::new();
-            put_varint(&mut b, v);
-            assert_eq!(b.len(), n);
+            let mut b = [0u8; 10];
+            assert_eq!(write_varint(&mut b, v), n);
         }
     }
 

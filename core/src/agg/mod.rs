@@ -31,7 +31,9 @@
 
 mod decode;
 mod encode;
+#[cfg(test)]
 mod proto;
+mod wire;
 
 pub use decode::{
     DeaggregatedRecord, NotAggregated, OutsideShard, deaggregate, deaggregate_for_shard,
