@@ -184,7 +184,7 @@ pub(crate) fn read_message(buf: &[u8]) -> Result<Message> {
     while !r.done() {
         let (field, wire) = r.key()?;
         match field {
-            1 | 2 | 3 => {
+            1..=3 => {
                 r.expect(wire, LEN)?;
                 let range = r.len_delimited()?;
                 match field {
