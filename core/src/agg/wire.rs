@@ -279,7 +279,10 @@ mod tests {
     use prost::Message as _;
 
     /// What prost makes of a body: records as (pk index, ehk index, data) or an error.
-    fn with_prost(body: &[u8]) -> Option<Vec<(Option<u64>, Option<u64>, Option<Vec<u8>>, bool)>> {
+    /// (pk index, ehk index, data, a tag lacks its key) per record.
+    type Decoded = Option<Vec<(Option<u64>, Option<u64>, Option<Vec<u8>>, bool)>>;
+
+    fn with_prost(body: &[u8]) -> Decoded {
         let m = proto::AggregatedRecord::decode(body).ok()?;
         Some(
             m.records
@@ -297,7 +300,7 @@ mod tests {
         )
     }
 
-    fn with_reader(body: &[u8]) -> Option<Vec<(Option<u64>, Option<u64>, Option<Vec<u8>>, bool)>> {
+    fn with_reader(body: &[u8]) -> Decoded {
         let m = read_message(body).ok()?;
         m.records
             .into_iter()
