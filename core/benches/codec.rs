@@ -4,7 +4,12 @@
 //! encode and decode are interleaved so machine noise hits all three alike; the report gives the
 //! median round of each, MB/s of aggregated bytes, user records/s, and the ratio to MD5.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation
+)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
