@@ -37,12 +37,19 @@ async fn main() -> anyhow::Result<()> {
         let record = UserRecord::new(
             PartitionKey::new(format!("user-{}", i % 500))?,
             None,
-            Bytes::from(format!("{{\"event\":{i},\"payload\":\"{}\"}}", "x".repeat(60))),
+            Bytes::from(format!(
+                "{{\"event\":{i},\"payload\":\"{}\"}}",
+                "x".repeat(60)
+            )),
         );
-        let shard = map.shard_for(record.hash_key()).context("no open shard for a key")?;
+        let shard = map
+            .shard_for(record.hash_key())
+            .context("no open shard for a key")?;
         let aggregator = match aggregators.get_mut(&shard.shard_id) {
             Some(a) => a,
-            None => aggregators.entry(shard.shard_id.clone()).or_insert(Aggregator::new(51_200)?),
+            None => aggregators
+                .entry(shard.shard_id.clone())
+                .or_insert(Aggregator::new(51_200)?),
         };
         if let TryAdd::Full(record) = aggregator.try_add(record)? {
             kinesis_records.extend(aggregator.finish());
@@ -66,7 +73,13 @@ async fn main() -> anyhow::Result<()> {
                     .build()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let out = env.kinesis.put_records().stream_name(&stream).set_records(Some(entries)).send().await?;
+        let out = env
+            .kinesis
+            .put_records()
+            .stream_name(&stream)
+            .set_records(Some(entries))
+            .send()
+            .await?;
         calls += 1;
         for (kr, result) in batch.into_iter().zip(out.records()) {
             if result.error_code().is_some() {
@@ -93,7 +106,12 @@ async fn main() -> anyhow::Result<()> {
             .shard_iterator
             .context("no shard iterator")?;
         loop {
-            let out = env.kinesis.get_records().shard_iterator(&iterator).send().await?;
+            let out = env
+                .kinesis
+                .get_records()
+                .shard_iterator(&iterator)
+                .send()
+                .await?;
             for r in out.records() {
                 let data = Bytes::from(r.data().clone().into_inner());
                 received += agg::deaggregate(r.partition_key().unwrap_or_default(), data).len();
@@ -109,7 +127,11 @@ async fn main() -> anyhow::Result<()> {
         bail!("expected {USER_RECORDS} user records, read {received}");
     }
     if let Some(emulators) = env.emulators() {
-        println!("emulators: Kinesis {}, DynamoDB {}", emulators.kinesis_endpoint(), emulators.dynamodb_endpoint());
+        println!(
+            "emulators: Kinesis {}, DynamoDB {}",
+            emulators.kinesis_endpoint(),
+            emulators.dynamodb_endpoint()
+        );
     }
     Ok(())
 }
