@@ -97,6 +97,9 @@ impl LocalEmulators {
             ..Default::default()
         };
         let (app, _store) = ferrokinesis::create_app(store);
+        // Axum's default 2 MB body limit is below what AWS accepts: a full PutRecords call
+        // (5 MiB of data, base64 in JSON) is about 7 MB.
+        let app = app.layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024));
         let bind = |addr| async move {
             TcpListener::bind(addr)
                 .await

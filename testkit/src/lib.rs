@@ -21,6 +21,7 @@
 
 mod emulators;
 pub mod python;
+mod read;
 mod wait;
 
 use std::time::Duration;
@@ -30,6 +31,7 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 
 pub use emulators::{EmulatorOptions, LocalEmulators, StartError};
+pub use read::{ReadRecord, StreamContents, read_stream};
 pub use wait::{eventually, wait_stream_active};
 
 /// Which services the tests run against.

@@ -1,0 +1,125 @@
+//! The producer's one seam to the SDK: PutRecords and ListShards.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_kinesis::config::retry::RetryConfig;
+use aws_sdk_kinesis::config::timeout::TimeoutConfig;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use futures::future::BoxFuture;
+use kinesis_core::shard_map::{Shard, list_shards};
+use kinesis_core::{AwsError, ErrorKind, KinesisRecord, SequenceNumber, ShardId, StreamRef};
+
+/// The result of one PutRecords entry.
+#[derive(Debug, Clone)]
+pub(crate) enum EntryResult {
+    Ok {
+        shard_id: ShardId,
+        sequence_number: SequenceNumber,
+    },
+    Failed {
+        code: Arc<str>,
+        message: Arc<str>,
+    },
+}
+
+/// What the producer needs from Kinesis.
+pub(crate) trait KinesisApi: Send + Sync + 'static {
+    /// One PutRecords attempt (no SDK retries: the producer owns retries and their accounting).
+    fn put_records(
+        &self,
+        stream: StreamRef,
+        records: Vec<KinesisRecord>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<EntryResult>, AwsError>>;
+
+    /// Every shard of the stream.
+    fn list_shards(&self, stream: StreamRef) -> BoxFuture<'static, Result<Vec<Shard>, AwsError>>;
+}
+
+impl KinesisApi for aws_sdk_kinesis::Client {
+    fn put_records(
+        &self,
+        stream: StreamRef,
+        records: Vec<KinesisRecord>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<EntryResult>, AwsError>> {
+        let client = self.clone();
+        Box::pin(async move {
+            let n = records.len();
+            let entries = records
+                .into_iter()
+                .map(|kr| {
+                    PutRecordsRequestEntry::builder()
+                        .partition_key(kr.partition_key.as_str())
+                        .set_explicit_hash_key(kr.explicit_hash_key.map(|h| h.to_string()))
+                        // Moves the bytes when the aggregate is the only owner (no copy).
+                        .data(Blob::new(Vec::from(kr.data)))
+                        .build()
+                        .map_err(|e| AwsError::other("PutRecords", ErrorKind::Invalid, e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let req = client.put_records().set_records(Some(entries));
+            let out = kinesis_core::with_stream!(req, &stream)
+                .customize()
+                .config_override(
+                    aws_sdk_kinesis::config::Builder::default()
+                        .retry_config(RetryConfig::disabled())
+                        .timeout_config(
+                            TimeoutConfig::builder()
+                                .operation_attempt_timeout(timeout)
+                                .build(),
+                        ),
+                )
+                .send()
+                .await
+                .map_err(|e| AwsError::new("PutRecords", e))?;
+            if out.records().len() != n {
+                return Err(AwsError::other(
+                    "PutRecords",
+                    ErrorKind::Transient,
+                    format!(
+                        "response has {} entries for {n} records",
+                        out.records().len()
+                    ),
+                ));
+            }
+            Ok(out
+                .records()
+                .iter()
+                .map(
+                    |r| match (r.error_code(), r.shard_id(), r.sequence_number()) {
+                        (None, Some(shard), Some(seq)) => {
+                            match (ShardId::new(shard), SequenceNumber::parse(seq)) {
+                                (Ok(shard_id), Ok(sequence_number)) => EntryResult::Ok {
+                                    shard_id,
+                                    sequence_number,
+                                },
+                                _ => EntryResult::Failed {
+                                    code: "InvalidResponse".into(),
+                                    message: format!(
+                                        "bad shard id {shard:?} or sequence number {seq:?}"
+                                    )
+                                    .into(),
+                                },
+                            }
+                        }
+                        (code, _, _) => EntryResult::Failed {
+                            code: code.unwrap_or("InvalidResponse").into(),
+                            message: r
+                                .error_message()
+                                .unwrap_or("entry has neither result nor error")
+                                .into(),
+                        },
+                    },
+                )
+                .collect())
+        })
+    }
+
+    fn list_shards(&self, stream: StreamRef) -> BoxFuture<'static, Result<Vec<Shard>, AwsError>> {
+        let client = self.clone();
+        Box::pin(async move { list_shards(&client, &stream).await })
+    }
+}

@@ -1,0 +1,1062 @@
+//! The driver task: owns every buffered record and every decision about it.
+//!
+//! ```text
+//!  Command::Send ─► predict shard ─► ShardState.aggregator ──(full | deadline | flush)──┐
+//!                                                                                      ▼
+//!                       ShardState.ready ─(token buckets per shard)─► collector (≤500, ≤5 MiB)
+//!                                                                                      │
+//!   receipts ◄─ settle ◄─ result per entry ◄─ PutRecords in flight (≤ max_in_flight) ◄─┘
+//!                  │
+//!                  └─ failed entry / retryable error ─► retry queue (backoff + jitter) ─► shard again
+//! ```
+//!
+//! One task and no locks: the handle sends commands; this loop reacts to commands, responses,
+//! the shard-map refresh and, while anything is buffered, a 5 ms tick (deadlines, token
+//! refills, retries).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use kinesis_core::agg::{Aggregator, TryAdd};
+use kinesis_core::classify::classify_code;
+use kinesis_core::shard_map::{Shard, ShardMap};
+use kinesis_core::{
+    AwsError, ErrorKind, HashKey, KinesisRecord, SequenceNumber, ShardId, StreamRef, UserRecord,
+};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::api::{EntryResult, KinesisApi};
+use crate::config::ProducerConfig;
+use crate::error::{FailureReason, PutError};
+use crate::limiter::ShardLimiter;
+use crate::receipt::{Delivered, Outcome};
+use crate::stats::Stats;
+
+const TICK: Duration = Duration::from_millis(5);
+const WRONG_SHARD: &str =
+    "WrongShard: the aggregate was stored on a shard that does not own this key";
+
+/// A record the handle accepted.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) record: UserRecord,
+    pub(crate) hash: HashKey,
+    pub(crate) reply: oneshot::Sender<Outcome>,
+    pub(crate) permit: OwnedSemaphorePermit,
+    pub(crate) arrived: Instant,
+    pub(crate) attempts: u32,
+    pub(crate) last_error: Option<Arc<str>>,
+    pub(crate) epoch: u64,
+}
+
+/// What the handle asks of the driver.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Flush(oneshot::Sender<()>),
+    Shutdown {
+        deadline: Instant,
+        done: oneshot::Sender<ShutdownReport>,
+    },
+}
+
+/// What `shutdown` returns.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// User records delivered over the producer's life.
+    pub delivered: u64,
+    /// User records failed over the producer's life (their receipts say why), including those
+    /// below.
+    pub failed: u64,
+    /// Records never sent, handed back (their receipts fail with `Cancelled`).
+    pub undelivered: Vec<UserRecord>,
+    /// Records whose PutRecords call was still running at the deadline: they may or may not be
+    /// in the stream (their receipts fail with `Unknown`).
+    pub in_flight: Vec<UserRecord>,
+}
+
+/// Key of a shard's state. `None` holds records whose hash key no open shard covers (possible
+/// while resharding): they go plain and unlimited until the map is refreshed.
+type ShardKey = Option<ShardId>;
+
+/// A finished Kinesis record and the user records in it, in order.
+struct Ready {
+    key: ShardKey,
+    kr: KinesisRecord,
+    members: Vec<Pending>,
+    deadline: Instant,
+}
+
+struct ShardState {
+    aggregator: Option<Aggregator>,
+    members: Vec<Pending>,
+    agg_deadline: Option<Instant>,
+    ready: VecDeque<Ready>,
+    limiter: Option<ShardLimiter>,
+    /// Kinesis records of this shard in the collector or in flight.
+    in_flight: usize,
+    /// `preserve_order`: nothing leaves this shard before this time (a retry is waiting).
+    blocked_until: Option<Instant>,
+}
+
+impl ShardState {
+    fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.ready.is_empty() && self.in_flight == 0
+    }
+
+    /// Turns the aggregate being built into a ready Kinesis record.
+    fn finish_aggregate(&mut self, key: &ShardKey) {
+        let Some(agg) = self.aggregator.as_mut() else {
+            return;
+        };
+        if let Some(kr) = agg.finish() {
+            let members = std::mem::take(&mut self.members);
+            let deadline = self.agg_deadline.take().unwrap_or_else(Instant::now);
+            self.ready.push_back(Ready {
+                key: key.clone(),
+                kr,
+                members,
+                deadline,
+            });
+        }
+    }
+}
+
+struct RetryItem {
+    at: Instant,
+    seq: u64,
+    pending: Pending,
+}
+
+impl PartialEq for RetryItem {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for RetryItem {}
+impl PartialOrd for RetryItem {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for RetryItem {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// The user records of one PutRecords call, per entry, kept here (not in the call's future) so
+/// that a shutdown can hand them back.
+type Batch = Vec<(ShardKey, Vec<Pending>)>;
+
+type Response = (u64, Result<Vec<EntryResult>, AwsError>);
+
+pub(crate) struct Driver {
+    cfg: Arc<ProducerConfig>,
+    api: Arc<dyn KinesisApi>,
+    stream: StreamRef,
+    stats: Arc<Stats>,
+    map: ShardMap,
+    shards: HashMap<ShardKey, ShardState>,
+    collector: Vec<Ready>,
+    collector_bytes: usize,
+    collector_deadline: Option<Instant>,
+    calls: FuturesUnordered<BoxFuture<'static, Response>>,
+    batches: HashMap<u64, Batch>,
+    next_call: u64,
+    retries: BinaryHeap<Reverse<RetryItem>>,
+    retry_seq: u64,
+    backoff: ExponentialBuilder,
+    /// Aggregates stored on a shard the map does not know yet: settled after the next refresh.
+    unverified: Vec<(ShardId, SequenceNumber, Vec<Pending>)>,
+    refresh: Option<BoxFuture<'static, Result<Vec<Shard>, AwsError>>>,
+    refresh_wanted: bool,
+    refresh_failures: u32,
+    next_refresh: Instant,
+    epoch: u64,
+    outstanding: BTreeMap<u64, usize>,
+    flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
+    shutdown: Option<(Instant, oneshot::Sender<ShutdownReport>)>,
+    /// Shards with ready records waiting for tokens, a request slot or the collector.
+    waiting: Vec<ShardKey>,
+}
+
+/// Polls an optional future; pending forever when there is none.
+async fn poll_opt<T>(f: &mut Option<BoxFuture<'static, T>>) -> T {
+    match f.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    pub(crate) fn new(
+        cfg: Arc<ProducerConfig>,
+        api: Arc<dyn KinesisApi>,
+        stream: StreamRef,
+        stats: Arc<Stats>,
+        map: ShardMap,
+    ) -> Self {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(cfg.retry_min_delay)
+            .with_max_delay(cfg.retry_max_delay)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times();
+        let next_refresh = Instant::now() + cfg.shard_map_refresh_interval;
+        Self {
+            cfg,
+            api,
+            stream,
+            stats,
+            map,
+            shards: HashMap::new(),
+            collector: Vec::new(),
+            collector_bytes: 0,
+            collector_deadline: None,
+            calls: FuturesUnordered::new(),
+            batches: HashMap::new(),
+            next_call: 0,
+            retries: BinaryHeap::new(),
+            retry_seq: 0,
+            backoff,
+            unverified: Vec::new(),
+            refresh: None,
+            refresh_wanted: false,
+            refresh_failures: 0,
+            next_refresh,
+            epoch: 0,
+            outstanding: BTreeMap::new(),
+            flush_waiters: Vec::new(),
+            shutdown: None,
+            waiting: Vec::new(),
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.outstanding.is_empty() || self.refresh_wanted || self.shutdown.is_some()
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut records: mpsc::UnboundedReceiver<Box<Pending>>,
+        mut control: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let busy = self.has_work();
+            let refresh_at = self.next_refresh;
+            tokio::select! {
+                // Every branch is cancel-safe: mpsc recv, FuturesUnordered::next, interval tick,
+                // sleep, and a boxed future polled in place.
+                // Control first: a flush or shutdown must not wait behind a flood of records.
+                biased;
+                Some(cmd) = control.recv() => self.command(cmd),
+                p = records.recv() => match p {
+                    Some(p) => {
+                        let now = Instant::now();
+                        self.accept(*p, now);
+                        // Take what else is queued before anything else: bigger batches.
+                        for _ in 0..4096 {
+                            match records.try_recv() {
+                                Ok(p) => self.accept(*p, now),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => {
+                        // Every handle was dropped without shutdown(): stop now, settling every
+                        // record (Drop aborts; shutdown drains).
+                        self.abandon("producer dropped without shutdown()");
+                        return;
+                    }
+                },
+                Some((id, result)) = self.calls.next(), if !self.calls.is_empty() => {
+                    if let Some(batch) = self.batches.remove(&id) {
+                        self.response(batch, result);
+                    }
+                }
+                shards = poll_opt(&mut self.refresh), if self.refresh.is_some() => {
+                    self.refresh = None;
+                    self.refreshed(shards);
+                }
+                _ = tick.tick(), if busy => self.on_tick(),
+                () = tokio::time::sleep_until(refresh_at), if !busy => {
+                    self.refresh_wanted = true;
+                }
+            }
+            self.pump();
+            self.resolve_flushes();
+            if self.finish_shutdown_if_due() {
+                return;
+            }
+        }
+    }
+
+    fn accept(&mut self, mut p: Pending, now: Instant) {
+        p.epoch = self.epoch;
+        *self.outstanding.entry(self.epoch).or_default() += 1;
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("UserRecordsReceived").increment(1);
+        self.enqueue(p, now);
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Flush(done) => {
+                self.flush_waiters.push((self.epoch, done));
+                self.epoch += 1;
+                self.flush_all();
+            }
+            Command::Shutdown { deadline, done } => {
+                self.shutdown = Some((deadline, done));
+                self.epoch += 1;
+                self.flush_all();
+            }
+        }
+    }
+
+    /// A flush or shutdown is waiting: send everything now, whatever the deadlines.
+    fn urgent(&self) -> bool {
+        !self.flush_waiters.is_empty() || self.shutdown.is_some()
+    }
+
+    fn shard_key(&self, hash: HashKey) -> ShardKey {
+        self.map.shard_for(hash).map(|s| s.shard_id.clone())
+    }
+
+    fn state(&mut self, key: &ShardKey, now: Instant) -> &mut ShardState {
+        let (aggregation, max, rate) = (
+            self.cfg.aggregation,
+            self.cfg.aggregation_max_bytes,
+            self.cfg.rate_limit_percent,
+        );
+        self.shards
+            .entry(key.clone())
+            .or_insert_with(|| ShardState {
+                aggregator: if aggregation && key.is_some() {
+                    Aggregator::new(max).ok()
+                } else {
+                    None
+                },
+                members: Vec::new(),
+                agg_deadline: None,
+                ready: VecDeque::new(),
+                limiter: key.as_ref().map(|_| ShardLimiter::new(rate, now)),
+                in_flight: 0,
+                blocked_until: None,
+            })
+    }
+
+    /// Routes a record to its predicted shard's buffer.
+    fn enqueue(&mut self, p: Pending, now: Instant) {
+        let key = self.shard_key(p.hash);
+        let deadline = now.max(p.arrived) + self.cfg.record_max_buffered_time;
+        let max_count = self.cfg.aggregation_max_count;
+        let st = self.state(&key, now);
+        let fits = st
+            .aggregator
+            .as_ref()
+            .is_some_and(|a| p.record.size_bytes() <= a.max_bytes());
+        match st.aggregator.as_mut() {
+            Some(agg) if fits => {
+                // Full: finish and start a new aggregate; the record fits an empty one.
+                if let Ok(TryAdd::Full(_)) = agg.try_add(p.record.clone()) {
+                    st.finish_aggregate(&key);
+                    if let Some(agg) = st.aggregator.as_mut() {
+                        let _ = agg.try_add(p.record.clone());
+                    }
+                }
+                st.members.push(p);
+                st.agg_deadline = Some(st.agg_deadline.map_or(deadline, |d| d.min(deadline)));
+                if st.members.len() >= max_count {
+                    st.finish_aggregate(&key);
+                }
+            }
+            _ => {
+                // No aggregation here, or too large for an aggregate: alone, after what is
+                // buffered (order).
+                st.finish_aggregate(&key);
+                let kr = plain(&p.record);
+                st.ready.push_back(Ready {
+                    key: key.clone(),
+                    kr,
+                    members: vec![p],
+                    deadline,
+                });
+            }
+        }
+        if !st.ready.is_empty() {
+            self.waiting.push(key);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for (k, st) in &mut self.shards {
+            if !st.members.is_empty() {
+                st.finish_aggregate(k);
+            }
+            if !st.ready.is_empty() {
+                self.waiting.push(k.clone());
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let urgent = self.urgent();
+        for (k, st) in &mut self.shards {
+            if !st.members.is_empty() && (urgent || st.agg_deadline.is_some_and(|d| d <= now)) {
+                st.finish_aggregate(k);
+            }
+            if !st.ready.is_empty() {
+                self.waiting.push(k.clone());
+            }
+        }
+        while let Some(Reverse(top)) = self.retries.peek() {
+            if top.at > now && !urgent {
+                break;
+            }
+            let Some(Reverse(item)) = self.retries.pop() else {
+                break;
+            };
+            self.enqueue(item.pending, now);
+        }
+        if self.collector_deadline.is_some_and(|d| d <= now) || urgent {
+            self.dispatch();
+        }
+        if self.refresh.is_none() && (self.refresh_wanted || now >= self.next_refresh) {
+            self.start_refresh();
+        }
+        let map = &self.map;
+        self.shards.retain(|k, st| {
+            let open = k
+                .as_ref()
+                .is_none_or(|id| map.get(id).is_some_and(Shard::is_open));
+            open || !st.is_idle()
+        });
+    }
+
+    /// Moves ready records through the rate limiters into the collector, sending full batches.
+    fn pump(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut keys = std::mem::take(&mut self.waiting);
+        keys.sort_unstable();
+        keys.dedup();
+        let mut still = Vec::new();
+        let ttl = self.cfg.record_ttl;
+        let preserve = self.cfg.preserve_order;
+        for key in keys {
+            while let Some(st) = self.shards.get_mut(&key) {
+                let Some(front) = st.ready.front() else { break };
+                if preserve && (st.in_flight > 0 || st.blocked_until.is_some_and(|t| t > now)) {
+                    still.push(key.clone());
+                    break;
+                }
+                if front
+                    .members
+                    .iter()
+                    .any(|m| now.duration_since(m.arrived) >= ttl)
+                {
+                    // Past the TTL: fail those here rather than send them.
+                    let Some(r) = st.ready.pop_front() else { break };
+                    self.expire_members(r, now);
+                    continue;
+                }
+                let size = front.kr.size_bytes();
+                if self.collector_full_for(size) {
+                    self.dispatch();
+                    if self.collector_full_for(size) {
+                        // No request slot free: wait for a response.
+                        still.push(key.clone());
+                        break;
+                    }
+                }
+                let Some(st) = self.shards.get_mut(&key) else {
+                    break;
+                };
+                if let Some(l) = st.limiter.as_mut()
+                    && !l.try_take(size, now)
+                {
+                    still.push(key.clone());
+                    break;
+                }
+                let Some(r) = st.ready.pop_front() else { break };
+                st.in_flight += 1;
+                self.collector_bytes += size;
+                self.collector_deadline = Some(
+                    self.collector_deadline
+                        .map_or(r.deadline, |d| d.min(r.deadline)),
+                );
+                self.collector.push(r);
+                if self.collector.len() >= self.cfg.collection_max_count {
+                    self.dispatch();
+                }
+            }
+        }
+        self.waiting.extend(still);
+    }
+
+    fn collector_full_for(&self, size: usize) -> bool {
+        self.collector.len() >= self.cfg.collection_max_count
+            || (!self.collector.is_empty()
+                && self.collector_bytes + size > self.cfg.collection_max_bytes)
+    }
+
+    /// Sends the collector as one PutRecords call, if a request slot is free.
+    fn dispatch(&mut self) {
+        if self.collector.is_empty() || self.calls.len() >= self.cfg.max_in_flight_requests {
+            return;
+        }
+        let ready = std::mem::take(&mut self.collector);
+        self.collector_bytes = 0;
+        self.collector_deadline = None;
+        let mut records = Vec::with_capacity(ready.len());
+        let mut batch: Batch = Vec::with_capacity(ready.len());
+        let mut users = 0;
+        for mut r in ready {
+            for m in &mut r.members {
+                m.attempts += 1;
+            }
+            users += r.members.len();
+            records.push(r.kr);
+            batch.push((r.key, r.members));
+        }
+        let n = records.len();
+        let bytes: usize = records.iter().map(KinesisRecord::size_bytes).sum();
+        let id = self.next_call;
+        self.next_call += 1;
+        self.batches.insert(id, batch);
+        self.stats.put_calls.fetch_add(1, Ordering::Relaxed);
+        metrics::histogram!("KinesisRecordsPerPutRecordsRequest").record(n as f64);
+        metrics::histogram!("UserRecordsPerPutRecordsRequest").record(users as f64);
+        let api = Arc::clone(&self.api);
+        let stream = self.stream.clone();
+        let timeout = self.cfg.request_timeout;
+        let span = tracing::debug_span!("put_records", stream = %self.stream, records = n, user_records = users, bytes);
+        self.calls.push(Box::pin(tracing::Instrument::instrument(
+            async move {
+                let started = Instant::now();
+                let result = api.put_records(stream, records, timeout).await;
+                metrics::histogram!("RequestTime").record(started.elapsed().as_secs_f64() * 1000.0);
+                (id, result)
+            },
+            span,
+        )));
+    }
+
+    fn response(&mut self, batch: Batch, result: Result<Vec<EntryResult>, AwsError>) {
+        let now = Instant::now();
+        match result {
+            Ok(results) => {
+                for ((key, members), res) in batch.into_iter().zip(results) {
+                    self.release_in_flight(&key);
+                    match res {
+                        EntryResult::Ok {
+                            shard_id,
+                            sequence_number,
+                        } => {
+                            self.stats
+                                .kinesis_records_put
+                                .fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("KinesisRecordsPut").increment(1);
+                            self.succeeded(&key, shard_id, sequence_number, members, now);
+                        }
+                        EntryResult::Failed { code, message } => {
+                            let kind = classify_code(&code).unwrap_or(ErrorKind::Transient);
+                            metrics::counter!("ErrorsByCode", "code" => code.to_string())
+                                .increment(1);
+                            metrics::counter!("AllErrors").increment(1);
+                            let text: Arc<str> = format!("{code}: {message}").into();
+                            if kind == ErrorKind::Throttled
+                                && let Some(l) =
+                                    self.shards.get_mut(&key).and_then(|s| s.limiter.as_mut())
+                            {
+                                l.throttled(now);
+                            }
+                            if kind == ErrorKind::Throttled && self.cfg.fail_if_throttled {
+                                for m in members {
+                                    self.fail(m, FailureReason::Throttled(Arc::clone(&text)));
+                                }
+                            } else {
+                                self.retry_all(key, members, &text, now);
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                metrics::counter!("ErrorsByCode", "code" => e.code().unwrap_or("Request").to_string()).increment(1);
+                metrics::counter!("AllErrors").increment(1);
+                let retryable = e.is_retryable();
+                if retryable {
+                    debug!(message = "PutRecords failed; retrying.", error = %e);
+                } else {
+                    warn!(message = "PutRecords rejected; failing its records.", stream = %self.stream, error = %e);
+                }
+                let e = Arc::new(e);
+                let text: Arc<str> = e.to_string().into();
+                for (key, members) in batch {
+                    self.release_in_flight(&key);
+                    if retryable {
+                        self.retry_all(key, members, &text, now);
+                    } else {
+                        for m in members {
+                            self.fail(m, FailureReason::Rejected(Arc::clone(&e)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn release_in_flight(&mut self, key: &ShardKey) {
+        if let Some(st) = self.shards.get_mut(key) {
+            st.in_flight = st.in_flight.saturating_sub(1);
+            if !st.ready.is_empty() {
+                self.waiting.push(key.clone());
+            }
+        }
+    }
+
+    fn succeeded(
+        &mut self,
+        predicted: &ShardKey,
+        actual: ShardId,
+        seq: SequenceNumber,
+        members: Vec<Pending>,
+        now: Instant,
+    ) {
+        let numbered = number(members);
+        if predicted.as_ref() == Some(&actual) || numbered.len() == 1 {
+            if predicted.as_ref() != Some(&actual) {
+                self.refresh_wanted = true;
+            }
+            self.deliver(&actual, &seq, numbered);
+            return;
+        }
+        // An aggregate on a shard we did not predict (the stream resharded). KCL consumers drop
+        // a whole aggregate holding a key outside the shard's range, so those members are sent
+        // again (as the KPL does).
+        self.refresh_wanted = true;
+        match self.map.get(&actual).map(|s| s.hash_key_range) {
+            Some(range) => self.settle_by_range(&actual, &seq, range, numbered, now),
+            None => {
+                self.unverified
+                    .push((actual, seq, numbered.into_iter().map(|(_, m)| m).collect()));
+            }
+        }
+    }
+
+    fn settle_by_range(
+        &mut self,
+        actual: &ShardId,
+        seq: &SequenceNumber,
+        range: kinesis_core::HashKeyRange,
+        numbered: Vec<(u64, Pending)>,
+        now: Instant,
+    ) {
+        if numbered.iter().all(|(_, m)| range.contains(m.hash)) {
+            self.deliver(actual, seq, numbered);
+            return;
+        }
+        // The consumer will drop this aggregate: nothing in it counts as delivered.
+        for (_, m) in numbered {
+            self.retry(m, WRONG_SHARD.into(), now);
+        }
+    }
+
+    fn deliver(&mut self, shard: &ShardId, seq: &SequenceNumber, members: Vec<(u64, Pending)>) {
+        let n = members.len() as u64;
+        let mut permits: Option<OwnedSemaphorePermit> = None;
+        for (sub, m) in members {
+            self.settle_epoch(m.epoch);
+            metrics::histogram!("RetriesPerRecord").record(f64::from(m.attempts.saturating_sub(1)));
+            let _ = m.reply.send(Ok(Delivered {
+                shard_id: shard.clone(),
+                sequence_number: seq.clone(),
+                sub_sequence_number: sub,
+                attempts: m.attempts,
+            }));
+            // One release for the whole batch instead of one per record.
+            match permits.as_mut() {
+                Some(p) => p.merge(m.permit),
+                None => permits = Some(m.permit),
+            }
+        }
+        self.stats.delivered.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("UserRecordsPut").increment(n);
+    }
+
+    fn retry_all(&mut self, key: ShardKey, members: Vec<Pending>, error: &Arc<str>, now: Instant) {
+        if !self.cfg.preserve_order {
+            for m in members {
+                self.retry(m, Arc::clone(error), now);
+            }
+            return;
+        }
+        // Back to the front of the shard, in order, and the shard waits out the backoff.
+        let attempts = members.iter().map(|m| m.attempts).max().unwrap_or(1);
+        let delay = self.delay(attempts);
+        let ttl = self.cfg.record_ttl;
+        let mut live = Vec::with_capacity(members.len());
+        for mut m in members {
+            m.last_error = Some(Arc::clone(error));
+            if now + delay >= m.arrived + ttl {
+                self.expire(m, now);
+            } else {
+                live.push(m);
+            }
+        }
+        if !live.is_empty() {
+            self.stats
+                .retries
+                .fetch_add(live.len() as u64, Ordering::Relaxed);
+            self.requeue_front(key, live, now, delay);
+        }
+    }
+
+    /// `preserve_order`: puts records back at the front of their shard, re-aggregated, in order,
+    /// and holds the shard for `delay`.
+    fn requeue_front(
+        &mut self,
+        key: ShardKey,
+        members: Vec<Pending>,
+        now: Instant,
+        delay: Duration,
+    ) {
+        // Route by the first member: where the shard was (or is, if the map changed).
+        let key = if key
+            .as_ref()
+            .is_some_and(|k| self.map.get(k).is_some_and(Shard::is_open))
+        {
+            key
+        } else {
+            members.first().map_or(key, |m| self.shard_key(m.hash))
+        };
+        let max = self.cfg.aggregation_max_bytes;
+        let aggregate = self.cfg.aggregation && key.is_some();
+        let deadline = now + delay;
+        let mut front: Vec<Ready> = Vec::new();
+        let mut agg = if aggregate {
+            Aggregator::new(max).ok()
+        } else {
+            None
+        };
+        let mut group: Vec<Pending> = Vec::new();
+        let close =
+            |agg: &mut Option<Aggregator>, group: &mut Vec<Pending>, front: &mut Vec<Ready>| {
+                if let Some(kr) = agg.as_mut().and_then(Aggregator::finish) {
+                    front.push(Ready {
+                        key: key.clone(),
+                        kr,
+                        members: std::mem::take(group),
+                        deadline,
+                    });
+                }
+            };
+        for m in members {
+            let fits = agg
+                .as_ref()
+                .is_some_and(|a| m.record.size_bytes() <= a.max_bytes());
+            if fits {
+                if let Some(Ok(TryAdd::Full(_))) = agg.as_mut().map(|a| a.try_add(m.record.clone()))
+                {
+                    close(&mut agg, &mut group, &mut front);
+                    if let Some(a) = agg.as_mut() {
+                        let _ = a.try_add(m.record.clone());
+                    }
+                }
+                group.push(m);
+            } else {
+                close(&mut agg, &mut group, &mut front);
+                let kr = plain(&m.record);
+                front.push(Ready {
+                    key: key.clone(),
+                    kr,
+                    members: vec![m],
+                    deadline,
+                });
+            }
+        }
+        close(&mut agg, &mut group, &mut front);
+        let st = self.state(&key, now);
+        for r in front.into_iter().rev() {
+            st.ready.push_front(r);
+        }
+        st.blocked_until = Some(deadline);
+        self.waiting.push(key);
+    }
+
+    /// Retry delay before attempt `attempts + 1`: exponential from `retry_min_delay`, with jitter.
+    fn delay(&self, attempts: u32) -> Duration {
+        let n = usize::try_from(attempts.max(1) - 1).unwrap_or(usize::MAX);
+        self.backoff
+            .build()
+            .nth(n)
+            .unwrap_or(self.cfg.retry_max_delay)
+    }
+
+    fn retry(&mut self, mut m: Pending, error: Arc<str>, now: Instant) {
+        m.last_error = Some(error);
+        let delay = self.delay(m.attempts);
+        if now + delay >= m.arrived + self.cfg.record_ttl {
+            // The next attempt would come after the TTL: fail now rather than wait for nothing.
+            self.expire(m, now);
+            return;
+        }
+        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+        self.retry_seq += 1;
+        self.retries.push(Reverse(RetryItem {
+            at: now + delay,
+            seq: self.retry_seq,
+            pending: m,
+        }));
+    }
+
+    /// A ready record with a member past its TTL: fail the expired, re-buffer the rest.
+    fn expire_members(&mut self, r: Ready, now: Instant) {
+        let ttl = self.cfg.record_ttl;
+        let mut live = Vec::new();
+        for m in r.members {
+            if now.duration_since(m.arrived) >= ttl {
+                self.expire(m, now);
+            } else {
+                live.push(m);
+            }
+        }
+        if live.is_empty() {
+            return;
+        }
+        if self.cfg.preserve_order {
+            self.requeue_front(r.key, live, now, Duration::ZERO);
+        } else {
+            for m in live {
+                self.enqueue(m, now);
+            }
+        }
+    }
+
+    fn expire(&mut self, m: Pending, now: Instant) {
+        metrics::counter!("UserRecordExpired").increment(1);
+        let elapsed = now.duration_since(m.arrived);
+        let last_error = m.last_error.clone();
+        self.fail(
+            m,
+            FailureReason::Expired {
+                elapsed,
+                last_error,
+            },
+        );
+    }
+
+    fn fail(&mut self, m: Pending, reason: FailureReason) {
+        self.settle_epoch(m.epoch);
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        let _ = m.reply.send(Err(PutError {
+            reason,
+            attempts: m.attempts,
+            record: m.record,
+        }));
+    }
+
+    fn settle_epoch(&mut self, epoch: u64) {
+        if let Some(c) = self.outstanding.get_mut(&epoch) {
+            *c -= 1;
+            if *c == 0 {
+                self.outstanding.remove(&epoch);
+            }
+        }
+    }
+
+    fn resolve_flushes(&mut self) {
+        if self.flush_waiters.is_empty() {
+            return;
+        }
+        let oldest = self.outstanding.keys().next().copied();
+        let waiters = std::mem::take(&mut self.flush_waiters);
+        for (epoch, done) in waiters {
+            if oldest.is_none_or(|o| o > epoch) {
+                let _ = done.send(());
+            } else {
+                self.flush_waiters.push((epoch, done));
+            }
+        }
+    }
+
+    fn start_refresh(&mut self) {
+        let api = Arc::clone(&self.api);
+        let stream = self.stream.clone();
+        // After failures, wait as the KPL does: 1 s, ×1.5 each time, at most 30 s.
+        let wait = match self.refresh_failures {
+            0 => Duration::ZERO,
+            n => Duration::from_secs_f64(1.5f64.powi(i32::try_from(n - 1).unwrap_or(20)).min(30.0)),
+        };
+        self.refresh_wanted = false;
+        self.refresh = Some(Box::pin(async move {
+            tokio::time::sleep(wait).await;
+            api.list_shards(stream).await
+        }));
+    }
+
+    fn refreshed(&mut self, result: Result<Vec<Shard>, AwsError>) {
+        let now = Instant::now();
+        let shards = match result {
+            Ok(s) => s,
+            Err(e) => {
+                self.refresh_failures += 1;
+                self.refresh_wanted = true;
+                warn!(message = "Shard map refresh failed.", stream = %self.stream, error = %e, failures = self.refresh_failures);
+                return;
+            }
+        };
+        self.refresh_failures = 0;
+        self.next_refresh = now + self.cfg.shard_map_refresh_interval;
+        self.map = ShardMap::new(shards);
+        metrics::counter!("ShardMapRefreshes").increment(1);
+        // Buffers of shards that are no longer open (and the unmapped one): re-route what they
+        // hold under the new map.
+        let map = &self.map;
+        let stale: Vec<ShardKey> = self
+            .shards
+            .keys()
+            .filter(|k| {
+                k.as_ref()
+                    .is_none_or(|id| !map.get(id).is_some_and(Shard::is_open))
+            })
+            .cloned()
+            .collect();
+        for k in stale {
+            let Some(st) = self.shards.get_mut(&k) else {
+                continue;
+            };
+            if let Some(agg) = st.aggregator.as_mut() {
+                let _ = agg.finish();
+            }
+            let mut moved: Vec<Pending> = std::mem::take(&mut st.members);
+            st.agg_deadline = None;
+            for r in st.ready.drain(..) {
+                moved.extend(r.members);
+            }
+            for m in moved {
+                self.enqueue(m, now);
+            }
+        }
+        for (actual, seq, members) in std::mem::take(&mut self.unverified) {
+            let numbered = number(members);
+            match self.map.get(&actual).map(|s| s.hash_key_range) {
+                Some(range) => self.settle_by_range(&actual, &seq, range, numbered, now),
+                None => {
+                    warn!(message = "Records stored on a shard the stream does not list; counting them delivered.", shard_id = %actual);
+                    self.deliver(&actual, &seq, numbered);
+                }
+            }
+        }
+    }
+
+    /// Settles every record still held: unsent ones fail with `Cancelled`, those in a running
+    /// call with `Unknown`. Returns both lists of records.
+    fn abandon(&mut self, why: &str) -> (Vec<UserRecord>, Vec<UserRecord>) {
+        let mut unsent: Vec<Pending> = Vec::new();
+        for st in self.shards.values_mut() {
+            unsent.append(&mut st.members);
+            for r in st.ready.drain(..) {
+                unsent.extend(r.members);
+            }
+        }
+        for r in self.collector.drain(..) {
+            unsent.extend(r.members);
+        }
+        for Reverse(item) in self.retries.drain() {
+            unsent.push(item.pending);
+        }
+        // Stored, on a shard we could not check yet: count them delivered as far as we know.
+        for (actual, seq, members) in std::mem::take(&mut self.unverified) {
+            self.deliver(&actual, &seq, number(members));
+        }
+        // Drop the running calls; their outcome stays unknown.
+        self.calls = FuturesUnordered::new();
+        let flying: Vec<Pending> = self
+            .batches
+            .drain()
+            .flat_map(|(_, b)| b)
+            .flat_map(|(_, m)| m)
+            .collect();
+        let (n_unsent, n_flying) = (unsent.len(), flying.len());
+        let mut undelivered = Vec::with_capacity(n_unsent);
+        for m in unsent {
+            undelivered.push(m.record.clone());
+            self.fail(m, FailureReason::Cancelled);
+        }
+        let mut in_flight = Vec::with_capacity(n_flying);
+        for m in flying {
+            in_flight.push(m.record.clone());
+            self.fail(m, FailureReason::Unknown);
+        }
+        if n_unsent + n_flying > 0 {
+            warn!(
+                message = "Producer stopped with records not delivered; their receipts say so and hand them back.",
+                reason = why,
+                unsent = n_unsent,
+                in_flight = n_flying
+            );
+            metrics::counter!("UserRecordsCancelled").increment((n_unsent + n_flying) as u64);
+        }
+        (undelivered, in_flight)
+    }
+
+    fn finish_shutdown_if_due(&mut self) -> bool {
+        let Some((deadline, _)) = &self.shutdown else {
+            return false;
+        };
+        if !self.outstanding.is_empty() && Instant::now() < *deadline {
+            return false;
+        }
+        let Some((_, reply)) = self.shutdown.take() else {
+            return false;
+        };
+        let (undelivered, in_flight) = self.abandon("shutdown deadline passed");
+        let report = ShutdownReport {
+            delivered: self.stats.delivered.load(Ordering::Relaxed),
+            failed: self.stats.failed.load(Ordering::Relaxed),
+            undelivered,
+            in_flight,
+        };
+        for (_, done) in self.flush_waiters.drain(..) {
+            let _ = done.send(());
+        }
+        let _ = reply.send(report);
+        true
+    }
+}
+
+/// Sub-sequence numbers: positions inside the aggregate (0 for a plain record).
+fn number(members: Vec<Pending>) -> Vec<(u64, Pending)> {
+    let aggregated = members.len() > 1;
+    members
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| (if aggregated { i as u64 } else { 0 }, m))
+        .collect()
+}
+
+fn plain(r: &UserRecord) -> KinesisRecord {
+    KinesisRecord {
+        partition_key: r.partition_key.clone(),
+        explicit_hash_key: r.explicit_hash_key,
+        data: r.data.clone(),
+        user_records: 1,
+    }
+}

@@ -1,0 +1,128 @@
+//! Errors at the producer's boundary: building it, handing it a record, and a record's fate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kinesis_core::{AwsError, ErrorKind, UserRecord};
+
+use crate::config::ConfigError;
+
+/// `Producer::builder(..).build()` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The stream's shards could not be listed (missing stream, no permission, ...).
+    #[error("cannot list the stream's shards: {0}")]
+    Stream(#[source] AwsError),
+    /// The stream has no open shard.
+    #[error("stream {0} has no open shard")]
+    NoOpenShard(String),
+}
+
+impl BuildError {
+    /// The AWS error class, when the failure came from AWS.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Self::Stream(e) => Some(e.kind()),
+            _ => None,
+        }
+    }
+}
+
+/// Why a record was refused at `send` (nothing was enqueued).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// Data + partition key exceed `max_record_bytes`.
+    #[error("record is {size} bytes (data + partition key); the limit is {limit}")]
+    RecordTooLarge {
+        /// Record size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The producer was shut down or dropped.
+    #[error("producer is shut down")]
+    Closed,
+}
+
+/// Why `try_send` did not take a record; the record is handed back.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}")]
+pub struct TrySendError {
+    /// Why.
+    pub kind: TrySendErrorKind,
+    /// The record, untouched.
+    pub record: UserRecord,
+}
+
+/// Why `try_send` did not take a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrySendErrorKind {
+    /// The buffer is full (`max_buffered_bytes`): try later or use `send`.
+    #[error("producer buffer is full")]
+    Full,
+    /// The record can never be sent.
+    #[error(transparent)]
+    Invalid(SendError),
+}
+
+/// Why a record was not delivered. The record comes back with the error ([`PutError::record`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{reason} (after {attempts} attempt(s))")]
+pub struct PutError {
+    /// What happened.
+    pub reason: FailureReason,
+    /// PutRecords attempts made for this record.
+    pub attempts: u32,
+    /// The record, for the caller to keep, log or send elsewhere.
+    pub record: UserRecord,
+}
+
+impl PutError {
+    /// Whether sending the record again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.reason.is_retryable()
+    }
+}
+
+/// What happened to an undelivered record.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum FailureReason {
+    /// `record_ttl` passed before it was delivered; `last_error` says what kept failing.
+    #[error("expired after {elapsed:?}; last error: {}", last_error.as_deref().unwrap_or("none (never sent)"))]
+    Expired {
+        /// Time since `send`.
+        elapsed: Duration,
+        /// The last failure, e.g. `ProvisionedThroughputExceededException: Rate exceeded`.
+        last_error: Option<Arc<str>>,
+    },
+    /// Kinesis refused the request in a way retrying cannot fix (stream missing, access denied,
+    /// invalid request, KMS key unusable).
+    #[error("rejected by Kinesis: {0}")]
+    Rejected(Arc<AwsError>),
+    /// Throttled, and `fail_if_throttled` is set.
+    #[error("throttled: {0}")]
+    Throttled(Arc<str>),
+    /// The producer shut down (or was dropped) before the record was sent.
+    #[error("producer shut down before the record was sent")]
+    Cancelled,
+    /// The producer shut down while the record was in a PutRecords call whose outcome is unknown:
+    /// it may or may not be in the stream.
+    #[error(
+        "producer shut down while the record was in flight; it may or may not be in the stream"
+    )]
+    Unknown,
+}
+
+impl FailureReason {
+    /// Whether sending the record again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Rejected(_))
+    }
+}

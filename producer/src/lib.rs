@@ -1,0 +1,53 @@
+//! A KPL-class producer for Amazon Kinesis Data Streams.
+//!
+//! ```text
+//!   send(UserRecord) ─► buffer (bounded: max_buffered_bytes) ─► aggregate per predicted shard
+//!        │                                                        │ (KPL format, ≤ 50 KiB)
+//!        ▼                                                        ▼
+//!   PutReceipt ◄── Delivered { shard, sequence, sub-sequence } ◄─ rate limit per shard
+//!              ◄── PutError { reason, record }                    ─► PutRecords (≤ 500, ≤ 5 MiB)
+//!                                                                 ─► retry failed entries with
+//!                                                                    backoff until record_ttl
+//! ```
+//!
+//! What it does that the KPL does not: bounded memory with real backpressure (`send` waits,
+//! `try_send` hands the record back); retries with exponential backoff and jitter; fast failure
+//! of errors retrying cannot fix (missing stream, access denied, invalid request); optional
+//! per-key order (`preserve_order`); every failed record is handed back to the caller. No native
+//! daemon, no threads of its own: one Tokio task per producer.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use kinesis_core::{PartitionKey, UserRecord};
+//! use kinesis_producer::Producer;
+//! let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+//! let producer = Producer::builder_from_config(&sdk, "orders").build().await?;
+//! for i in 0..1000 {
+//!     let record = UserRecord::new(PartitionKey::new(format!("user-{i}"))?, None, "event".into());
+//!     let _receipt = producer.send(record).await?; // await the receipt to learn its fate
+//! }
+//! let report = producer.shutdown(std::time::Duration::from_secs(30)).await;
+//! println!("delivered {}, failed {}", report.delivered, report.failed);
+//! # Ok(()) }
+//! ```
+//!
+//! Metrics go through the `metrics` facade with the KPL's names (`UserRecordsReceived`,
+//! `UserRecordsPut`, `KinesisRecordsPut`, `ErrorsByCode`, `AllErrors`, `RetriesPerRecord`,
+//! `RequestTime`, `UserRecordExpired`, ...); each PutRecords call runs in a `put_records`
+//! tracing span.
+
+mod api;
+mod config;
+mod driver;
+mod error;
+mod limiter;
+mod producer;
+mod receipt;
+mod stats;
+
+pub use config::{ConfigError, ProducerConfig, RECORD_OVERHEAD_BYTES};
+pub use driver::ShutdownReport;
+pub use error::{BuildError, FailureReason, PutError, SendError, TrySendError, TrySendErrorKind};
+pub use producer::{Producer, ProducerBuilder};
+pub use receipt::{Delivered, PutReceipt, ReceiptError};
+pub use stats::ProducerStats;

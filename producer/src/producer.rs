@@ -1,0 +1,262 @@
+//! The handle: [`Producer`] (cheap to clone) and its builder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use kinesis_core::shard_map::ShardMap;
+use kinesis_core::{StreamRef, UserRecord};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::api::KinesisApi;
+use crate::config::{ProducerConfig, RECORD_OVERHEAD_BYTES};
+use crate::driver::{Command, Driver, Pending, ShutdownReport};
+use crate::error::{BuildError, SendError, TrySendError, TrySendErrorKind};
+use crate::receipt::PutReceipt;
+use crate::stats::{ProducerStats, Stats};
+
+/// Builds a [`Producer`]: `Producer::builder(client, "stream").config(cfg).build().await`.
+#[derive(Debug)]
+#[must_use = "call .build().await"]
+pub struct ProducerBuilder {
+    client: aws_sdk_kinesis::Client,
+    stream: String,
+    config: ProducerConfig,
+}
+
+impl ProducerBuilder {
+    /// Replaces the default configuration.
+    pub fn config(mut self, config: ProducerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Validates the configuration, lists the stream's shards (failing fast, with a typed
+    /// error, if the stream is missing or not readable) and starts the driver task on the
+    /// current Tokio runtime.
+    pub async fn build(self) -> Result<Producer, BuildError> {
+        self.config.validate()?;
+        let stream = StreamRef::parse(&self.stream).map_err(|e| {
+            BuildError::Config(crate::config::ConfigError {
+                field: "stream",
+                reason: e.to_string(),
+            })
+        })?;
+        let api: Arc<dyn KinesisApi> = Arc::new(self.client);
+        let shards = api
+            .list_shards(stream.clone())
+            .await
+            .map_err(BuildError::Stream)?;
+        let map = ShardMap::new(shards);
+        if map.open_shards().next().is_none() {
+            return Err(BuildError::NoOpenShard(stream.to_string()));
+        }
+        Ok(Producer::start(self.config, api, stream, map))
+    }
+}
+
+/// A KPL-class producer for one stream. Clone it freely: clones share one driver task.
+///
+/// ```text
+///   send(record) ──(waits for buffer space)──► driver task ──► PutRecords ──► receipt resolves
+///   try_send(record) ──(buffer full? record handed back)──┘
+/// ```
+///
+/// Dropping the last clone without [`shutdown`](Producer::shutdown) stops at once: records not
+/// yet delivered fail with `Cancelled` (or `Unknown` if in a running call), handed back through
+/// their receipts, and a warning is logged. `shutdown` drains first.
+///
+/// ```no_run
+/// # async fn f(client: aws_sdk_kinesis::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// use kinesis_producer::{Producer, ProducerConfig};
+/// use kinesis_core::{PartitionKey, UserRecord};
+/// let producer = Producer::builder(client, "orders").config(ProducerConfig::default()).build().await?;
+/// let receipt = producer.send(UserRecord::new(PartitionKey::new("user-1")?, None, "hello".into())).await?;
+/// let delivered = receipt.await?;
+/// println!("stored in {} at {}", delivered.shard_id, delivered.sequence_number);
+/// let report = producer.shutdown(std::time::Duration::from_secs(10)).await;
+/// assert!(report.undelivered.is_empty());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    records: mpsc::UnboundedSender<Box<Pending>>,
+    control: mpsc::UnboundedSender<Command>,
+    permits: Arc<Semaphore>,
+    config: Arc<ProducerConfig>,
+    stats: Arc<Stats>,
+}
+
+impl Producer {
+    /// Starts building a producer for `stream` (a name or an ARN).
+    pub fn builder(client: aws_sdk_kinesis::Client, stream: impl Into<String>) -> ProducerBuilder {
+        ProducerBuilder {
+            client,
+            stream: stream.into(),
+            config: ProducerConfig::default(),
+        }
+    }
+
+    /// Starts building a producer from a shared SDK configuration.
+    pub fn builder_from_config(sdk: &SdkConfig, stream: impl Into<String>) -> ProducerBuilder {
+        Self::builder(aws_sdk_kinesis::Client::new(sdk), stream)
+    }
+
+    fn start(
+        config: ProducerConfig,
+        api: Arc<dyn KinesisApi>,
+        stream: StreamRef,
+        map: ShardMap,
+    ) -> Self {
+        let config = Arc::new(config);
+        let stats = Arc::new(Stats::default());
+        let (records, records_rx) = mpsc::unbounded_channel();
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let driver = Driver::new(Arc::clone(&config), api, stream, Arc::clone(&stats), map);
+        // The task stops by itself when every handle is dropped (the channels close) or after
+        // shutdown(); it settles every record before it returns. The record channel is
+        // unbounded, but every record in it holds buffer permits: memory stays under
+        // max_buffered_bytes.
+        tokio::spawn(driver.run(records_rx, control_rx));
+        let permits = Arc::new(Semaphore::new(config.max_buffered_bytes));
+        Self {
+            inner: Arc::new(Inner {
+                records,
+                control,
+                permits,
+                config,
+                stats,
+            }),
+        }
+    }
+
+    fn cost(&self, record: &UserRecord) -> Result<u32, SendError> {
+        let size = record.size_bytes();
+        let limit = self.inner.config.max_record_bytes;
+        if size > limit {
+            return Err(SendError::RecordTooLarge { size, limit });
+        }
+        // validate() keeps max_buffered_bytes below 4 GiB, so this fits.
+        Ok(u32::try_from(size + RECORD_OVERHEAD_BYTES).unwrap_or(u32::MAX))
+    }
+
+    /// Hands a record to the producer, waiting while the buffer is full (backpressure). The
+    /// returned receipt resolves once the record is delivered or has failed.
+    ///
+    /// # Cancellation
+    /// Cancel-safe: if this future is dropped while waiting for buffer space, the record is
+    /// dropped with it and nothing was enqueued.
+    pub async fn send(&self, record: UserRecord) -> Result<PutReceipt, SendError> {
+        let cost = self.cost(&record)?;
+        let permit = Arc::clone(&self.inner.permits)
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| SendError::Closed)?;
+        self.enqueue(record, permit).map_err(|_| SendError::Closed)
+    }
+
+    /// Hands a record to the producer if the buffer has room now; otherwise gives it back.
+    pub fn try_send(&self, record: UserRecord) -> Result<PutReceipt, TrySendError> {
+        let cost = match self.cost(&record) {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(TrySendError {
+                    kind: TrySendErrorKind::Invalid(e),
+                    record,
+                });
+            }
+        };
+        let permit = match Arc::clone(&self.inner.permits).try_acquire_many_owned(cost) {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                return Err(TrySendError {
+                    kind: TrySendErrorKind::Full,
+                    record,
+                });
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Err(TrySendError {
+                    kind: TrySendErrorKind::Invalid(SendError::Closed),
+                    record,
+                });
+            }
+        };
+        self.enqueue(record, permit).map_err(|record| TrySendError {
+            kind: TrySendErrorKind::Invalid(SendError::Closed),
+            record,
+        })
+    }
+
+    fn enqueue(
+        &self,
+        record: UserRecord,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<PutReceipt, UserRecord> {
+        let (reply, rx) = oneshot::channel();
+        // MD5 of the key here, on the caller's thread, not in the single driver task.
+        let hash = record.hash_key();
+        let pending = Pending {
+            record,
+            hash,
+            reply,
+            permit,
+            arrived: Instant::now(),
+            attempts: 0,
+            last_error: None,
+            epoch: 0,
+        };
+        match self.inner.records.send(Box::new(pending)) {
+            Ok(()) => Ok(PutReceipt::new(rx)),
+            Err(mpsc::error::SendError(p)) => Err(p.record),
+        }
+    }
+
+    /// Sends everything buffered now, ignoring `record_max_buffered_time`, and waits until each
+    /// record accepted before the call is delivered or failed. Records sent meanwhile are not
+    /// waited for.
+    pub async fn flush(&self) -> Result<(), SendError> {
+        let (done, rx) = oneshot::channel();
+        self.inner
+            .control
+            .send(Command::Flush(done))
+            .map_err(|_| SendError::Closed)?;
+        rx.await.map_err(|_| SendError::Closed)
+    }
+
+    /// Stops taking records, sends everything buffered, and waits for the results until
+    /// `deadline` has passed. What is left then is handed back in the report. Other clones of
+    /// this handle can no longer send.
+    pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
+        self.inner.permits.close();
+        let (done, rx) = oneshot::channel();
+        let sent = self.inner.control.send(Command::Shutdown {
+            deadline: Instant::now() + deadline,
+            done,
+        });
+        if sent.is_err() {
+            return ShutdownReport::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Counters since the producer was built.
+    pub fn stats(&self) -> ProducerStats {
+        self.inner.stats.snapshot()
+    }
+
+    /// Bytes of buffer space free now (of `max_buffered_bytes`).
+    pub fn available_buffer_bytes(&self) -> usize {
+        self.inner.permits.available_permits()
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ProducerConfig {
+        &self.inner.config
+    }
+}

@@ -1,0 +1,77 @@
+//! Receipts: a future per record that resolves to its fate.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use kinesis_core::{SequenceNumber, ShardId};
+use tokio::sync::oneshot;
+
+use crate::error::{FailureReason, PutError};
+
+/// Where a record landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The shard that stored it.
+    pub shard_id: ShardId,
+    /// The Kinesis record's sequence number (shared by every user record of an aggregate).
+    pub sequence_number: SequenceNumber,
+    /// Index inside the aggregate (0 for a plain record): with `sequence_number`, a position a
+    /// KCL consumer can checkpoint at.
+    pub sub_sequence_number: u64,
+    /// PutRecords attempts it took (1 when the first succeeded).
+    pub attempts: u32,
+}
+
+pub(crate) type Outcome = Result<Delivered, PutError>;
+
+/// Resolves to the record's fate. Dropping it does not cancel the record.
+///
+/// # Cancellation
+/// Cancel-safe: dropping or re-polling loses nothing; the record is delivered or failed anyway.
+#[derive(Debug)]
+#[must_use = "a receipt tells whether the record was delivered"]
+pub struct PutReceipt {
+    rx: oneshot::Receiver<Outcome>,
+}
+
+impl PutReceipt {
+    pub(crate) fn new(rx: oneshot::Receiver<Outcome>) -> Self {
+        Self { rx }
+    }
+}
+
+impl Future for PutReceipt {
+    type Output = Result<Delivered, ReceiptError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|r| match r {
+            Ok(Ok(d)) => Ok(d),
+            Ok(Err(e)) => Err(ReceiptError::Failed(Box::new(e))),
+            // The driver is gone without answering: only possible if its task panicked.
+            Err(_) => Err(ReceiptError::Lost),
+        })
+    }
+}
+
+/// A receipt's error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiptError {
+    /// The record was not delivered; the record is inside.
+    #[error(transparent)]
+    Failed(Box<PutError>),
+    /// The producer's task stopped without an answer (a bug: it should never happen).
+    #[error("producer task stopped without settling the record")]
+    Lost,
+}
+
+impl ReceiptError {
+    /// The failure reason, if the record was failed (not lost).
+    pub fn reason(&self) -> Option<&FailureReason> {
+        match self {
+            Self::Failed(e) => Some(&e.reason),
+            Self::Lost => None,
+        }
+    }
+}
