@@ -260,7 +260,15 @@ impl Driver {
                 // sleep, and a boxed future polled in place.
                 // Control first: a flush or shutdown must not wait behind a flood of records.
                 biased;
-                Some(cmd) = control.recv() => self.command(cmd),
+                Some(cmd) = control.recv() => {
+                    // Records sent before the command are in their channel: take them first, so a
+                    // flush or shutdown covers them.
+                    let now = Instant::now();
+                    while let Ok(p) = records.try_recv() {
+                        self.accept(*p, now);
+                    }
+                    self.command(cmd);
+                }
                 p = records.recv() => match p {
                     Some(p) => {
                         let now = Instant::now();
@@ -276,7 +284,7 @@ impl Driver {
                     None => {
                         // Every handle was dropped without shutdown(): stop now, settling every
                         // record (Drop aborts; shutdown drains).
-                        self.abandon("producer dropped without shutdown()");
+                        self.abandon(&mut records, "producer dropped without shutdown()");
                         return;
                     }
                 },
@@ -296,7 +304,7 @@ impl Driver {
             }
             self.pump();
             self.resolve_flushes();
-            if self.finish_shutdown_if_due() {
+            if self.finish_shutdown_if_due(&mut records) {
                 return;
             }
         }
@@ -968,7 +976,22 @@ impl Driver {
 
     /// Settles every record still held: unsent ones fail with `Cancelled`, those in a running
     /// call with `Unknown`. Returns both lists of records.
-    fn abandon(&mut self, why: &str) -> (Vec<UserRecord>, Vec<UserRecord>) {
+    fn abandon(
+        &mut self,
+        records: &mut mpsc::UnboundedReceiver<Box<Pending>>,
+        why: &str,
+    ) -> (Vec<UserRecord>, Vec<UserRecord>) {
+        // Nothing new can arrive after this; what is queued is settled with the rest.
+        records.close();
+        let now = Instant::now();
+        while let Ok(p) = records.try_recv() {
+            let mut p = *p;
+            p.epoch = self.epoch;
+            *self.outstanding.entry(self.epoch).or_default() += 1;
+            self.stats.received.fetch_add(1, Ordering::Relaxed);
+            let key = self.shard_key(p.hash);
+            self.state(&key, now).members.push(p);
+        }
         let mut unsent: Vec<Pending> = Vec::new();
         for st in self.shards.values_mut() {
             unsent.append(&mut st.members);
@@ -1017,7 +1040,10 @@ impl Driver {
         (undelivered, in_flight)
     }
 
-    fn finish_shutdown_if_due(&mut self) -> bool {
+    fn finish_shutdown_if_due(
+        &mut self,
+        records: &mut mpsc::UnboundedReceiver<Box<Pending>>,
+    ) -> bool {
         let Some((deadline, _)) = &self.shutdown else {
             return false;
         };
@@ -1027,7 +1053,7 @@ impl Driver {
         let Some((_, reply)) = self.shutdown.take() else {
             return false;
         };
-        let (undelivered, in_flight) = self.abandon("shutdown deadline passed");
+        let (undelivered, in_flight) = self.abandon(records, "shutdown deadline passed");
         let report = ShutdownReport {
             delivered: self.stats.delivered.load(Ordering::Relaxed),
             failed: self.stats.failed.load(Ordering::Relaxed),

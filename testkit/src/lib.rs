@@ -20,6 +20,7 @@
 //! ```
 
 mod emulators;
+mod proxy;
 pub mod python;
 mod read;
 mod wait;
@@ -31,6 +32,7 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 
 pub use emulators::{EmulatorOptions, LocalEmulators, StartError};
+pub use proxy::StallProxy;
 pub use read::{ReadRecord, StreamContents, read_stream};
 pub use wait::{eventually, wait_stream_active};
 
