@@ -2,9 +2,12 @@
 //!
 //! ```text
 //!   kinesis_suite::core      types, KPL aggregation codec, shard map, SDK setup, error classes
-//!   (producer, consumer: coming with their own crates, re-exported here behind features)
+//!   kinesis_suite::producer  KPL-class producer (feature "producer", on by default)
+//!   (consumer: coming with its own crate, re-exported here behind a feature)
 //! ```
 //!
 //! See the workspace README for the crates, the CLI and the test harness.
 
 pub use kinesis_core as core;
+#[cfg(feature = "producer")]
+pub use kinesis_producer as producer;

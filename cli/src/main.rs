@@ -3,6 +3,7 @@
 //! ```text
 //!   kinesis local            embedded Kinesis + DynamoDB emulators until Ctrl-C
 //!   kinesis streams ...      create | describe | list | delete | split | merge | scale
+//!   kinesis put              lines ─► records through the producer, with a summary
 //!   kinesis agg encode       JSON lines of user records  ─► KPL-aggregated records
 //!   kinesis agg decode       JSON lines of Kinesis records ─► user records
 //! ```
@@ -13,6 +14,7 @@
 
 mod agg;
 mod local;
+mod put;
 mod streams;
 
 use std::process::ExitCode;
@@ -48,6 +50,8 @@ enum Command {
     /// Create, inspect, reshard and delete streams.
     #[command(subcommand)]
     Streams(streams::StreamsCommand),
+    /// Send lines from stdin (or a file) as records, through the producer.
+    Put(put::PutArgs),
     /// Encode and decode the KPL aggregation format.
     #[command(subcommand)]
     Agg(agg::AggCommand),
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Agg(cmd) => agg::run(&cmd),
         Command::Local(args) => runtime().and_then(|rt| rt.block_on(local::run(args))),
         Command::Streams(cmd) => runtime().and_then(|rt| rt.block_on(streams::run(cmd, &opts))),
+        Command::Put(args) => runtime().and_then(|rt| rt.block_on(put::run(args, &opts))),
     };
     match result {
         Ok(code) => code,

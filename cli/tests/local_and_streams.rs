@@ -82,9 +82,26 @@ impl Local {
     }
 
     fn kinesis(&self, args: &[&str]) -> Output {
+        self.kinesis_with_input(args, "")
+    }
+
+    fn kinesis_with_input(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write as _;
         let mut c = Command::new(env!("CARGO_BIN_EXE_kinesis"));
         self.env(&mut c);
-        c.args(args).output().unwrap()
+        let mut child = c
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_owned();
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        out
     }
 
     fn aws(&self, args: &[&str]) -> Value {
@@ -231,4 +248,40 @@ fn the_aws_cli_works_against_kinesis_local() {
     ]);
     let tables = local.aws(&["dynamodb", "list-tables"]);
     assert_eq!(tables["TableNames"][0], "leases");
+}
+
+#[test]
+fn put_sends_lines_and_reports() {
+    let local = start_local();
+    let lines: String = (0..2_000)
+        .map(|i| format!("{{\"user\":\"u{}\",\"n\":{i}}}\n", i % 37))
+        .collect();
+    let out = local.kinesis_with_input(&["put", "--stream", "pre", "--key-field", "user"], &lines);
+    let summary = ok(&out);
+    assert!(summary.contains("2000 delivered, 0 failed"), "{summary}");
+    assert!(summary.contains("kinesis records"), "{summary}");
+
+    // Bad lines: reported with their number, the rest delivered, non-zero exit.
+    let input = "{\"user\":\"a\"}\nnot json\n{\"other\":1}\n{\"user\":\"b\"}\n";
+    let out = local.kinesis_with_input(&["put", "--stream", "pre", "--key-field", "user"], input);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2:") && err.contains("line 3:"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 delivered, 2 failed"));
+
+    // Everything is in the stream: 2,000 + 2 records, de-aggregated.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = kinesis_testkit::kinesis_for(&kinesis_testkit::local_sdk_config(), &local.kinesis);
+    let contents = rt
+        .block_on(kinesis_testkit::read_stream(&client, "pre"))
+        .unwrap();
+    assert_eq!(contents.records.len(), 2_002);
+    assert!(
+        contents.records.iter().any(|r| r.aggregated),
+        "aggregated by default"
+    );
+
+    let out = local.kinesis_with_input(&["put", "--stream", "missing", "--random-key"], "x\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
 }
