@@ -182,6 +182,9 @@ pub(crate) struct Driver {
     refresh_failures: u32,
     next_refresh: Instant,
     epoch: u64,
+    /// Unsettled records of the current epoch (the hot path), and of older epochs (flushes
+    /// wait on those).
+    current: usize,
     outstanding: BTreeMap<u64, usize>,
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
     shutdown: Option<(Instant, oneshot::Sender<ShutdownReport>)>,
@@ -234,6 +237,7 @@ impl Driver {
             refresh_failures: 0,
             next_refresh,
             epoch: 0,
+            current: 0,
             outstanding: BTreeMap::new(),
             flush_waiters: Vec::new(),
             shutdown: None,
@@ -242,7 +246,10 @@ impl Driver {
     }
 
     fn has_work(&self) -> bool {
-        !self.outstanding.is_empty() || self.refresh_wanted || self.shutdown.is_some()
+        self.current > 0
+            || !self.outstanding.is_empty()
+            || self.refresh_wanted
+            || self.shutdown.is_some()
     }
 
     pub(crate) async fn run(
@@ -266,6 +273,7 @@ impl Driver {
                     let now = Instant::now();
                     while let Ok(p) = records.try_recv() {
                         self.accept(*p, now);
+                        self.stats.received.fetch_add(1, Ordering::Relaxed);
                     }
                     self.command(cmd);
                 }
@@ -274,12 +282,16 @@ impl Driver {
                         let now = Instant::now();
                         self.accept(*p, now);
                         // Take what else is queued before anything else: bigger batches.
-                        for _ in 0..4096 {
+                        let mut n = 1;
+                        while n < 4096 {
                             match records.try_recv() {
                                 Ok(p) => self.accept(*p, now),
                                 Err(_) => break,
                             }
+                            n += 1;
                         }
+                        self.stats.received.fetch_add(n, Ordering::Relaxed);
+                        metrics::counter!("UserRecordsReceived").increment(n);
                     }
                     None => {
                         // Every handle was dropped without shutdown(): stop now, settling every
@@ -291,6 +303,14 @@ impl Driver {
                 Some((id, result)) = self.calls.next(), if !self.calls.is_empty() => {
                     if let Some(batch) = self.batches.remove(&id) {
                         self.response(batch, result);
+                    }
+                    // A request slot is free: send the collector if it is due.
+                    let now = Instant::now();
+                    if self.urgent()
+                        || self.collector.len() >= self.cfg.collection_max_count
+                        || self.collector_deadline.is_some_and(|d| d <= now)
+                    {
+                        self.dispatch();
                     }
                 }
                 shards = poll_opt(&mut self.refresh), if self.refresh.is_some() => {
@@ -312,9 +332,7 @@ impl Driver {
 
     fn accept(&mut self, mut p: Pending, now: Instant) {
         p.epoch = self.epoch;
-        *self.outstanding.entry(self.epoch).or_default() += 1;
-        self.stats.received.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("UserRecordsReceived").increment(1);
+        self.current += 1;
         self.enqueue(p, now);
     }
 
@@ -322,15 +340,23 @@ impl Driver {
         match cmd {
             Command::Flush(done) => {
                 self.flush_waiters.push((self.epoch, done));
-                self.epoch += 1;
+                self.next_epoch();
                 self.flush_all();
             }
             Command::Shutdown { deadline, done } => {
                 self.shutdown = Some((deadline, done));
-                self.epoch += 1;
+                self.next_epoch();
                 self.flush_all();
             }
         }
+    }
+
+    fn next_epoch(&mut self) {
+        if self.current > 0 {
+            self.outstanding.insert(self.epoch, self.current);
+        }
+        self.current = 0;
+        self.epoch += 1;
     }
 
     /// A flush or shutdown is waiting: send everything now, whatever the deadlines.
@@ -343,14 +369,24 @@ impl Driver {
     }
 
     fn state(&mut self, key: &ShardKey, now: Instant) -> &mut ShardState {
+        if !self.shards.contains_key(key) {
+            self.insert_state(key, now);
+        }
+        // Proven invariant: inserted just above if it was missing.
+        self.shards
+            .get_mut(key)
+            .unwrap_or_else(|| unreachable!("shard state inserted just before"))
+    }
+
+    fn insert_state(&mut self, key: &ShardKey, now: Instant) {
         let (aggregation, max, rate) = (
             self.cfg.aggregation,
             self.cfg.aggregation_max_bytes,
             self.cfg.rate_limit_percent,
         );
-        self.shards
-            .entry(key.clone())
-            .or_insert_with(|| ShardState {
+        self.shards.insert(
+            key.clone(),
+            ShardState {
                 aggregator: if aggregation && key.is_some() {
                     Aggregator::new(max).ok()
                 } else {
@@ -362,7 +398,8 @@ impl Driver {
                 limiter: key.as_ref().map(|_| ShardLimiter::new(rate, now)),
                 in_flight: 0,
                 blocked_until: None,
-            })
+            },
+        );
     }
 
     /// Routes a record to its predicted shard's buffer.
@@ -430,8 +467,9 @@ impl Driver {
                 self.waiting.push(k.clone());
             }
         }
+        // Backoff holds even during a flush or shutdown: they wait for the retries, not skip them.
         while let Some(Reverse(top)) = self.retries.peek() {
-            if top.at > now && !urgent {
+            if top.at > now {
                 break;
             }
             let Some(Reverse(item)) = self.retries.pop() else {
@@ -689,9 +727,14 @@ impl Driver {
     fn deliver(&mut self, shard: &ShardId, seq: &SequenceNumber, members: Vec<(u64, Pending)>) {
         let n = members.len() as u64;
         let mut permits: Option<OwnedSemaphorePermit> = None;
+        let mut first_try = 0;
         for (sub, m) in members {
             self.settle_epoch(m.epoch);
-            metrics::histogram!("RetriesPerRecord").record(f64::from(m.attempts.saturating_sub(1)));
+            if m.attempts <= 1 {
+                first_try += 1;
+            } else {
+                metrics::histogram!("RetriesPerRecord").record(f64::from(m.attempts - 1));
+            }
             let _ = m.reply.send(Ok(Delivered {
                 shard_id: shard.clone(),
                 sequence_number: seq.clone(),
@@ -704,6 +747,7 @@ impl Driver {
                 None => permits = Some(m.permit),
             }
         }
+        metrics::histogram!("RetriesPerRecord").record_many(0.0, first_try);
         self.stats.delivered.fetch_add(n, Ordering::Relaxed);
         metrics::counter!("UserRecordsPut").increment(n);
     }
@@ -873,14 +917,18 @@ impl Driver {
     fn fail(&mut self, m: Pending, reason: FailureReason) {
         self.settle_epoch(m.epoch);
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        let _ = m.reply.send(Err(PutError {
+        let _ = m.reply.send(Err(Box::new(PutError {
             reason,
             attempts: m.attempts,
             record: m.record,
-        }));
+        })));
     }
 
     fn settle_epoch(&mut self, epoch: u64) {
+        if epoch == self.epoch {
+            self.current = self.current.saturating_sub(1);
+            return;
+        }
         if let Some(c) = self.outstanding.get_mut(&epoch) {
             *c -= 1;
             if *c == 0 {
@@ -987,7 +1035,7 @@ impl Driver {
         while let Ok(p) = records.try_recv() {
             let mut p = *p;
             p.epoch = self.epoch;
-            *self.outstanding.entry(self.epoch).or_default() += 1;
+            self.current += 1;
             self.stats.received.fetch_add(1, Ordering::Relaxed);
             let key = self.shard_key(p.hash);
             self.state(&key, now).members.push(p);
@@ -1047,7 +1095,7 @@ impl Driver {
         let Some((deadline, _)) = &self.shutdown else {
             return false;
         };
-        if !self.outstanding.is_empty() && Instant::now() < *deadline {
+        if (self.current > 0 || !self.outstanding.is_empty()) && Instant::now() < *deadline {
             return false;
         }
         let Some((_, reply)) = self.shutdown.take() else {

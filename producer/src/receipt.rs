@@ -23,7 +23,8 @@ pub struct Delivered {
     pub attempts: u32,
 }
 
-pub(crate) type Outcome = Result<Delivered, PutError>;
+/// Boxed error: keeps the per-record channel small.
+pub(crate) type Outcome = Result<Delivered, Box<PutError>>;
 
 /// Resolves to the record's fate. Dropping it does not cancel the record.
 ///
@@ -47,7 +48,7 @@ impl Future for PutReceipt {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.rx).poll(cx).map(|r| match r {
             Ok(Ok(d)) => Ok(d),
-            Ok(Err(e)) => Err(ReceiptError::Failed(Box::new(e))),
+            Ok(Err(e)) => Err(ReceiptError::Failed(e)),
             // The driver is gone without answering: only possible if its task panicked.
             Err(_) => Err(ReceiptError::Lost),
         })

@@ -1,0 +1,439 @@
+//! The lease table in DynamoDB: the consumer's one seam to it. Every write is conditional.
+//!
+//! ```text
+//!   ensure_table ─ CreateTable (on-demand, leaseKey S) or check the existing key schema
+//!   list         ─ Scan, consistent, all pages
+//!   create       ─ PutItem if leaseKey absent
+//!   renew        ─ leaseCounter = n+1   if leaseCounter = n and leaseOwner = me
+//!   take         ─ leaseOwner = me, leaseCounter = n+1, REMOVE checkpointOwner   if leaseCounter = n
+//!   release      ─ REMOVE leaseOwner, leaseCounter = n+1   if leaseCounter = n and leaseOwner = me
+//!   checkpoint   ─ checkpoint…, leaseCounter = n+1   if leaseCounter = n and leaseOwner = me
+//!   delete       ─ DeleteItem if checkpoint = SHARD_END
+//! ```
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+    Projection, ProjectionType, ScalarAttributeType, TableStatus,
+};
+use kinesis_core::classify::classify;
+use kinesis_core::{AwsError, Checkpoint, ErrorKind};
+
+use crate::lease::{Lease, LeaseItemError, attr};
+
+/// The KCL 3.x index from owner to lease key.
+pub const LEASE_OWNER_INDEX: &str = "LeaseOwnerToLeaseKeyIndex";
+
+/// A lease-table operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The condition did not hold: someone else changed the lease (we lost it, or lost a race).
+    #[error("lease {0} changed under us (owner or counter no longer as expected)")]
+    Conflict(String),
+    /// The table exists with a key schema other than the KCL's (`leaseKey` S, hash).
+    #[error("table {table} exists but its key schema is not the KCL's (leaseKey S HASH): {found}")]
+    WrongSchema {
+        /// Table name.
+        table: String,
+        /// What it has.
+        found: String,
+    },
+    /// An item that is not a readable lease.
+    #[error(transparent)]
+    BadItem(#[from] LeaseItemError),
+    /// The table did not become ACTIVE in time.
+    #[error("table {0} did not become ACTIVE in time")]
+    NotActive(String),
+    /// DynamoDB refused or failed.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+}
+
+impl StoreError {
+    /// Whether retrying later may help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Aws(e) => e.is_retryable(),
+            Self::NotActive(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The lease table.
+#[derive(Debug, Clone)]
+pub struct LeaseStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_string())
+}
+
+/// Maps a conditional-write failure to `Conflict`, anything else to `Aws`.
+fn conditional<E>(op: &'static str, key: &str, e: aws_sdk_dynamodb::error::SdkError<E>) -> StoreError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if classify(&e) == ErrorKind::ConditionFailed {
+        StoreError::Conflict(key.to_string())
+    } else {
+        StoreError::Aws(AwsError::new(op, e))
+    }
+}
+
+impl LeaseStore {
+    /// The lease table `table` (the KCL names it after the application).
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Creates the table if missing (on-demand billing, with the KCL 3.x owner index when
+    /// `owner_index`), checks an existing table's key schema, and waits until it is ACTIVE.
+    pub async fn ensure_table(&self, owner_index: bool, wait: Duration) -> Result<(), StoreError> {
+        let mut req = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(key(attr::LEASE_KEY, KeyType::Hash)?)
+            .attribute_definitions(def(attr::LEASE_KEY)?);
+        if owner_index {
+            req = req.attribute_definitions(def(attr::LEASE_OWNER)?).global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name(LEASE_OWNER_INDEX)
+                    .key_schema(key(attr::LEASE_OWNER, KeyType::Hash)?)
+                    .key_schema(key(attr::LEASE_KEY, KeyType::Range)?)
+                    .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+                    .build()
+                    .map_err(|e| AwsError::other("CreateTable", ErrorKind::Invalid, e))?,
+            );
+        }
+        match req.send().await {
+            Ok(_) => {}
+            Err(e) if classify(&e) == ErrorKind::ResourceInUse => {}
+            Err(e) => return Err(AwsError::new("CreateTable", e).into()),
+        }
+        let until = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let d = self.client.describe_table().table_name(&self.table).send().await;
+            match d {
+                Ok(out) => {
+                    let Some(t) = out.table() else { return Err(StoreError::NotActive(self.table.clone())) };
+                    let ks = t.key_schema();
+                    let ok = ks.len() == 1
+                        && ks[0].attribute_name() == attr::LEASE_KEY
+                        && *ks[0].key_type() == KeyType::Hash
+                        && t.attribute_definitions().iter().any(|a| {
+                            a.attribute_name() == attr::LEASE_KEY && *a.attribute_type() == ScalarAttributeType::S
+                        });
+                    if !ok {
+                        let found = ks
+                            .iter()
+                            .map(|k| format!("{} {}", k.attribute_name(), k.key_type().as_str()))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        return Err(StoreError::WrongSchema { table: self.table.clone(), found });
+                    }
+                    if t.table_status() == Some(&TableStatus::Active) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    let kind = classify(&e);
+                    if !(kind.is_retryable() || kind == ErrorKind::NotFound) {
+                        return Err(AwsError::new("DescribeTable", e).into());
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(StoreError::NotActive(self.table.clone()));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Every lease in the table (consistent read, all pages); items that are not leases are
+    /// skipped.
+    pub async fn list(&self) -> Result<Vec<Lease>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self.client.scan().table_name(&self.table).consistent_read(true).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::new("Scan", e))?;
+            for item in page.items() {
+                if let Some(l) = Lease::from_item(item)? {
+                    out.push(l);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.lease_key.cmp(&b.lease_key));
+        Ok(out)
+    }
+
+    /// One lease, consistently read.
+    pub async fn get(&self, key: &str) -> Result<Option<Lease>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::LEASE_KEY, s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| AwsError::new("GetItem", e))?;
+        match out.item() {
+            Some(item) => Ok(Lease::from_item(item)?),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates `lease` unless one with its key exists; returns whether it was created.
+    pub async fn create_if_not_exists(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let r = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(lease.to_item()))
+            .condition_expression("attribute_not_exists(#k)")
+            .expression_attribute_names("#k", attr::LEASE_KEY)
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) => match conditional("PutItem", &lease.lease_key, e) {
+                StoreError::Conflict(_) => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Heartbeat: bumps the counter if `lease` is still ours at the counter we know. Returns the
+    /// new counter.
+    pub async fn renew(&self, lease: &Lease, me: &str) -> Result<u64, StoreError> {
+        let next = lease.lease_counter + 1;
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::LEASE_KEY, s(&lease.lease_key))
+            .update_expression("SET #c = :next")
+            .condition_expression("#c = :cur AND #o = :me")
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_values(":next", n(next))
+            .expression_attribute_values(":cur", n(lease.lease_counter))
+            .expression_attribute_values(":me", s(me))
+            .send()
+            .await
+            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
+        Ok(next)
+    }
+
+    /// Takes (or steals) `lease` as seen at its counter. Returns the lease as now stored.
+    pub async fn take(&self, lease: &Lease, me: &str) -> Result<Lease, StoreError> {
+        let next = lease.lease_counter + 1;
+        let switching = lease.lease_owner.as_deref() != Some(me);
+        let update = if switching {
+            "SET #o = :me, #c = :next ADD #sw :one REMOVE #co"
+        } else {
+            "SET #o = :me, #c = :next REMOVE #co"
+        };
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::LEASE_KEY, s(&lease.lease_key))
+            .update_expression(update)
+            .condition_expression("#c = :cur")
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
+            .expression_attribute_values(":next", n(next))
+            .expression_attribute_values(":cur", n(lease.lease_counter))
+            .expression_attribute_values(":me", s(me));
+        if switching {
+            req = req.expression_attribute_names("#sw", attr::OWNER_SWITCHES).expression_attribute_values(":one", n(1));
+        }
+        req.send().await.map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
+        let mut taken = lease.clone();
+        taken.lease_owner = Some(me.to_string());
+        taken.lease_counter = next;
+        taken.checkpoint_owner = None;
+        if switching {
+            taken.owner_switches_since_checkpoint += 1;
+        }
+        Ok(taken)
+    }
+
+    /// Gives `lease` up at once (graceful shutdown), so another worker can take it without
+    /// waiting for it to expire. The KCL leaves leases to expire instead.
+    pub async fn release(&self, lease: &Lease, me: &str) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::LEASE_KEY, s(&lease.lease_key))
+            .update_expression("SET #c = :next REMOVE #o")
+            .condition_expression("#c = :cur AND #o = :me")
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_values(":next", n(lease.lease_counter + 1))
+            .expression_attribute_values(":cur", n(lease.lease_counter))
+            .expression_attribute_values(":me", s(me))
+            .send()
+            .await
+            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
+        Ok(())
+    }
+
+    /// Records a checkpoint, fenced by owner and counter (a worker that lost the lease gets
+    /// `Conflict`). Clears any pending checkpoint, resets the owner-switch count. Returns the new
+    /// counter.
+    pub async fn checkpoint(&self, lease: &Lease, me: &str, at: &Checkpoint) -> Result<u64, StoreError> {
+        let next = lease.lease_counter + 1;
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::LEASE_KEY, s(&lease.lease_key))
+            .update_expression("SET #cp = :cp, #cps = :cps, #sw = :zero, #c = :next REMOVE #p, #ps, #pst")
+            .condition_expression("#c = :cur AND #o = :me")
+            .expression_attribute_names("#cp", attr::CHECKPOINT)
+            .expression_attribute_names("#cps", attr::CHECKPOINT_SUB)
+            .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#p", attr::PENDING_CHECKPOINT)
+            .expression_attribute_names("#ps", attr::PENDING_CHECKPOINT_SUB)
+            .expression_attribute_names("#pst", attr::PENDING_CHECKPOINT_STATE)
+            .expression_attribute_values(":cp", s(at.as_str()))
+            .expression_attribute_values(":cps", n(at.sub_sequence_number()))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":next", n(next))
+            .expression_attribute_values(":cur", n(lease.lease_counter))
+            .expression_attribute_values(":me", s(me))
+            .send()
+            .await
+            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
+        Ok(next)
+    }
+
+    /// Stores a prepared checkpoint (and optional application state) without moving the
+    /// checkpoint. Returns the new counter.
+    pub async fn prepare_checkpoint(
+        &self,
+        lease: &Lease,
+        me: &str,
+        at: &Checkpoint,
+        state: Option<&[u8]>,
+    ) -> Result<u64, StoreError> {
+        let next = lease.lease_counter + 1;
+        let mut update = "SET #p = :p, #ps = :ps, #c = :next".to_string();
+        let mut req = self.client.update_item().table_name(&self.table).key(attr::LEASE_KEY, s(&lease.lease_key));
+        if let Some(st) = state {
+            update.push_str(", #pst = :pst");
+            req = req
+                .expression_attribute_names("#pst", attr::PENDING_CHECKPOINT_STATE)
+                .expression_attribute_values(":pst", AttributeValue::B(st.to_vec().into()));
+        }
+        req.update_expression(update)
+            .condition_expression("#c = :cur AND #o = :me")
+            .expression_attribute_names("#p", attr::PENDING_CHECKPOINT)
+            .expression_attribute_names("#ps", attr::PENDING_CHECKPOINT_SUB)
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_values(":p", s(at.as_str()))
+            .expression_attribute_values(":ps", n(at.sub_sequence_number()))
+            .expression_attribute_values(":next", n(next))
+            .expression_attribute_values(":cur", n(lease.lease_counter))
+            .expression_attribute_values(":me", s(me))
+            .send()
+            .await
+            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
+        Ok(next)
+    }
+
+    /// Records a finished shard's children (fenced like a checkpoint). Returns the new counter.
+    pub async fn set_children(&self, lease: &Lease, me: &str, children: &[String]) -> Result<u64, StoreError> {
+        if children.is_empty() {
+            return Ok(lease.lease_counter);
+        }
+        let next = lease.lease_counter + 1;
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::LEASE_KEY, s(&lease.lease_key))
+            .update_expression("SET #ch = :ch, #c = :next")
+            .condition_expression("#c = :cur AND #o = :me")
+            .expression_attribute_names("#ch", attr::CHILD_SHARD_IDS)
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_values(":ch", AttributeValue::Ss(children.to_vec()))
+            .expression_attribute_values(":next", n(next))
+            .expression_attribute_values(":cur", n(lease.lease_counter))
+            .expression_attribute_values(":me", s(me))
+            .send()
+            .await
+            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
+        Ok(next)
+    }
+
+    /// Deletes a finished lease (checkpoint SHARD_END); `Ok(false)` if it was not finished.
+    pub async fn delete_finished(&self, key: &str) -> Result<bool, StoreError> {
+        let r = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(attr::LEASE_KEY, s(key))
+            .condition_expression("#cp = :end")
+            .expression_attribute_names("#cp", attr::CHECKPOINT)
+            .expression_attribute_values(":end", s("SHARD_END"))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) => match conditional("DeleteItem", key, e) {
+                StoreError::Conflict(_) => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// The raw items (for tests and `kinesis leases`), unparsed.
+    pub async fn raw_items(&self) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self.client.scan().table_name(&self.table).consistent_read(true).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            out.extend(page.map_err(|e| AwsError::new("Scan", e))?.items().iter().cloned());
+        }
+        Ok(out)
+    }
+}
+
+fn key(name: &str, kt: KeyType) -> Result<KeySchemaElement, StoreError> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(kt)
+        .build()
+        .map_err(|e| AwsError::other("CreateTable", ErrorKind::Invalid, e).into())
+}
+
+fn def(name: &str) -> Result<AttributeDefinition, StoreError> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .map_err(|e| AwsError::other("CreateTable", ErrorKind::Invalid, e).into())
+}

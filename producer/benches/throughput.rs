@@ -1,0 +1,464 @@
+//! Producer throughput and memory against a fast PutRecords endpoint, with a naive baseline in
+//! the same run: `cargo bench -p kinesis-producer --bench throughput`.
+//!
+//! ```text
+//!   this binary ──spawns──► itself as `endpoint` (another process: its CPU is not counted)
+//!        │                    ListShards: 16 shards; PutRecords: checks each request, acks all
+//!        └─ scenarios: producer (aggregation on / off), raw SDK PutRecords ×500 (baseline),
+//!           and peak RSS while the endpoint never answers
+//! ```
+//!
+//! CPU is the client process's user + system time (`/proc/self/stat`), so "records/s per core"
+//! is records ÷ CPU seconds. Linux only.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation
+)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use axum::body::Bytes as AxBytes;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use futures::StreamExt;
+use kinesis_core::{PartitionKey, UserRecord};
+use kinesis_producer::{Producer, ProducerConfig};
+use serde::Deserialize;
+
+const SHARDS: u128 = 16;
+const KEYS: usize = 1000;
+const RECORD_BYTES: usize = 100;
+
+// ---------------------------------------------------------------- the endpoint (child process)
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PutRecordsIn {
+    records: Vec<EntryIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EntryIn {
+    data: String,
+    partition_key: String,
+    explicit_hash_key: Option<String>,
+}
+
+struct EndpointState {
+    stall: bool,
+    records: AtomicU64,
+    seq: AtomicU64,
+}
+
+fn shard_of(hash: u128) -> u128 {
+    hash / (u128::MAX / SHARDS + 1)
+}
+
+async fn handle(
+    axum::extract::State(st): axum::extract::State<Arc<EndpointState>>,
+    headers: HeaderMap,
+    body: AxBytes,
+) -> (StatusCode, String) {
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let bad = |m: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("{{\"__type\":\"ValidationException\",\"message\":\"{m}\"}}"),
+        )
+    };
+    if target.ends_with("ListShards") {
+        let step = u128::MAX / SHARDS + 1;
+        let shards: Vec<String> = (0..SHARDS)
+            .map(|i| {
+                let end = if i == SHARDS - 1 { u128::MAX } else { step * (i + 1) - 1 };
+                format!(
+                    "{{\"ShardId\":\"shardId-{i:012}\",\"HashKeyRange\":{{\"StartingHashKey\":\"{}\",\"EndingHashKey\":\"{end}\"}},\"SequenceNumberRange\":{{\"StartingSequenceNumber\":\"1\"}}}}",
+                    step * i
+                )
+            })
+            .collect();
+        return (
+            StatusCode::OK,
+            format!("{{\"Shards\":[{}]}}", shards.join(",")),
+        );
+    }
+    if !target.ends_with("PutRecords") {
+        return bad("unsupported operation");
+    }
+    if st.stall {
+        std::future::pending::<()>().await;
+    }
+    let req: PutRecordsIn = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(_) => return bad("bad json"),
+    };
+    if req.records.is_empty() || req.records.len() > 500 {
+        return bad("1..=500 records");
+    }
+    let mut total = 0;
+    let mut out = String::with_capacity(req.records.len() * 80 + 40);
+    out.push_str("{\"FailedRecordCount\":0,\"Records\":[");
+    for (i, e) in req.records.iter().enumerate() {
+        let Ok(data) = B64.decode(&e.data) else {
+            return bad("data is not base64");
+        };
+        let pk_chars = e.partition_key.chars().count();
+        if pk_chars == 0 || pk_chars > 256 {
+            return bad("partition key length");
+        }
+        let size = data.len() + e.partition_key.len();
+        if size > 1024 * 1024 {
+            return bad("record too large");
+        }
+        total += size;
+        let hash = match &e.explicit_hash_key {
+            Some(h) => match h.parse::<u128>() {
+                Ok(h) => h,
+                Err(_) => return bad("explicit hash key"),
+            },
+            None => kinesis_core::hash_key(&e.partition_key).0,
+        };
+        let seq = st.seq.fetch_add(1, Ordering::Relaxed);
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            "{{\"SequenceNumber\":\"{}\",\"ShardId\":\"shardId-{:012}\"}}",
+            49_000_000_000_000_000_000u128 + u128::from(seq),
+            shard_of(hash)
+        ));
+    }
+    if total > 5 * 1024 * 1024 {
+        return bad("request too large");
+    }
+    st.records
+        .fetch_add(req.records.len() as u64, Ordering::Relaxed);
+    out.push_str("]}");
+    (StatusCode::OK, out)
+}
+
+fn run_endpoint(stall: bool) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let st = Arc::new(EndpointState {
+            stall,
+            records: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(st)
+            .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", l.local_addr().unwrap());
+        std::io::stdout().flush().unwrap();
+        // Stop when the parent closes our stdin.
+        let stop = async {
+            let _ = tokio::task::spawn_blocking(|| {
+                let mut s = String::new();
+                let _ = std::io::stdin().read_line(&mut s);
+            })
+            .await;
+        };
+        axum::serve(l, app)
+            .with_graceful_shutdown(stop)
+            .await
+            .unwrap();
+    });
+}
+
+struct Endpoint {
+    child: Child,
+    url: String,
+}
+
+impl Endpoint {
+    fn start(stall: bool) -> Self {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.arg("endpoint");
+        if stall {
+            cmd.arg("--stall");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Self {
+            child,
+            url: format!("http://{}", line.trim()),
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- measurements
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name: utime is 14th, stime 15th overall.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<f64>()
+        .unwrap()
+        / 1024.0
+}
+
+fn client(url: &str) -> aws_sdk_kinesis::Client {
+    kinesis_testkit::kinesis_for(&kinesis_testkit::local_sdk_config(), url)
+}
+
+fn records(n: usize) -> Vec<UserRecord> {
+    let keys: Vec<PartitionKey> = (0..KEYS)
+        .map(|k| PartitionKey::new(format!("key-{k}")).unwrap())
+        .collect();
+    (0..n)
+        .map(|i| {
+            UserRecord::new(
+                keys[i % KEYS].clone(),
+                None,
+                Bytes::from(vec![(i % 251) as u8; RECORD_BYTES]),
+            )
+        })
+        .collect()
+}
+
+struct Run {
+    name: &'static str,
+    records: usize,
+    wall: f64,
+    cpu: f64,
+}
+
+async fn run_producer(url: &str, aggregation: bool, n: usize) -> Run {
+    // Without aggregation, 16 shards at 150 % allow only 24,000 records/s: lift the limiter so
+    // the run measures the pipeline's CPU, not the rate limit.
+    let rate_limit_percent = if aggregation { 150 } else { 100_000 };
+    let cfg = ProducerConfig {
+        aggregation,
+        rate_limit_percent,
+        ..ProducerConfig::default()
+    };
+    let p = Producer::builder(client(url), "bench")
+        .config(cfg)
+        .build()
+        .await
+        .unwrap();
+    let input = records(n);
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let mut receipts = futures::stream::FuturesUnordered::new();
+    for r in input {
+        receipts.push(p.send(r).await.unwrap());
+        // Settle receipts as we go, as a service would.
+        while receipts.len() > 100_000 {
+            receipts.next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(r) = receipts.next().await {
+        r.unwrap();
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    assert_eq!(p.stats().user_records_delivered as usize, n);
+    p.shutdown(Duration::from_secs(10)).await;
+    Run {
+        name: if aggregation {
+            "producer, aggregation on"
+        } else {
+            "producer, aggregation off"
+        },
+        records: n,
+        wall,
+        cpu,
+    }
+}
+
+async fn run_naive(url: &str, n: usize) -> Run {
+    let c = client(url);
+    let input = records(n);
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let calls = input.chunks(500).map(|chunk| {
+        let c = c.clone();
+        let entries: Vec<PutRecordsRequestEntry> = chunk
+            .iter()
+            .map(|r| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key(r.partition_key.as_str())
+                    .data(Blob::new(r.data.to_vec()))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        async move {
+            c.put_records()
+                .stream_name("bench")
+                .set_records(Some(entries))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    let mut stream = futures::stream::iter(calls).buffer_unordered(24);
+    let mut ok = 0;
+    while let Some(out) = stream.next().await {
+        assert_eq!(out.failed_record_count(), Some(0));
+        ok += out.records().len();
+    }
+    assert_eq!(ok, n);
+    Run {
+        name: "raw SDK, 500 per PutRecords",
+        records: n,
+        wall: t0.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - cpu0,
+    }
+}
+
+/// Runs in a fresh process, so its peak RSS is its own.
+async fn stalled_rss(url: &str) -> (f64, f64, usize, usize) {
+    let cfg = ProducerConfig::default();
+    let cap = cfg.max_buffered_bytes;
+    let p = Producer::builder(client(url), "bench")
+        .config(cfg)
+        .build()
+        .await
+        .unwrap();
+    let before = peak_rss_mib();
+    let mut accepted = 0;
+    let mut receipts = Vec::new();
+    let keys: Vec<PartitionKey> = (0..KEYS)
+        .map(|k| PartitionKey::new(format!("key-{k}")).unwrap())
+        .collect();
+    for i in 0..10_000_000usize {
+        let r = UserRecord::new(
+            keys[i % KEYS].clone(),
+            None,
+            Bytes::from(vec![(i % 251) as u8; RECORD_BYTES]),
+        );
+        match p.try_send(r) {
+            Ok(rc) => {
+                receipts.push(rc);
+                accepted += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    // Measure once the driver has taken everything queued.
+    let until = Instant::now() + Duration::from_secs(10);
+    while p.stats().user_records_received < accepted as u64 && Instant::now() < until {
+        tokio::task::yield_now().await;
+    }
+    let rss = peak_rss_mib();
+    drop(p);
+    drop(receipts);
+    (before, rss, accepted, cap)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("endpoint") {
+        run_endpoint(args.iter().any(|a| a == "--stall"));
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("rss") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (before, rss, accepted, cap) = rt.block_on(stalled_rss(&args[2]));
+        println!(
+            "stalled endpoint: {accepted} records accepted until the {} MiB buffer was full; RSS {before:.0} MiB after build, peak {rss:.0} MiB",
+            cap / (1024 * 1024)
+        );
+        return;
+    }
+    let n: usize = std::env::var("BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ep = Endpoint::start(false);
+        // Warm-up: connections, allocator.
+        run_producer(&ep.url, true, 50_000).await;
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            runs.push(run_producer(&ep.url, true, n).await);
+            runs.push(run_producer(&ep.url, false, n / 4).await);
+            runs.push(run_naive(&ep.url, n / 4).await);
+        }
+        println!(
+            "{RECORD_BYTES}-byte records, {KEYS} keys, {SHARDS} shards; endpoint in a separate process; two rounds"
+        );
+        println!("{:<30} {:>10} {:>9} {:>9} {:>16} {:>12} {:>8}", "scenario", "records", "wall s", "cpu s", "records/s/core", "µs cpu/rec", "wall/s");
+        for r in &runs {
+            println!(
+                "{:<30} {:>10} {:>9.2} {:>9.2} {:>16.0} {:>12.3} {:>8.0}",
+                r.name,
+                r.records,
+                r.wall,
+                r.cpu,
+                r.records as f64 / r.cpu,
+                r.cpu / r.records as f64 * 1e6,
+                r.records as f64 / r.wall
+            );
+        }
+        let per_core = |name: &str| {
+            let v: Vec<f64> = runs.iter().filter(|r| r.name == name).map(|r| r.records as f64 / r.cpu).collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        let agg = per_core("producer, aggregation on");
+        let naive = per_core("raw SDK, 500 per PutRecords");
+        println!("ratio producer (aggregation on) / raw SDK, records per CPU second: {:.1}x", agg / naive);
+        drop(ep);
+    });
+    let stalled = Endpoint::start(true);
+    let out = Command::new(std::env::current_exe().unwrap())
+        .arg("rss")
+        .arg(&stalled.url)
+        .output()
+        .unwrap();
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    drop(stalled);
+}
