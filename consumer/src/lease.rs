@@ -76,10 +76,16 @@ pub struct LeaseItemError {
 }
 
 fn s<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
-    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
 }
 
-fn n(item: &HashMap<String, AttributeValue>, name: &'static str, key: &str) -> Result<Option<u64>, LeaseItemError> {
+fn n(
+    item: &HashMap<String, AttributeValue>,
+    name: &'static str,
+    key: &str,
+) -> Result<Option<u64>, LeaseItemError> {
     match item.get(name) {
         None => Ok(None),
         Some(v) => {
@@ -130,24 +136,39 @@ impl Lease {
 
     /// Reads an item. `Ok(None)` for items that are not leases (KCL 3.5 `entityType` other than
     /// `LEASE`).
-    pub fn from_item(item: &HashMap<String, AttributeValue>) -> Result<Option<Self>, LeaseItemError> {
+    pub fn from_item(
+        item: &HashMap<String, AttributeValue>,
+    ) -> Result<Option<Self>, LeaseItemError> {
         if s(item, attr::ENTITY_TYPE).is_some_and(|t| t != "LEASE") {
             return Ok(None);
         }
         let Some(key) = s(item, attr::LEASE_KEY) else {
-            return Err(LeaseItemError { key: None, attribute: attr::LEASE_KEY, reason: "is missing".into() });
+            return Err(LeaseItemError {
+                key: None,
+                attribute: attr::LEASE_KEY,
+                reason: "is missing".into(),
+            });
         };
-        let bad = |attribute, reason: String| LeaseItemError { key: Some(key.to_string()), attribute, reason };
+        let bad = |attribute, reason: String| LeaseItemError {
+            key: Some(key.to_string()),
+            attribute,
+            reason,
+        };
         let sub = n(item, attr::CHECKPOINT_SUB, key)?.unwrap_or(0);
         let checkpoint = match s(item, attr::CHECKPOINT) {
-            Some(c) => Checkpoint::parse(c, sub).map_err(|e| bad(attr::CHECKPOINT, e.to_string()))?,
+            Some(c) => {
+                Checkpoint::parse(c, sub).map_err(|e| bad(attr::CHECKPOINT, e.to_string()))?
+            }
             // The KCL always writes one; a lease without is treated as new.
             None => Checkpoint::TrimHorizon,
         };
         let pending_checkpoint = match s(item, attr::PENDING_CHECKPOINT) {
             Some(c) => {
                 let psub = n(item, attr::PENDING_CHECKPOINT_SUB, key)?.unwrap_or(0);
-                Some(Checkpoint::parse(c, psub).map_err(|e| bad(attr::PENDING_CHECKPOINT, e.to_string()))?)
+                Some(
+                    Checkpoint::parse(c, psub)
+                        .map_err(|e| bad(attr::PENDING_CHECKPOINT, e.to_string()))?,
+                )
             }
             None => None,
         };
@@ -156,10 +177,14 @@ impl Lease {
             Some(AttributeValue::B(b)) => Some(b.clone().into_inner()),
             _ => None,
         };
-        let hash_key_range = match (s(item, attr::STARTING_HASH_KEY), s(item, attr::ENDING_HASH_KEY)) {
-            (Some(a), Some(b)) => {
-                Some(HashKeyRange::parse(a, b).map_err(|e| bad(attr::STARTING_HASH_KEY, e.to_string()))?)
-            }
+        let hash_key_range = match (
+            s(item, attr::STARTING_HASH_KEY),
+            s(item, attr::ENDING_HASH_KEY),
+        ) {
+            (Some(a), Some(b)) => Some(
+                HashKeyRange::parse(a, b)
+                    .map_err(|e| bad(attr::STARTING_HASH_KEY, e.to_string()))?,
+            ),
             _ => None,
         };
         Ok(Some(Self {
@@ -183,30 +208,78 @@ impl Lease {
         let put = |m: &mut HashMap<String, AttributeValue>, k: &str, v: AttributeValue| {
             m.insert(k.to_string(), v);
         };
-        put(&mut m, attr::LEASE_KEY, AttributeValue::S(self.lease_key.clone()));
+        put(
+            &mut m,
+            attr::LEASE_KEY,
+            AttributeValue::S(self.lease_key.clone()),
+        );
         if let Some(o) = &self.lease_owner {
             put(&mut m, attr::LEASE_OWNER, AttributeValue::S(o.clone()));
         }
-        put(&mut m, attr::LEASE_COUNTER, AttributeValue::N(self.lease_counter.to_string()));
-        put(&mut m, attr::CHECKPOINT, AttributeValue::S(self.checkpoint.as_str().to_string()));
-        put(&mut m, attr::CHECKPOINT_SUB, AttributeValue::N(self.checkpoint.sub_sequence_number().to_string()));
+        put(
+            &mut m,
+            attr::LEASE_COUNTER,
+            AttributeValue::N(self.lease_counter.to_string()),
+        );
+        put(
+            &mut m,
+            attr::CHECKPOINT,
+            AttributeValue::S(self.checkpoint.as_str().to_string()),
+        );
+        put(
+            &mut m,
+            attr::CHECKPOINT_SUB,
+            AttributeValue::N(self.checkpoint.sub_sequence_number().to_string()),
+        );
         if let Some(p) = &self.pending_checkpoint {
-            put(&mut m, attr::PENDING_CHECKPOINT, AttributeValue::S(p.as_str().to_string()));
-            put(&mut m, attr::PENDING_CHECKPOINT_SUB, AttributeValue::N(p.sub_sequence_number().to_string()));
+            put(
+                &mut m,
+                attr::PENDING_CHECKPOINT,
+                AttributeValue::S(p.as_str().to_string()),
+            );
+            put(
+                &mut m,
+                attr::PENDING_CHECKPOINT_SUB,
+                AttributeValue::N(p.sub_sequence_number().to_string()),
+            );
         }
         if let Some(state) = &self.pending_checkpoint_state {
-            put(&mut m, attr::PENDING_CHECKPOINT_STATE, AttributeValue::B(state.clone().into()));
+            put(
+                &mut m,
+                attr::PENDING_CHECKPOINT_STATE,
+                AttributeValue::B(state.clone().into()),
+            );
         }
-        put(&mut m, attr::OWNER_SWITCHES, AttributeValue::N(self.owner_switches_since_checkpoint.to_string()));
+        put(
+            &mut m,
+            attr::OWNER_SWITCHES,
+            AttributeValue::N(self.owner_switches_since_checkpoint.to_string()),
+        );
         if !self.parent_shard_ids.is_empty() {
-            put(&mut m, attr::PARENT_SHARD_ID, AttributeValue::Ss(self.parent_shard_ids.clone()));
+            put(
+                &mut m,
+                attr::PARENT_SHARD_ID,
+                AttributeValue::Ss(self.parent_shard_ids.clone()),
+            );
         }
         if !self.child_shard_ids.is_empty() {
-            put(&mut m, attr::CHILD_SHARD_IDS, AttributeValue::Ss(self.child_shard_ids.clone()));
+            put(
+                &mut m,
+                attr::CHILD_SHARD_IDS,
+                AttributeValue::Ss(self.child_shard_ids.clone()),
+            );
         }
         if let Some(r) = &self.hash_key_range {
-            put(&mut m, attr::STARTING_HASH_KEY, AttributeValue::S(r.start().to_string()));
-            put(&mut m, attr::ENDING_HASH_KEY, AttributeValue::S(r.end().to_string()));
+            put(
+                &mut m,
+                attr::STARTING_HASH_KEY,
+                AttributeValue::S(r.start().to_string()),
+            );
+            put(
+                &mut m,
+                attr::ENDING_HASH_KEY,
+                AttributeValue::S(r.end().to_string()),
+            );
         }
         if let Some(o) = &self.checkpoint_owner {
             put(&mut m, attr::CHECKPOINT_OWNER, AttributeValue::S(o.clone()));
@@ -226,7 +299,10 @@ mod tests {
     use kinesis_core::{HashKey, SequenceNumber};
 
     fn item(pairs: &[(&str, AttributeValue)]) -> HashMap<String, AttributeValue> {
-        pairs.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect()
     }
 
     #[test]
@@ -236,12 +312,29 @@ mod tests {
             ("leaseKey", AttributeValue::S("shardId-000000000003".into())),
             ("leaseOwner", AttributeValue::S("worker-a".into())),
             ("leaseCounter", AttributeValue::N("42".into())),
-            ("checkpoint", AttributeValue::S("49590338271490256608559692538361571095921575989136588898".into())),
+            (
+                "checkpoint",
+                AttributeValue::S(
+                    "49590338271490256608559692538361571095921575989136588898".into(),
+                ),
+            ),
             ("checkpointSubSequenceNumber", AttributeValue::N("7".into())),
-            ("ownerSwitchesSinceCheckpoint", AttributeValue::N("0".into())),
-            ("parentShardId", AttributeValue::Ss(vec!["shardId-000000000001".into(), "shardId-000000000000".into()])),
+            (
+                "ownerSwitchesSinceCheckpoint",
+                AttributeValue::N("0".into()),
+            ),
+            (
+                "parentShardId",
+                AttributeValue::Ss(vec![
+                    "shardId-000000000001".into(),
+                    "shardId-000000000000".into(),
+                ]),
+            ),
             ("startingHashKey", AttributeValue::S("0".into())),
-            ("endingHashKey", AttributeValue::S("340282366920938463463374607431768211455".into())),
+            (
+                "endingHashKey",
+                AttributeValue::S("340282366920938463463374607431768211455".into()),
+            ),
             ("pendingCheckpointState", AttributeValue::N("0".into())),
             ("throughputKBps", AttributeValue::N("12.5".into())),
         ]);
@@ -251,18 +344,29 @@ mod tests {
         assert_eq!(
             l.checkpoint,
             Checkpoint::Sequence {
-                sequence_number: SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898").unwrap(),
+                sequence_number: SequenceNumber::parse(
+                    "49590338271490256608559692538361571095921575989136588898"
+                )
+                .unwrap(),
                 sub_sequence_number: 7
             }
         );
-        assert_eq!(l.parent_shard_ids, vec!["shardId-000000000000", "shardId-000000000001"]);
+        assert_eq!(
+            l.parent_shard_ids,
+            vec!["shardId-000000000000", "shardId-000000000001"]
+        );
         assert_eq!(l.hash_key_range.unwrap().end(), HashKey::MAX);
         assert_eq!(l.pending_checkpoint_state, None, "N form tolerated");
     }
 
     #[test]
     fn sentinels_round_trip_and_absent_attributes_stay_absent() {
-        for c in [Checkpoint::TrimHorizon, Checkpoint::Latest, Checkpoint::AtTimestamp, Checkpoint::ShardEnd] {
+        for c in [
+            Checkpoint::TrimHorizon,
+            Checkpoint::Latest,
+            Checkpoint::AtTimestamp,
+            Checkpoint::ShardEnd,
+        ] {
             let l = Lease::new("shardId-000000000000", c.clone());
             let it = l.to_item();
             assert_eq!(it["checkpoint"], AttributeValue::S(c.as_str().into()));
@@ -282,7 +386,10 @@ mod tests {
             ("leaseKey", AttributeValue::S("shardId-1".into())),
             ("leaseCounter", AttributeValue::S("x".into())),
         ]);
-        assert_eq!(Lease::from_item(&bad).unwrap_err().attribute, "leaseCounter");
+        assert_eq!(
+            Lease::from_item(&bad).unwrap_err().attribute,
+            "leaseCounter"
+        );
         let bad = item(&[
             ("leaseKey", AttributeValue::S("shardId-1".into())),
             ("checkpoint", AttributeValue::S("NOT_A_SENTINEL".into())),

@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    Projection, ProjectionType, ScalarAttributeType, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType, TableStatus,
 };
 use kinesis_core::classify::classify;
 use kinesis_core::{AwsError, Checkpoint, ErrorKind};
@@ -79,7 +79,11 @@ fn s(v: &str) -> AttributeValue {
 }
 
 /// Maps a conditional-write failure to `Conflict`, anything else to `Aws`.
-fn conditional<E>(op: &'static str, key: &str, e: aws_sdk_dynamodb::error::SdkError<E>) -> StoreError
+fn conditional<E>(
+    op: &'static str,
+    key: &str,
+    e: aws_sdk_dynamodb::error::SdkError<E>,
+) -> StoreError
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -93,7 +97,10 @@ where
 impl LeaseStore {
     /// The lease table `table` (the KCL names it after the application).
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     /// The table name.
@@ -112,15 +119,21 @@ impl LeaseStore {
             .key_schema(key(attr::LEASE_KEY, KeyType::Hash)?)
             .attribute_definitions(def(attr::LEASE_KEY)?);
         if owner_index {
-            req = req.attribute_definitions(def(attr::LEASE_OWNER)?).global_secondary_indexes(
-                GlobalSecondaryIndex::builder()
-                    .index_name(LEASE_OWNER_INDEX)
-                    .key_schema(key(attr::LEASE_OWNER, KeyType::Hash)?)
-                    .key_schema(key(attr::LEASE_KEY, KeyType::Range)?)
-                    .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
-                    .build()
-                    .map_err(|e| AwsError::other("CreateTable", ErrorKind::Invalid, e))?,
-            );
+            req = req
+                .attribute_definitions(def(attr::LEASE_OWNER)?)
+                .global_secondary_indexes(
+                    GlobalSecondaryIndex::builder()
+                        .index_name(LEASE_OWNER_INDEX)
+                        .key_schema(key(attr::LEASE_OWNER, KeyType::Hash)?)
+                        .key_schema(key(attr::LEASE_KEY, KeyType::Range)?)
+                        .projection(
+                            Projection::builder()
+                                .projection_type(ProjectionType::KeysOnly)
+                                .build(),
+                        )
+                        .build()
+                        .map_err(|e| AwsError::other("CreateTable", ErrorKind::Invalid, e))?,
+                );
         }
         match req.send().await {
             Ok(_) => {}
@@ -130,16 +143,24 @@ impl LeaseStore {
         let until = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(20);
         loop {
-            let d = self.client.describe_table().table_name(&self.table).send().await;
+            let d = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await;
             match d {
                 Ok(out) => {
-                    let Some(t) = out.table() else { return Err(StoreError::NotActive(self.table.clone())) };
+                    let Some(t) = out.table() else {
+                        return Err(StoreError::NotActive(self.table.clone()));
+                    };
                     let ks = t.key_schema();
                     let ok = ks.len() == 1
                         && ks[0].attribute_name() == attr::LEASE_KEY
                         && *ks[0].key_type() == KeyType::Hash
                         && t.attribute_definitions().iter().any(|a| {
-                            a.attribute_name() == attr::LEASE_KEY && *a.attribute_type() == ScalarAttributeType::S
+                            a.attribute_name() == attr::LEASE_KEY
+                                && *a.attribute_type() == ScalarAttributeType::S
                         });
                     if !ok {
                         let found = ks
@@ -147,7 +168,10 @@ impl LeaseStore {
                             .map(|k| format!("{} {}", k.attribute_name(), k.key_type().as_str()))
                             .collect::<Vec<_>>()
                             .join(", ");
-                        return Err(StoreError::WrongSchema { table: self.table.clone(), found });
+                        return Err(StoreError::WrongSchema {
+                            table: self.table.clone(),
+                            found,
+                        });
                     }
                     if t.table_status() == Some(&TableStatus::Active) {
                         return Ok(());
@@ -172,7 +196,13 @@ impl LeaseStore {
     /// skipped.
     pub async fn list(&self) -> Result<Vec<Lease>, StoreError> {
         let mut out = Vec::new();
-        let mut pages = self.client.scan().table_name(&self.table).consistent_read(true).into_paginator().send();
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::new("Scan", e))?;
             for item in page.items() {
@@ -266,9 +296,13 @@ impl LeaseStore {
             .expression_attribute_values(":cur", n(lease.lease_counter))
             .expression_attribute_values(":me", s(me));
         if switching {
-            req = req.expression_attribute_names("#sw", attr::OWNER_SWITCHES).expression_attribute_values(":one", n(1));
+            req = req
+                .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
+                .expression_attribute_values(":one", n(1));
         }
-        req.send().await.map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
+        req.send()
+            .await
+            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
         let mut taken = lease.clone();
         taken.lease_owner = Some(me.to_string());
         taken.lease_counter = next;
@@ -302,13 +336,20 @@ impl LeaseStore {
     /// Records a checkpoint, fenced by owner and counter (a worker that lost the lease gets
     /// `Conflict`). Clears any pending checkpoint, resets the owner-switch count. Returns the new
     /// counter.
-    pub async fn checkpoint(&self, lease: &Lease, me: &str, at: &Checkpoint) -> Result<u64, StoreError> {
+    pub async fn checkpoint(
+        &self,
+        lease: &Lease,
+        me: &str,
+        at: &Checkpoint,
+    ) -> Result<u64, StoreError> {
         let next = lease.lease_counter + 1;
         self.client
             .update_item()
             .table_name(&self.table)
             .key(attr::LEASE_KEY, s(&lease.lease_key))
-            .update_expression("SET #cp = :cp, #cps = :cps, #sw = :zero, #c = :next REMOVE #p, #ps, #pst")
+            .update_expression(
+                "SET #cp = :cp, #cps = :cps, #sw = :zero, #c = :next REMOVE #p, #ps, #pst",
+            )
             .condition_expression("#c = :cur AND #o = :me")
             .expression_attribute_names("#cp", attr::CHECKPOINT)
             .expression_attribute_names("#cps", attr::CHECKPOINT_SUB)
@@ -341,7 +382,11 @@ impl LeaseStore {
     ) -> Result<u64, StoreError> {
         let next = lease.lease_counter + 1;
         let mut update = "SET #p = :p, #ps = :ps, #c = :next".to_string();
-        let mut req = self.client.update_item().table_name(&self.table).key(attr::LEASE_KEY, s(&lease.lease_key));
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::LEASE_KEY, s(&lease.lease_key));
         if let Some(st) = state {
             update.push_str(", #pst = :pst");
             req = req
@@ -366,7 +411,12 @@ impl LeaseStore {
     }
 
     /// Records a finished shard's children (fenced like a checkpoint). Returns the new counter.
-    pub async fn set_children(&self, lease: &Lease, me: &str, children: &[String]) -> Result<u64, StoreError> {
+    pub async fn set_children(
+        &self,
+        lease: &Lease,
+        me: &str,
+        children: &[String],
+    ) -> Result<u64, StoreError> {
         if children.is_empty() {
             return Ok(lease.lease_counter);
         }
@@ -414,9 +464,20 @@ impl LeaseStore {
     /// The raw items (for tests and `kinesis leases`), unparsed.
     pub async fn raw_items(&self) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
         let mut out = Vec::new();
-        let mut pages = self.client.scan().table_name(&self.table).consistent_read(true).into_paginator().send();
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
-            out.extend(page.map_err(|e| AwsError::new("Scan", e))?.items().iter().cloned());
+            out.extend(
+                page.map_err(|e| AwsError::new("Scan", e))?
+                    .items()
+                    .iter()
+                    .cloned(),
+            );
         }
         Ok(out)
     }

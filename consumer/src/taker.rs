@@ -59,8 +59,11 @@ pub fn plan_take(leases: &[LeaseView], me: &str, max_leases: usize) -> TakePlan 
 
     // Free leases first: unowned before expired; spread workers over different leases by
     // ordering on a per-worker hash so they do not all race for the same ones.
-    let mut free: Vec<&LeaseView> =
-        active.iter().copied().filter(|l| l.owner.is_none() || (l.expired && l.owner.as_deref() != Some(me))).collect();
+    let mut free: Vec<&LeaseView> = active
+        .iter()
+        .copied()
+        .filter(|l| l.owner.is_none() || (l.expired && l.owner.as_deref() != Some(me)))
+        .collect();
     free.sort_by_key(|l| (l.owner.is_some(), spread(me, &l.key)));
     let take: Vec<String> = free.iter().take(need).map(|l| l.key.clone()).collect();
     need -= take.len();
@@ -68,8 +71,10 @@ pub fn plan_take(leases: &[LeaseView], me: &str, max_leases: usize) -> TakePlan 
     // Then steal the rest from workers above the target, most loaded first.
     let mut steal = Vec::new();
     if need > 0 {
-        let mut donors: Vec<(&str, Vec<&LeaseView>)> =
-            load.into_iter().filter(|(w, held)| *w != me && held.len() > target).collect();
+        let mut donors: Vec<(&str, Vec<&LeaseView>)> = load
+            .into_iter()
+            .filter(|(w, held)| *w != me && held.len() > target)
+            .collect();
         donors.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
         for (_, mut held) in donors {
             if need == 0 {
@@ -132,7 +137,10 @@ mod tests {
     }
 
     fn counts(ls: &[LeaseView], workers: &[&str]) -> Vec<usize> {
-        workers.iter().map(|w| ls.iter().filter(|l| l.owner.as_deref() == Some(*w)).count()).collect()
+        workers
+            .iter()
+            .map(|w| ls.iter().filter(|l| l.owner.as_deref() == Some(*w)).count())
+            .collect()
     }
 
     #[test]
@@ -142,27 +150,89 @@ mod tests {
             // Empty table: nothing.
             (vec![], "a", 0, 0),
             // 4 unowned, alone: take all.
-            (leases(&[("s0", None, false), ("s1", None, false), ("s2", None, false), ("s3", None, false)]), "a", 4, 0),
+            (
+                leases(&[
+                    ("s0", None, false),
+                    ("s1", None, false),
+                    ("s2", None, false),
+                    ("s3", None, false),
+                ]),
+                "a",
+                4,
+                0,
+            ),
             // b holds 4, I am new: target 2, nothing free → steal 2 at once (the KCL steals 1).
-            (leases(&[("s0", Some("b"), false), ("s1", Some("b"), false), ("s2", Some("b"), false), ("s3", Some("b"), false)]), "a", 0, 2),
+            (
+                leases(&[
+                    ("s0", Some("b"), false),
+                    ("s1", Some("b"), false),
+                    ("s2", Some("b"), false),
+                    ("s3", Some("b"), false),
+                ]),
+                "a",
+                0,
+                2,
+            ),
             // b's leases expired (b crashed): take them all, no stealing.
-            (leases(&[("s0", Some("b"), true), ("s1", Some("b"), true)]), "a", 2, 0),
+            (
+                leases(&[("s0", Some("b"), true), ("s1", Some("b"), true)]),
+                "a",
+                2,
+                0,
+            ),
             // Balanced 2/2: nothing.
-            (leases(&[("s0", Some("a"), false), ("s1", Some("a"), false), ("s2", Some("b"), false), ("s3", Some("b"), false)]), "a", 0, 0),
+            (
+                leases(&[
+                    ("s0", Some("a"), false),
+                    ("s1", Some("a"), false),
+                    ("s2", Some("b"), false),
+                    ("s3", Some("b"), false),
+                ]),
+                "a",
+                0,
+                0,
+            ),
             // 3 leases, 2 workers, b has 2, I have 1: target 2, b is not above target → nothing.
-            (leases(&[("s0", Some("a"), false), ("s1", Some("b"), false), ("s2", Some("b"), false)]), "a", 0, 0),
+            (
+                leases(&[
+                    ("s0", Some("a"), false),
+                    ("s1", Some("b"), false),
+                    ("s2", Some("b"), false),
+                ]),
+                "a",
+                0,
+                0,
+            ),
             // One free, and b above target: take 1 and steal 1.
-            (leases(&[("s0", None, false), ("s1", Some("b"), false), ("s2", Some("b"), false), ("s3", Some("b"), false)]), "a", 1, 1),
+            (
+                leases(&[
+                    ("s0", None, false),
+                    ("s1", Some("b"), false),
+                    ("s2", Some("b"), false),
+                    ("s3", Some("b"), false),
+                ]),
+                "a",
+                1,
+                1,
+            ),
         ];
         for (i, (ls, me, take, steal)) in cases.into_iter().enumerate() {
             let p = plan_take(&ls, me, usize::MAX);
-            assert_eq!((p.take.len(), p.steal.len()), (take, steal), "case {i}: {p:?}");
+            assert_eq!(
+                (p.take.len(), p.steal.len()),
+                (take, steal),
+                "case {i}: {p:?}"
+            );
         }
     }
 
     #[test]
     fn finished_leases_are_ignored_and_max_leases_caps() {
-        let mut ls = leases(&[("s0", None, false), ("s1", None, false), ("s2", None, false)]);
+        let mut ls = leases(&[
+            ("s0", None, false),
+            ("s1", None, false),
+            ("s2", None, false),
+        ]);
         ls[0].finished = true;
         assert_eq!(plan_take(&ls, "a", usize::MAX).take.len(), 2);
         assert_eq!(plan_take(&ls, "a", 1).take.len(), 1);
@@ -171,7 +241,14 @@ mod tests {
     #[test]
     fn a_new_worker_reaches_its_share_in_one_round() {
         let workers = ["w1", "w2", "w3"];
-        let ls: Vec<LeaseView> = (0..8).map(|i| LeaseView { key: format!("s{i}"), owner: None, expired: false, finished: false }).collect();
+        let ls: Vec<LeaseView> = (0..8)
+            .map(|i| LeaseView {
+                key: format!("s{i}"),
+                owner: None,
+                expired: false,
+                finished: false,
+            })
+            .collect();
         let (ls, _) = converge(ls, &workers[..2]);
         assert_eq!(counts(&ls, &workers[..2]), vec![4, 4]);
         // w3 joins: one round of planning gives it its share.
@@ -188,7 +265,12 @@ mod tests {
     fn a_crashed_workers_leases_are_spread_over_the_rest() {
         let workers = ["w1", "w2", "w3"];
         let ls: Vec<LeaseView> = (0..9)
-            .map(|i| LeaseView { key: format!("s{i}"), owner: Some(workers[i % 3].into()), expired: false, finished: false })
+            .map(|i| LeaseView {
+                key: format!("s{i}"),
+                owner: Some(workers[i % 3].into()),
+                expired: false,
+                finished: false,
+            })
             .collect();
         let mut ls = ls;
         for l in ls.iter_mut().filter(|l| l.owner.as_deref() == Some("w3")) {
