@@ -1,19 +1,49 @@
-//! A KCL-compatible consumer for Amazon Kinesis Data Streams (work in progress).
+//! A KCL-compatible consumer for Amazon Kinesis Data Streams.
 //!
 //! ```text
 //!   lease table (DynamoDB, the KCL's schema) ◄─ LeaseStore: conditional writes only
 //!        │
-//!        ├─ taker: plan_take(observed leases) ─► take / steal        (pure, table-tested)
-//!        └─ renewer, shard sync, shard workers (polling) ─► ShardProcessor
+//!   Consumer ─► coordinator task ─┬─ renew held leases (fenced by leaseCounter)
+//!                                 ├─ take / steal: plan_take (pure; one round to a fair share)
+//!                                 ├─ shard sync: leases_to_create (pure; parents before children)
+//!                                 └─ ShardWorker per lease: GetRecords ─► de-aggregate (KCL range
+//!                                    rule) ─► ShardProcessor::process(batch, Checkpointer)
 //! ```
 //!
-//! This commit holds the lease model, the lease store and the taker rules; the scheduler that
-//! runs them is next.
+//! ```no_run
+//! # async fn f(kinesis: aws_sdk_kinesis::Client, dynamodb: aws_sdk_dynamodb::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! use kinesis_consumer::{Checkpointer, Consumer, ConsumerConfig, ProcessorError, RecordBatch, ShardProcessor};
+//! struct Print;
+//! impl ShardProcessor for Print {
+//!     async fn process(&mut self, batch: RecordBatch, cp: &mut Checkpointer) -> Result<(), ProcessorError> {
+//!         for r in &batch.records {
+//!             println!("{} {}/{}: {:?}", batch.shard_id, r.sequence_number, r.sub_sequence_number, r.data);
+//!         }
+//!         cp.checkpoint().await?;
+//!         Ok(())
+//!     }
+//! }
+//! let consumer = Consumer::builder(kinesis, dynamodb, "orders", ConsumerConfig::new("my-app"), |_| Print).build().await?;
+//! // ... later
+//! consumer.shutdown(std::time::Duration::from_secs(30)).await;
+//! # Ok(()) }
+//! ```
 
+mod config;
+mod consumer;
 pub mod lease;
+mod processor;
+mod shard_sync;
+mod shard_worker;
 pub mod store;
 pub mod taker;
 
+pub use config::{ConfigError, ConsumerConfig, InitialPosition, OnProcessorError};
+pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
 pub use lease::{Lease, LeaseItemError};
+pub use processor::{
+    CheckpointError, Checkpointer, ConsumerRecord, ProcessorError, RecordBatch, ShardProcessor,
+};
+pub use shard_sync::leases_to_create;
 pub use store::{LEASE_OWNER_INDEX, LeaseStore, StoreError};
 pub use taker::{LeaseView, TakePlan, plan_take};

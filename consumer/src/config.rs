@@ -1,0 +1,131 @@
+//! Consumer configuration: plain data with documented defaults (the KCL's unless noted).
+
+use std::time::{Duration, SystemTime};
+
+/// Where a shard without a checkpoint starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// The oldest record kept.
+    TrimHorizon,
+    /// After the newest record (the KCL's default for new applications).
+    Latest,
+    /// The first record at or after this time.
+    AtTimestamp(SystemTime),
+}
+
+/// What to do when the processor returns an error for a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnProcessorError {
+    /// Give the same batch again after a backoff (default). The KCL skips the batch instead.
+    Retry,
+    /// Log, count, and go on to the next batch (the KCL's behaviour, made explicit).
+    Skip,
+}
+
+/// How the consumer behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerConfig {
+    /// The application: names the lease table by default, as the KCL does.
+    pub application_name: String,
+    /// Lease table name; `None` = the application name.
+    pub table_name: Option<String>,
+    /// This worker's id; `None` = a new random id (a stable id lets a restarted worker keep its
+    /// leases).
+    pub worker_id: Option<String>,
+    /// Start position of shards without a checkpoint. KCL default: LATEST.
+    pub initial_position: InitialPosition,
+    /// A lease not renewed for this long is expired. KCL `failoverTimeMillis` = 10 s.
+    pub failover_time: Duration,
+    /// Renewal period. KCL: failover/3 − 25 ms.
+    pub renew_interval: Duration,
+    /// How often leases are listed, expired ones taken and balance restored. KCL 2.x:
+    /// 2 × (failover + 25 ms) ≈ 20 s; 2 s here, so a joining worker gets its share quickly.
+    pub taker_interval: Duration,
+    /// How often shards are listed for new leases. KCL's auditor: 2 min; 60 s here.
+    pub shard_sync_interval: Duration,
+    /// Most leases one worker holds. KCL `maxLeasesForWorker`: unlimited.
+    pub max_leases: usize,
+    /// GetRecords `Limit`. KCL `maxRecords` = 10,000 (the API's maximum).
+    pub max_records: i32,
+    /// Pause after an empty GetRecords. KCL `idleTimeBetweenReadsInMillis` = 1.5 s; 1 s here
+    /// (5 calls/s/shard is the API limit, shared by all applications).
+    pub idle_time_between_reads: Duration,
+    /// How often a child shard checks whether its parents are finished. KCL: 10 s; 1 s here.
+    pub parent_poll_interval: Duration,
+    /// What a processor error does.
+    pub on_processor_error: OnProcessorError,
+    /// Create the lease table's `leaseOwner` index (KCL 3.x) when creating the table.
+    pub create_owner_index: bool,
+}
+
+impl ConsumerConfig {
+    /// Defaults for `application_name`.
+    pub fn new(application_name: impl Into<String>) -> Self {
+        Self {
+            application_name: application_name.into(),
+            table_name: None,
+            worker_id: None,
+            initial_position: InitialPosition::Latest,
+            failover_time: Duration::from_secs(10),
+            renew_interval: Duration::from_millis(3_308),
+            taker_interval: Duration::from_secs(2),
+            shard_sync_interval: Duration::from_secs(60),
+            max_leases: usize::MAX,
+            max_records: 10_000,
+            idle_time_between_reads: Duration::from_secs(1),
+            parent_poll_interval: Duration::from_secs(1),
+            on_processor_error: OnProcessorError::Retry,
+            create_owner_index: true,
+        }
+    }
+
+    /// The lease table's name.
+    pub fn table(&self) -> &str {
+        self.table_name.as_deref().unwrap_or(&self.application_name)
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, reason: &str| {
+            Err(ConfigError {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        let name = self.table();
+        if name.len() < 3
+            || name.len() > 255
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return err(
+                "application_name",
+                "the table name must be 3–255 characters of [a-zA-Z0-9_.-]",
+            );
+        }
+        if self.renew_interval >= self.failover_time {
+            return err("renew_interval", "must be shorter than failover_time");
+        }
+        if !(1..=10_000).contains(&self.max_records) {
+            return err("max_records", "must be 1..=10000");
+        }
+        if self.max_leases == 0 {
+            return err("max_leases", "must be at least 1");
+        }
+        if self.taker_interval.is_zero() || self.shard_sync_interval.is_zero() {
+            return err("taker_interval", "intervals must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// A configuration value out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid consumer config: {field} {reason}")]
+pub struct ConfigError {
+    /// The field.
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}

@@ -1,0 +1,451 @@
+//! The worker: one coordinator task that renews, takes, syncs shards and runs a task per leased
+//! shard.
+//!
+//! ```text
+//!   Consumer (handle) ──stop──► coordinator task
+//!                                 ├─ every renew_interval: renew held leases (lost → stop that shard)
+//!                                 ├─ every taker_interval: list leases, judge expiry by local
+//!                                 │    observation of counter changes, plan_take, take/steal
+//!                                 ├─ every shard_sync_interval: create leases for new shards,
+//!                                 │    delete finished ones whose children have started
+//!                                 └─ JoinSet of ShardWorker tasks (dropped ⇒ aborted)
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use kinesis_core::shard_map::list_shards;
+use kinesis_core::{Checkpoint, ShardId, StreamRef};
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::config::{ConfigError, ConsumerConfig};
+use crate::lease::Lease;
+use crate::processor::{HeldLease, ShardProcessor};
+use crate::shard_sync::leases_to_create;
+use crate::shard_worker::{Ended, ShardWorker, Stop};
+use crate::store::{LeaseStore, StoreError};
+use crate::taker::{LeaseView, plan_take};
+
+/// Building or running the consumer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The stream name or ARN is invalid.
+    #[error("invalid stream: {0}")]
+    Stream(String),
+    /// The lease table could not be created or used.
+    #[error(transparent)]
+    LeaseTable(#[from] StoreError),
+}
+
+/// Builds a [`Consumer`].
+#[must_use = "call .build().await"]
+pub struct ConsumerBuilder<F> {
+    kinesis: aws_sdk_kinesis::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+    stream: String,
+    config: ConsumerConfig,
+    factory: F,
+}
+
+impl<F> std::fmt::Debug for ConsumerBuilder<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("stream", &self.stream)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running worker. Dropping it aborts every task without releasing leases (as a crash would);
+/// [`shutdown`](Consumer::shutdown) hands them over.
+#[derive(Debug)]
+pub struct Consumer {
+    worker_id: Arc<str>,
+    stop: watch::Sender<Option<Instant>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    held: Arc<StdMutex<Vec<String>>>,
+}
+
+impl Consumer {
+    /// Starts building a worker for `stream` whose processors come from `factory` (called once
+    /// per lease acquisition).
+    pub fn builder<F, P>(
+        kinesis: aws_sdk_kinesis::Client,
+        dynamodb: aws_sdk_dynamodb::Client,
+        stream: impl Into<String>,
+        config: ConsumerConfig,
+        factory: F,
+    ) -> ConsumerBuilder<F>
+    where
+        F: Fn(&ShardId) -> P + Send + Sync + 'static,
+        P: ShardProcessor,
+    {
+        ConsumerBuilder {
+            kinesis,
+            dynamodb,
+            stream: stream.into(),
+            config,
+            factory,
+        }
+    }
+
+    /// This worker's id (the `leaseOwner` it writes).
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Shard ids whose leases this worker holds now.
+    pub fn held_shards(&self) -> Vec<String> {
+        self.held.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Graceful stop: every processor gets `shutdown_requested` (to checkpoint), then its lease
+    /// is released so another worker takes it at once. Whatever has not finished by `deadline`
+    /// is aborted.
+    pub async fn shutdown(mut self, deadline: Duration) {
+        let _ = self.stop.send(Some(Instant::now() + deadline));
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl<F, P> ConsumerBuilder<F>
+where
+    F: Fn(&ShardId) -> P + Send + Sync + 'static,
+    P: ShardProcessor,
+{
+    /// Validates the configuration, creates the lease table if needed, and starts the worker.
+    pub async fn build(self) -> Result<Consumer, ConsumerError> {
+        self.config.validate()?;
+        let stream =
+            StreamRef::parse(&self.stream).map_err(|e| ConsumerError::Stream(e.to_string()))?;
+        let store = LeaseStore::new(self.dynamodb, self.config.table());
+        store
+            .ensure_table(self.config.create_owner_index, Duration::from_secs(600))
+            .await?;
+        let worker_id: Arc<str> = self
+            .config
+            .worker_id
+            .clone()
+            .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4().simple()))
+            .into();
+        let (stop, stop_rx) = watch::channel(None);
+        let held = Arc::new(StdMutex::new(Vec::new()));
+        let coordinator = Coordinator {
+            cfg: Arc::new(self.config),
+            kinesis: self.kinesis,
+            store,
+            stream,
+            me: Arc::clone(&worker_id),
+            factory: Arc::new(self.factory),
+            running: HashMap::new(),
+            observed: HashMap::new(),
+            tasks: JoinSet::new(),
+            held_view: Arc::clone(&held),
+        };
+        let task = tokio::spawn(coordinator.run(stop_rx));
+        Ok(Consumer {
+            worker_id,
+            stop,
+            task: Some(task),
+            held,
+        })
+    }
+}
+
+struct Running {
+    held: Arc<HeldLease>,
+    stop: watch::Sender<Stop>,
+    last_renewed: Instant,
+}
+
+struct Coordinator<F> {
+    cfg: Arc<ConsumerConfig>,
+    kinesis: aws_sdk_kinesis::Client,
+    store: LeaseStore,
+    stream: StreamRef,
+    me: Arc<str>,
+    factory: Arc<F>,
+    running: HashMap<String, Running>,
+    /// Lease key → (counter, when this worker first saw that counter).
+    observed: HashMap<String, (u64, Instant)>,
+    tasks: JoinSet<(String, Ended)>,
+    held_view: Arc<StdMutex<Vec<String>>>,
+}
+
+impl<F, P> Coordinator<F>
+where
+    F: Fn(&ShardId) -> P + Send + Sync + 'static,
+    P: ShardProcessor,
+{
+    async fn run(mut self, mut stop: watch::Receiver<Option<Instant>>) {
+        let mut renew = tokio::time::interval(self.cfg.renew_interval);
+        let mut take = tokio::time::interval(self.cfg.taker_interval);
+        let mut sync = tokio::time::interval(self.cfg.shard_sync_interval);
+        for i in [&mut renew, &mut take, &mut sync] {
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        // First shard sync before the first take, so a fresh table gets leases at once.
+        sync.tick().await;
+        self.shard_sync().await;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = renew.tick() => self.renew_all().await,
+                _ = take.tick(), if deadline.is_none() => self.take_round().await,
+                _ = sync.tick(), if deadline.is_none() => self.shard_sync().await,
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Ok((key, ended)) = joined {
+                        info!(message = "Shard worker ended.", lease_key = %key, how = ?ended);
+                        self.running.remove(&key);
+                        self.publish();
+                    }
+                }
+                changed = stop.changed(), if deadline.is_none() => {
+                    let d = match changed {
+                        Ok(()) => (*stop.borrow()).unwrap_or_else(Instant::now),
+                        Err(_) => Instant::now(),
+                    };
+                    deadline = Some(d);
+                    for r in self.running.values() {
+                        let _ = r.stop.send(Stop::Shutdown);
+                    }
+                }
+                () = sleep_until_opt(deadline) => {
+                    warn!(message = "Shutdown deadline passed; aborting the remaining shard workers.", remaining = self.running.len());
+                    self.tasks.abort_all();
+                    return;
+                }
+            }
+            if deadline.is_some() && self.tasks.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn publish(&self) {
+        if let Ok(mut v) = self.held_view.lock() {
+            *v = self.running.keys().cloned().collect();
+            v.sort();
+        }
+    }
+
+    async fn renew_all(&mut self) {
+        let now = Instant::now();
+        let failover = self.cfg.failover_time;
+        let renewals = self.running.iter().map(|(key, r)| {
+            let store = self.store.clone();
+            let me = Arc::clone(&self.me);
+            let held = Arc::clone(&r.held);
+            let key = key.clone();
+            async move {
+                if held.lost.load(Ordering::SeqCst) {
+                    return (key, Err(None));
+                }
+                let mut lease = held.lease.lock().await;
+                match store.renew(&lease, &me).await {
+                    Ok(c) => {
+                        lease.lease_counter = c;
+                        (key, Ok(()))
+                    }
+                    Err(e) => (key, Err(Some(e))),
+                }
+            }
+        });
+        let results = futures::future::join_all(renewals).await;
+        for (key, res) in results {
+            let Some(r) = self.running.get_mut(&key) else {
+                continue;
+            };
+            match res {
+                Ok(()) => r.last_renewed = now,
+                Err(Some(StoreError::Conflict(_))) | Err(None) => {
+                    warn!(message = "Lease lost.", lease_key = %key, worker = %self.me);
+                    metrics::counter!("LeasesLost").increment(1);
+                    r.held.lost.store(true, Ordering::SeqCst);
+                    let _ = r.stop.send(Stop::LeaseLost);
+                }
+                Err(Some(e)) => {
+                    warn!(message = "Lease renewal failed.", lease_key = %key, error = %e);
+                    if now.duration_since(r.last_renewed) > failover {
+                        // Others may already consider it expired: stop before they take it.
+                        r.held.lost.store(true, Ordering::SeqCst);
+                        let _ = r.stop.send(Stop::LeaseLost);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn take_round(&mut self) {
+        let leases = match self.store.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(message = "Cannot list leases.", error = %e);
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut views = Vec::with_capacity(leases.len());
+        let live: HashSet<&str> = leases.iter().map(|l| l.lease_key.as_str()).collect();
+        self.observed.retain(|k, _| live.contains(k.as_str()));
+        for l in &leases {
+            let seen = self
+                .observed
+                .entry(l.lease_key.clone())
+                .or_insert((l.lease_counter, now));
+            if seen.0 != l.lease_counter {
+                *seen = (l.lease_counter, now);
+            }
+            let mine = self.running.contains_key(&l.lease_key);
+            let expired = !mine && now.duration_since(seen.1) > self.cfg.failover_time;
+            // A lease in my name that I do not run (a restart with the same id) is free to me.
+            let owner = if mine {
+                Some(self.me.to_string())
+            } else {
+                l.lease_owner.clone().filter(|o| **o != *self.me)
+            };
+            views.push(LeaseView {
+                key: l.lease_key.clone(),
+                owner,
+                expired,
+                finished: l.is_finished(),
+            });
+        }
+        let plan = plan_take(&views, &self.me, self.cfg.max_leases);
+        let by_key: HashMap<&str, &Lease> =
+            leases.iter().map(|l| (l.lease_key.as_str(), l)).collect();
+        for key in plan.take.iter().chain(&plan.steal) {
+            let Some(lease) = by_key.get(key.as_str()) else {
+                continue;
+            };
+            let stolen = plan.steal.contains(key);
+            match self.store.take(lease, &self.me).await {
+                Ok(taken) => {
+                    info!(message = "Lease taken.", lease_key = %key, stolen, worker = %self.me);
+                    metrics::counter!("LeasesTaken").increment(1);
+                    self.start(taken);
+                }
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => warn!(message = "Lease take failed.", lease_key = %key, error = %e),
+            }
+        }
+        self.publish();
+    }
+
+    fn start(&mut self, lease: Lease) {
+        let key = lease.lease_key.clone();
+        let Ok(shard_id) = ShardId::new(key.as_str()) else {
+            return;
+        };
+        let held = Arc::new(HeldLease {
+            lease: Mutex::new(lease),
+            lost: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (stop, stop_rx) = watch::channel(Stop::Running);
+        let worker = ShardWorker {
+            cfg: Arc::clone(&self.cfg),
+            kinesis: self.kinesis.clone(),
+            store: self.store.clone(),
+            stream: self.stream.clone(),
+            me: Arc::clone(&self.me),
+            held: Arc::clone(&held),
+            processor: (self.factory)(&shard_id),
+            stop: stop_rx,
+        };
+        let k = key.clone();
+        self.tasks.spawn(async move { (k, worker.run().await) });
+        self.running.insert(
+            key,
+            Running {
+                held,
+                stop,
+                last_renewed: Instant::now(),
+            },
+        );
+    }
+
+    async fn shard_sync(&mut self) {
+        let shards = match list_shards(&self.kinesis, &self.stream).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(message = "Shard sync: cannot list shards.", error = %e);
+                return;
+            }
+        };
+        let leases = match self.store.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(message = "Shard sync: cannot list leases.", error = %e);
+                return;
+            }
+        };
+        let existing: HashSet<String> = leases.iter().map(|l| l.lease_key.clone()).collect();
+        for lease in leases_to_create(&shards, &existing, self.cfg.initial_position) {
+            match self.store.create_if_not_exists(&lease).await {
+                Ok(true) => {
+                    info!(message = "Lease created.", lease_key = %lease.lease_key, checkpoint = %lease.checkpoint);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(message = "Cannot create a lease.", lease_key = %lease.lease_key, error = %e);
+                }
+            }
+        }
+        // Clean up finished leases once every child has started (moved past TRIM_HORIZON) and
+        // no parent lease is left, as the KCL's LeaseCleanupManager does.
+        let by_key: HashMap<&str, &Lease> =
+            leases.iter().map(|l| (l.lease_key.as_str(), l)).collect();
+        for l in leases.iter().filter(|l| l.is_finished()) {
+            let children_started = !l.child_shard_ids.is_empty()
+                && l.child_shard_ids.iter().all(|c| {
+                    by_key.get(c.as_str()).is_some_and(|cl| {
+                        matches!(
+                            cl.checkpoint,
+                            Checkpoint::Sequence { .. } | Checkpoint::ShardEnd
+                        )
+                    })
+                });
+            let parents_gone = l
+                .parent_shard_ids
+                .iter()
+                .all(|p| !by_key.contains_key(p.as_str()));
+            if children_started && parents_gone {
+                match self.store.delete_finished(&l.lease_key).await {
+                    Ok(true) => {
+                        info!(message = "Finished lease deleted.", lease_key = %l.lease_key);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(message = "Cannot delete a finished lease.", lease_key = %l.lease_key, error = %e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,306 @@
+//! Workers against the embedded Kinesis and DynamoDB emulators.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kinesis_consumer::{
+    Checkpointer, Consumer, ConsumerConfig, InitialPosition, LeaseStore, ProcessorError,
+    RecordBatch, ShardProcessor,
+};
+use kinesis_core::{Checkpoint, PartitionKey, ShardId, UserRecord};
+use kinesis_producer::Producer;
+use kinesis_testkit::{TestEnv, eventually, unique_name};
+
+#[derive(Debug, Clone)]
+enum Event {
+    Record { shard: String, data: String },
+    Ended { shard: String },
+}
+
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<Event>>>);
+
+impl Sink {
+    fn data(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Record { data, .. } => Some(data.clone()),
+                Event::Ended { .. } => None,
+            })
+            .collect()
+    }
+    fn distinct(&self) -> usize {
+        self.data().into_iter().collect::<HashSet<_>>().len()
+    }
+}
+
+struct Collect {
+    sink: Sink,
+}
+
+impl ShardProcessor for Collect {
+    async fn process(
+        &mut self,
+        batch: RecordBatch,
+        cp: &mut Checkpointer,
+    ) -> Result<(), ProcessorError> {
+        {
+            let mut v = self.sink.0.lock().unwrap();
+            for r in &batch.records {
+                v.push(Event::Record {
+                    shard: batch.shard_id.to_string(),
+                    data: String::from_utf8(r.data.to_vec()).unwrap(),
+                });
+            }
+        }
+        cp.checkpoint().await?;
+        Ok(())
+    }
+
+    async fn shard_ended(&mut self, cp: &mut Checkpointer) -> Result<(), ProcessorError> {
+        self.sink.0.lock().unwrap().push(Event::Ended {
+            shard: cp.shard_id().to_string(),
+        });
+        cp.checkpoint().await?;
+        Ok(())
+    }
+}
+
+fn config(app: &str) -> ConsumerConfig {
+    ConsumerConfig {
+        initial_position: InitialPosition::TrimHorizon,
+        failover_time: Duration::from_secs(2),
+        renew_interval: Duration::from_millis(400),
+        taker_interval: Duration::from_millis(300),
+        shard_sync_interval: Duration::from_millis(300),
+        idle_time_between_reads: Duration::from_millis(50),
+        parent_poll_interval: Duration::from_millis(100),
+        ..ConsumerConfig::new(app)
+    }
+}
+
+async fn worker(env: &TestEnv, stream: &str, cfg: ConsumerConfig, sink: &Sink) -> Consumer {
+    let sink = sink.clone();
+    Consumer::builder(
+        env.kinesis.clone(),
+        env.dynamodb.clone(),
+        stream,
+        cfg,
+        move |_: &ShardId| Collect { sink: sink.clone() },
+    )
+    .build()
+    .await
+    .unwrap()
+}
+
+async fn produce(env: &TestEnv, stream: &str, from: usize, n: usize) {
+    let p = Producer::builder(env.kinesis.clone(), stream)
+        .build()
+        .await
+        .unwrap();
+    for i in from..from + n {
+        let r = UserRecord::new(
+            PartitionKey::new(format!("k{}", i % 97)).unwrap(),
+            None,
+            Bytes::from(format!("r{i}")),
+        );
+        drop(p.send(r).await.unwrap()); // the receipt; shutdown() below waits for delivery
+    }
+    let report = p.shutdown(Duration::from_secs(10)).await;
+    assert!(report.undelivered.is_empty() && report.in_flight.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumes_kpl_aggregates_and_resumes_from_sub_sequence_checkpoints() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(2).await;
+    let app = unique_name("app");
+    produce(&env, &stream, 0, 3_000).await;
+    let sink = Sink::default();
+    let w = worker(&env, &stream, config(&app), &sink).await;
+    eventually("all 3,000 records", Duration::from_secs(30), || async {
+        (sink.distinct() == 3_000).then_some(())
+    })
+    .await;
+    assert_eq!(sink.data().len(), 3_000, "no duplicates in one owner's run");
+    // Checkpoints are inside aggregates: (sequence number, sub-sequence number > 0).
+    let store = LeaseStore::new(env.dynamodb.clone(), &app);
+    let leases = store.list().await.unwrap();
+    assert_eq!(leases.len(), 2);
+    assert!(leases.iter().any(|l| matches!(l.checkpoint, Checkpoint::Sequence { sub_sequence_number, .. } if sub_sequence_number > 0)), "{leases:?}");
+    w.shutdown(Duration::from_secs(10)).await;
+    // Leases released on graceful shutdown.
+    assert!(
+        store
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .all(|l| l.lease_owner.is_none())
+    );
+
+    // A new worker resumes after the checkpoints: only new records arrive.
+    let sink2 = Sink::default();
+    let w2 = worker(&env, &stream, config(&app), &sink2).await;
+    produce(&env, &stream, 3_000, 50).await;
+    eventually("the 50 new records", Duration::from_secs(30), || async {
+        (sink2.distinct() == 50).then_some(())
+    })
+    .await;
+    assert!(
+        sink2
+            .data()
+            .iter()
+            .all(|d| d[1..].parse::<usize>().unwrap() >= 3_000),
+        "nothing re-delivered"
+    );
+    w2.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_balance_eight_shards_and_survive_a_crash() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(8).await;
+    let app = unique_name("app");
+    let sink = Sink::default();
+    let a = worker(&env, &stream, config(&app), &sink).await;
+    eventually("a holds all 8", Duration::from_secs(20), || async {
+        (a.held_shards().len() == 8).then_some(())
+    })
+    .await;
+    let b = worker(&env, &stream, config(&app), &sink).await;
+    let c = worker(&env, &stream, config(&app), &sink).await;
+    eventually("balance 3/3/2", Duration::from_secs(20), || async {
+        let mut n = vec![
+            a.held_shards().len(),
+            b.held_shards().len(),
+            c.held_shards().len(),
+        ];
+        n.sort_unstable();
+        (n == vec![2, 3, 3]).then_some(())
+    })
+    .await;
+    produce(&env, &stream, 0, 2_000).await;
+    eventually("records flowing", Duration::from_secs(20), || async {
+        (sink.distinct() == 2_000).then_some(())
+    })
+    .await;
+
+    // c crashes: no shutdown, leases not released.
+    let c_shards = c.held_shards();
+    drop(c);
+    let started = tokio::time::Instant::now();
+    eventually("c's shards taken over", Duration::from_secs(20), || async {
+        let held: HashSet<String> = a.held_shards().into_iter().chain(b.held_shards()).collect();
+        c_shards.iter().all(|s| held.contains(s)).then_some(())
+    })
+    .await;
+    // Failover time (2 s) plus a taker interval or two, not the KCL's many cycles.
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    produce(&env, &stream, 2_000, 2_000).await;
+    eventually(
+        "every record after the crash",
+        Duration::from_secs(30),
+        || async { (sink.distinct() == 4_000).then_some(()) },
+    )
+    .await;
+    a.shutdown(Duration::from_secs(10)).await;
+    b.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_hands_leases_over_at_once() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(4).await;
+    let app = unique_name("app");
+    // A long failover time: a handover that waited for expiry would take 30 s.
+    let cfg = ConsumerConfig {
+        failover_time: Duration::from_secs(30),
+        renew_interval: Duration::from_secs(1),
+        ..config(&app)
+    };
+    let sink = Sink::default();
+    let a = worker(&env, &stream, cfg.clone(), &sink).await;
+    eventually("a holds all", Duration::from_secs(20), || async {
+        (a.held_shards().len() == 4).then_some(())
+    })
+    .await;
+    let b = worker(&env, &stream, cfg, &sink).await;
+    eventually("b gets its share", Duration::from_secs(20), || async {
+        (b.held_shards().len() == 2).then_some(())
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    a.shutdown(Duration::from_secs(10)).await;
+    eventually("b holds all", Duration::from_secs(10), || async {
+        (b.held_shards().len() == 4).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "handover took {:?}",
+        started.elapsed()
+    );
+    b.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_split_parents_finish_before_children_start() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let app = unique_name("app");
+    produce(&env, &stream, 0, 500).await;
+    env.kinesis
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split("shardId-000000000000")
+        .new_starting_hash_key((u128::MAX / 2).to_string())
+        .send()
+        .await
+        .unwrap();
+    kinesis_testkit::wait_stream_active(&env.kinesis, &stream, Duration::from_secs(30))
+        .await
+        .unwrap();
+    produce(&env, &stream, 500, 500).await;
+    let sink = Sink::default();
+    let w = worker(&env, &stream, config(&app), &sink).await;
+    eventually("all 1,000", Duration::from_secs(30), || async {
+        (sink.distinct() == 1_000).then_some(())
+    })
+    .await;
+    let events = sink.0.lock().unwrap().clone();
+    let parent_end = events
+        .iter()
+        .position(|e| matches!(e, Event::Ended { shard } if shard == "shardId-000000000000"))
+        .expect("parent ended");
+    for (i, e) in events.iter().enumerate() {
+        if let Event::Record { shard, .. } = e
+            && shard != "shardId-000000000000"
+        {
+            assert!(i > parent_end, "child record {e:?} before the parent ended");
+        }
+    }
+    let mut per_shard: HashMap<String, usize> = HashMap::new();
+    for e in &events {
+        if let Event::Record { shard, .. } = e {
+            *per_shard.entry(shard.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(per_shard.values().sum::<usize>(), 1_000);
+    w.shutdown(Duration::from_secs(10)).await;
+}
