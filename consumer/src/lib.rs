@@ -35,6 +35,7 @@ pub mod lease;
 mod processor;
 mod shard_sync;
 mod shard_worker;
+mod simple;
 pub mod store;
 pub mod taker;
 
@@ -45,5 +46,6 @@ pub use processor::{
     CheckpointError, Checkpointer, ConsumerRecord, ProcessorError, RecordBatch, ShardProcessor,
 };
 pub use shard_sync::leases_to_create;
+pub use simple::{FnProcessor, with_fn};
 pub use store::{LEASE_OWNER_INDEX, LeaseStore, StoreError};
 pub use taker::{LeaseView, TakePlan, plan_take};

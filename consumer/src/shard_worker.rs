@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
+use futures::FutureExt as _;
 use kinesis_core::classify::classify;
 use kinesis_core::shard_map::list_shards;
 use kinesis_core::{Checkpoint, ErrorKind, HashKeyRange, SequenceNumber, ShardId, StreamRef};
@@ -214,7 +215,13 @@ impl<P: ShardProcessor> ShardWorker<P> {
     async fn deliver(&mut self, batch: RecordBatch, cp: &mut Checkpointer) -> bool {
         let mut wait = Duration::from_millis(200);
         loop {
-            match self.processor.process(batch.clone(), cp).await {
+            // A panic in the processor is caught and handled like an error (the task, the lease
+            // and the other shards carry on).
+            let outcome = std::panic::AssertUnwindSafe(self.processor.process(batch.clone(), cp))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(panic_message(&panic).into()));
+            match outcome {
                 Ok(()) => return true,
                 Err(e) => {
                     metrics::counter!("ProcessorErrors", "shard_id" => batch.shard_id.to_string())
@@ -451,4 +458,13 @@ impl<P: ShardProcessor> ShardWorker<P> {
 
 fn aws_smithy_types_from(t: std::time::SystemTime) -> aws_sdk_kinesis::primitives::DateTime {
     aws_sdk_kinesis::primitives::DateTime::from(t)
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into());
+    format!("processor panicked: {text}")
 }

@@ -304,3 +304,129 @@ async fn after_a_split_parents_finish_before_children_start() {
     assert_eq!(per_shard.values().sum::<usize>(), 1_000);
     w.shutdown(Duration::from_secs(10)).await;
 }
+
+/// Fails its first call with a panic, its second with an error, then works.
+struct Flaky {
+    calls: Arc<Mutex<usize>>,
+    sink: Sink,
+}
+
+impl ShardProcessor for Flaky {
+    async fn process(
+        &mut self,
+        batch: RecordBatch,
+        cp: &mut Checkpointer,
+    ) -> Result<(), ProcessorError> {
+        let n = {
+            let mut c = self.calls.lock().unwrap();
+            *c += 1;
+            *c
+        };
+        match n {
+            1 => panic!("boom"),
+            2 => return Err("transient failure".into()),
+            _ => {}
+        }
+        {
+            let mut v = self.sink.0.lock().unwrap();
+            for r in &batch.records {
+                v.push(Event::Record {
+                    shard: batch.shard_id.to_string(),
+                    data: String::from_utf8(r.data.to_vec()).unwrap(),
+                });
+            }
+        }
+        cp.checkpoint().await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_panicking_processor_gets_the_batch_again() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let app = unique_name("app");
+    produce(&env, &stream, 0, 200).await;
+    let sink = Sink::default();
+    let calls = Arc::new(Mutex::new(0));
+    let (s, c) = (sink.clone(), Arc::clone(&calls));
+    let w = Consumer::builder(
+        env.kinesis.clone(),
+        env.dynamodb.clone(),
+        &stream,
+        config(&app),
+        move |_: &ShardId| Flaky {
+            calls: Arc::clone(&c),
+            sink: s.clone(),
+        },
+    )
+    .build()
+    .await
+    .unwrap();
+    eventually(
+        "all 200 after two failures",
+        Duration::from_secs(30),
+        || async { (sink.distinct() == 200).then_some(()) },
+    )
+    .await;
+    assert!(*calls.lock().unwrap() >= 3);
+    assert_eq!(
+        sink.data().len(),
+        200,
+        "the failed batch was not processed twice, nor skipped"
+    );
+    w.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closure_entry_point_and_zombie_fencing() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let app = unique_name("app");
+    produce(&env, &stream, 0, 100).await;
+    let got = Arc::new(Mutex::new(0usize));
+    let g = Arc::clone(&got);
+    let w = Consumer::builder(
+        env.kinesis.clone(),
+        env.dynamodb.clone(),
+        &stream,
+        config(&app),
+        kinesis_consumer::with_fn(move |batch: RecordBatch| {
+            let g = Arc::clone(&g);
+            async move {
+                *g.lock().unwrap() += batch.records.len();
+                Ok::<(), ProcessorError>(())
+            }
+        }),
+    )
+    .build()
+    .await
+    .unwrap();
+    eventually("100 records", Duration::from_secs(30), || async {
+        (*got.lock().unwrap() == 100).then_some(())
+    })
+    .await;
+    // Someone else takes the lease: the worker's next write is refused and it lets go.
+    let store = LeaseStore::new(env.dynamodb.clone(), &app);
+    let lease = eventually("checkpointed", Duration::from_secs(10), || async {
+        store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|l| matches!(l.checkpoint, Checkpoint::Sequence { .. }))
+    })
+    .await;
+    let stolen = store.take(&lease, "intruder").await.unwrap();
+    eventually("worker lets go", Duration::from_secs(10), || async {
+        w.held_shards().is_empty().then_some(())
+    })
+    .await;
+    let now = store.get(&lease.lease_key).await.unwrap().unwrap();
+    assert_eq!(now.lease_owner.as_deref(), Some("intruder"));
+    assert_eq!(
+        now.checkpoint, stolen.checkpoint,
+        "the zombie wrote nothing after losing the lease"
+    );
+    drop(w);
+}
