@@ -1,22 +1,28 @@
-//! Quickstart: embedded emulators, a stream, the producer in, user records out.
+//! Quickstart: embedded emulators, a stream, the producer in, the consumer out.
 //!
 //! ```text
 //!   10,000 user records ─► Producer (aggregates per shard, PutRecords, retries) ─► receipts
 //!                                                                                    │
-//!   user records ◄─ deaggregate ◄─ GetRecords (every shard, from TRIM_HORIZON) ◄──────┘
+//!   user records ◄─ Consumer (leases in DynamoDB, GetRecords, de-aggregation,        │
+//!                             checkpoints) ◄───────────────────────────────────────────┘
 //! ```
 //!
 //! Run with `cargo run --example quickstart`. Nothing to install: Kinesis (ferrokinesis) and
-//! DynamoDB (dynoxide) run inside this process. (The read loop will become the consumer.)
+//! DynamoDB (dynoxide) run inside this process.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use bytes::Bytes;
 use futures::future::join_all;
+use kinesis_suite::consumer::{
+    Consumer, ConsumerConfig, InitialPosition, ProcessorError, RecordBatch, with_fn,
+};
 use kinesis_suite::core::{PartitionKey, UserRecord};
 use kinesis_suite::producer::Producer;
-use kinesis_testkit::{TestEnv, read_stream};
+use kinesis_testkit::TestEnv;
 
 const USER_RECORDS: usize = 10_000;
 
@@ -63,17 +69,44 @@ async fn main() -> anyhow::Result<()> {
         bail!("shutdown left records behind");
     }
 
-    let contents = read_stream(&env.kinesis, &stream)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    // Consume: one worker takes the leases, reads every shard and checkpoints after each batch.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&seen);
+    let config = ConsumerConfig {
+        initial_position: InitialPosition::TrimHorizon,
+        ..ConsumerConfig::new("quickstart")
+    };
+    let consumer = Consumer::builder(
+        env.kinesis.clone(),
+        env.dynamodb.clone(),
+        &stream,
+        config,
+        with_fn(move |batch: RecordBatch| {
+            let counter = Arc::clone(&counter);
+            async move {
+                counter.fetch_add(batch.records.len(), Ordering::SeqCst);
+                Ok::<(), ProcessorError>(())
+            }
+        }),
+    )
+    .build()
+    .await?;
+    let started = Instant::now();
+    while seen.load(Ordering::SeqCst) < USER_RECORDS && started.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     println!(
-        "read back {} user records (de-aggregated)",
-        contents.records.len()
+        "consumed {} user records (de-aggregated) from {} shards in {:.0?}",
+        seen.load(Ordering::SeqCst),
+        consumer.held_shards().len(),
+        started.elapsed()
     );
-    if contents.records.len() != USER_RECORDS || delivered != USER_RECORDS {
+    consumer.shutdown(Duration::from_secs(10)).await;
+    if seen.load(Ordering::SeqCst) != USER_RECORDS || delivered != USER_RECORDS {
         bail!(
-            "expected {USER_RECORDS} user records, read {}",
-            contents.records.len()
+            "expected {USER_RECORDS} user records, consumed {}",
+            seen.load(Ordering::SeqCst)
         );
     }
     Ok(())

@@ -4,6 +4,7 @@
 //!   kinesis local            embedded Kinesis + DynamoDB emulators until Ctrl-C
 //!   kinesis streams ...      create | describe | list | delete | split | merge | scale
 //!   kinesis put              lines ─► records through the producer, with a summary
+//!   kinesis consume          a consumer worker printing JSON lines; kinesis leases list
 //!   kinesis agg encode       JSON lines of user records  ─► KPL-aggregated records
 //!   kinesis agg decode       JSON lines of Kinesis records ─► user records
 //! ```
@@ -13,6 +14,7 @@
 //! `--region`, `--endpoint-url` and `--profile` override them.
 
 mod agg;
+mod consume;
 mod local;
 mod put;
 mod streams;
@@ -52,6 +54,11 @@ enum Command {
     Streams(streams::StreamsCommand),
     /// Send lines from stdin (or a file) as records, through the producer.
     Put(put::PutArgs),
+    /// Run a consumer worker that prints one JSON line per user record.
+    Consume(consume::ConsumeArgs),
+    /// Inspect the lease table of a consumer application.
+    #[command(subcommand)]
+    Leases(consume::LeasesCommand),
     /// Encode and decode the KPL aggregation format.
     #[command(subcommand)]
     Agg(agg::AggCommand),
@@ -83,6 +90,8 @@ fn main() -> ExitCode {
         Command::Local(args) => runtime().and_then(|rt| rt.block_on(local::run(args))),
         Command::Streams(cmd) => runtime().and_then(|rt| rt.block_on(streams::run(cmd, &opts))),
         Command::Put(args) => runtime().and_then(|rt| rt.block_on(put::run(args, &opts))),
+        Command::Consume(args) => runtime().and_then(|rt| rt.block_on(consume::run(args, &opts))),
+        Command::Leases(cmd) => runtime().and_then(|rt| rt.block_on(consume::leases(cmd, &opts))),
     };
     match result {
         Ok(code) => code,

@@ -285,3 +285,54 @@ fn put_sends_lines_and_reports() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
 }
+
+#[test]
+fn consume_prints_records_and_leases_list_shows_checkpoints() {
+    let local = start_local();
+    let lines: String = (0..100).map(|i| format!("line-{i}\n")).collect();
+    ok(&local.kinesis_with_input(&["put", "--stream", "pre", "--random-key"], &lines));
+    let out = local.kinesis(&[
+        "consume",
+        "--stream",
+        "pre",
+        "--app",
+        "cli-app",
+        "--from",
+        "trim-horizon",
+        "--max",
+        "100",
+        "--text",
+    ]);
+    let printed = ok(&out);
+    let records: Vec<Value> = printed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 100, "{printed}");
+    let mut data: Vec<String> = records
+        .iter()
+        .map(|r| r["data"].as_str().unwrap().to_string())
+        .collect();
+    data.sort();
+    data.dedup();
+    assert_eq!(data.len(), 100);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["shard_id"].as_str().unwrap().starts_with("shardId-"))
+    );
+    let table = ok(&local.kinesis(&["leases", "list", "--app", "cli-app"]));
+    assert_eq!(table.lines().count(), 3, "header + 2 shards: {table}");
+    assert!(
+        table.lines().skip(1).all(|l| !l.contains("TRIM_HORIZON")),
+        "checkpointed: {table}"
+    );
+    // A second run resumes after the checkpoints: it prints only what is new.
+    ok(&local.kinesis_with_input(&["put", "--stream", "pre", "--random-key"], "fresh\n"));
+    let out = local.kinesis(&[
+        "consume", "--stream", "pre", "--app", "cli-app", "--max", "1", "--text",
+    ]);
+    let printed = ok(&out);
+    assert_eq!(printed.lines().count(), 1);
+    assert!(printed.contains("\"data\":\"fresh\""), "{printed}");
+}

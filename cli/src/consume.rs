@@ -1,0 +1,196 @@
+//! `kinesis consume` (a worker printing JSON lines) and `kinesis leases list`.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use clap::{Args, Subcommand};
+use kinesis_consumer::{
+    Checkpointer, Consumer, ConsumerConfig, InitialPosition, LeaseStore, ProcessorError,
+    RecordBatch, ShardProcessor,
+};
+use kinesis_core::ShardId;
+use kinesis_core::sdk::{self, AwsOptions};
+use tokio::sync::Notify;
+
+#[derive(Debug, Args)]
+pub(crate) struct ConsumeArgs {
+    /// Stream name or ARN.
+    #[arg(long)]
+    stream: String,
+    /// Application name: names the lease table, as the KCL does.
+    #[arg(long)]
+    app: String,
+    /// Where shards without a checkpoint start: trim-horizon, latest, or an RFC 3339 time /
+    /// seconds since the epoch.
+    #[arg(long, default_value = "latest")]
+    from: String,
+    /// Worker id (default: random). A stable id lets a restarted worker keep its leases.
+    #[arg(long)]
+    worker_id: Option<String>,
+    /// Checkpoint after every N records (and at each batch end once N is reached).
+    #[arg(long, default_value_t = 1)]
+    checkpoint_every: u64,
+    /// Stop after N records (then shut down gracefully).
+    #[arg(long)]
+    max: Option<u64>,
+    /// Print the data as UTF-8 text instead of base64.
+    #[arg(long)]
+    text: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LeasesCommand {
+    /// Show the lease table: shard, owner, counter, checkpoint, parents.
+    List {
+        /// Application name (the table's name).
+        #[arg(long)]
+        app: String,
+    },
+}
+
+fn parse_from(s: &str) -> anyhow::Result<InitialPosition> {
+    Ok(match s {
+        "trim-horizon" | "TRIM_HORIZON" => InitialPosition::TrimHorizon,
+        "latest" | "LATEST" => InitialPosition::Latest,
+        other => {
+            let secs: f64 = other.parse().with_context(|| {
+                format!(
+                    "--from {other:?}: expected trim-horizon, latest or seconds since the epoch"
+                )
+            })?;
+            if !secs.is_finite() || secs < 0.0 {
+                bail!("--from {other:?}: must be a non-negative number of seconds");
+            }
+            InitialPosition::AtTimestamp(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs))
+        }
+    })
+}
+
+struct Printer {
+    text: bool,
+    every: u64,
+    since: u64,
+    count: Arc<AtomicU64>,
+    max: Option<u64>,
+    done: Arc<Notify>,
+}
+
+impl ShardProcessor for Printer {
+    async fn process(
+        &mut self,
+        batch: RecordBatch,
+        cp: &mut Checkpointer,
+    ) -> Result<(), ProcessorError> {
+        {
+            let mut out = std::io::stdout().lock();
+            for r in &batch.records {
+                let data = if self.text {
+                    serde_json::Value::String(String::from_utf8_lossy(&r.data).into_owned())
+                } else {
+                    serde_json::Value::String(B64.encode(&r.data))
+                };
+                let line = serde_json::json!({
+                    "shard_id": batch.shard_id.as_str(),
+                    "sequence_number": r.sequence_number.as_str(),
+                    "sub_sequence_number": r.sub_sequence_number,
+                    "partition_key": &*r.partition_key,
+                    "data": data,
+                });
+                writeln!(out, "{line}")?;
+                out.flush()?;
+                let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+                if self.max.is_some_and(|m| n >= m) {
+                    self.done.notify_one();
+                }
+            }
+        }
+        self.since += batch.records.len() as u64;
+        if self.since >= self.every {
+            cp.checkpoint().await?;
+            self.since = 0;
+        }
+        Ok(())
+    }
+
+    async fn shutdown_requested(&mut self, cp: &mut Checkpointer) {
+        if let Err(e) = cp.checkpoint().await {
+            eprintln!("final checkpoint of {} failed: {e}", cp.shard_id());
+        }
+    }
+}
+
+pub(crate) async fn run(args: ConsumeArgs, opts: &AwsOptions) -> anyhow::Result<ExitCode> {
+    let config = sdk::load(opts).await;
+    let kinesis = sdk::kinesis_client(&config, opts);
+    let dynamodb = sdk::dynamodb_client(&config, opts);
+    let cfg = ConsumerConfig {
+        initial_position: parse_from(&args.from)?,
+        worker_id: args.worker_id.clone(),
+        ..ConsumerConfig::new(args.app.clone())
+    };
+    let count = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let (text, every, max) = (args.text, args.checkpoint_every.max(1), args.max);
+    let (c, d) = (Arc::clone(&count), Arc::clone(&done));
+    let consumer = Consumer::builder(kinesis, dynamodb, &args.stream, cfg, move |_: &ShardId| {
+        Printer {
+            text,
+            every,
+            since: 0,
+            count: Arc::clone(&c),
+            max,
+            done: Arc::clone(&d),
+        }
+    })
+    .build()
+    .await?;
+    eprintln!(
+        "worker {} consuming {} (app {})",
+        consumer.worker_id(),
+        args.stream,
+        args.app
+    );
+    tokio::select! {
+        () = crate::local::shutdown_signal() => eprintln!("stopping: checkpointing and releasing leases"),
+        () = done.notified() => {}
+    }
+    consumer.shutdown(Duration::from_secs(30)).await;
+    eprintln!("{} records", count.load(Ordering::SeqCst));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn leases(cmd: LeasesCommand, opts: &AwsOptions) -> anyhow::Result<ExitCode> {
+    let LeasesCommand::List { app } = cmd;
+    let config = sdk::load(opts).await;
+    let store = LeaseStore::new(sdk::dynamodb_client(&config, opts), app);
+    let leases = store.list().await?;
+    crate::outln!(
+        "{:<22} {:<40} {:>8}  {:<62} {}",
+        "SHARD",
+        "OWNER",
+        "COUNTER",
+        "CHECKPOINT",
+        "PARENTS"
+    )?;
+    for l in leases {
+        crate::outln!(
+            "{:<22} {:<40} {:>8}  {:<62} {}",
+            l.lease_key,
+            l.lease_owner.as_deref().unwrap_or("-"),
+            l.lease_counter,
+            l.checkpoint.to_string(),
+            if l.parent_shard_ids.is_empty() {
+                "-".to_string()
+            } else {
+                l.parent_shard_ids.join(",")
+            }
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
