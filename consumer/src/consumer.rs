@@ -242,6 +242,7 @@ where
     }
 
     fn publish(&self) {
+        metrics::gauge!("LeasesHeld", "worker" => self.me.to_string()).set(self.running.len() as f64);
         if let Ok(mut v) = self.held_view.lock() {
             *v = self.running.keys().cloned().collect();
             v.sort();

@@ -49,3 +49,13 @@ pub use shard_sync::leases_to_create;
 pub use simple::{FnProcessor, with_fn};
 pub use store::{LEASE_OWNER_INDEX, LeaseStore, StoreError};
 pub use taker::{LeaseView, TakePlan, plan_take};
+
+/// For the dispatch benchmark only: the read path's conversion of Kinesis records to user records.
+#[doc(hidden)]
+pub fn __bench_convert(
+    shard: &kinesis_core::ShardId,
+    records: Vec<aws_sdk_kinesis::types::Record>,
+    range: kinesis_core::HashKeyRange,
+) -> Vec<ConsumerRecord> {
+    shard_worker::convert(shard, records, range)
+}

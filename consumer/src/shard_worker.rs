@@ -336,49 +336,11 @@ impl<P: ShardProcessor> ShardWorker<P> {
                 return Err(kinesis_core::AwsError::new("GetRecords", e));
             }
         };
-        let mut records = Vec::with_capacity(out.records().len());
-        for r in out.records() {
-            let Ok(seq) = SequenceNumber::parse(r.sequence_number()) else {
-                continue;
-            };
-            let arrival = r
-                .approximate_arrival_timestamp()
-                .and_then(|t| std::time::SystemTime::try_from(*t).ok());
-            let data = Bytes::from(r.data().clone().into_inner());
-            let pk = r.partition_key().unwrap_or_default();
-            let users = match kinesis_core::agg::deaggregate_for_shard(pk, data, range) {
-                Ok(u) => u,
-                Err(outside) => {
-                    // The KCL drops such aggregates silently; we drop them too (a KPL-class producer
-                    // re-sends their records), but say so.
-                    warn!(message = "Dropping an aggregate with keys outside this shard (written during a reshard).", shard_id = %shard, sequence_number = %seq, user_records = outside.records.len());
-                    metrics::counter!("AggregatesOutsideShard").increment(1);
-                    continue;
-                }
-            };
-            for u in users {
-                records.push(ConsumerRecord {
-                    sequence_number: seq.clone(),
-                    sub_sequence_number: u.sub_sequence_number,
-                    partition_key: u.partition_key,
-                    explicit_hash_key: u.explicit_hash_key,
-                    data: u.data,
-                    approximate_arrival_timestamp: arrival,
-                    aggregated: u.aggregated,
-                });
-            }
-        }
-        let child_shards = out
-            .child_shards()
-            .iter()
-            .map(|c| c.shard_id().to_string())
-            .collect();
-        Ok(Read::Batch {
-            records,
-            next: out.next_shard_iterator().map(str::to_owned),
-            behind: out.millis_behind_latest(),
-            child_shards,
-        })
+        let child_shards = out.child_shards().iter().map(|c| c.shard_id().to_string()).collect();
+        let next = out.next_shard_iterator().map(str::to_owned);
+        let behind = out.millis_behind_latest();
+        let records = convert(shard, out.records, range);
+        Ok(Read::Batch { records, next, behind, child_shards })
     }
 
     /// Shard end: create child leases, record them, let the processor checkpoint SHARD_END.
@@ -467,4 +429,43 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".into());
     format!("processor panicked: {text}")
+}
+
+/// Kinesis records → user records: de-aggregation with the KCL hash-range rule, taking the
+/// records' buffers without copying them.
+pub(crate) fn convert(
+    shard: &ShardId,
+    records: Vec<aws_sdk_kinesis::types::Record>,
+    range: HashKeyRange,
+) -> Vec<ConsumerRecord> {
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        let Ok(seq) = SequenceNumber::parse(&r.sequence_number) else { continue };
+        let arrival = r.approximate_arrival_timestamp.and_then(|t| std::time::SystemTime::try_from(t).ok());
+        let data = Bytes::from(r.data.into_inner());
+        let pk = r.partition_key.as_deref().unwrap_or_default();
+        let users = match kinesis_core::agg::deaggregate_for_shard(pk, data, range) {
+            Ok(u) => u,
+            Err(outside) => {
+                // The KCL drops such aggregates silently; we drop them too (a KPL-class producer
+                // re-sends their records), but say so.
+                warn!(message = "Dropping an aggregate with keys outside this shard (written during a reshard).", shard_id = %shard, sequence_number = %seq, user_records = outside.records.len());
+                metrics::counter!("AggregatesOutsideShard").increment(1);
+                continue;
+            }
+        };
+        out.reserve(users.len());
+        for u in users {
+            out.push(ConsumerRecord {
+                sequence_number: seq.clone(),
+                sub_sequence_number: u.sub_sequence_number,
+                partition_key: u.partition_key,
+                explicit_hash_key: u.explicit_hash_key,
+                data: u.data,
+                approximate_arrival_timestamp: arrival,
+                aggregated: u.aggregated,
+            });
+        }
+    }
+    out
 }
