@@ -7,7 +7,12 @@
 //!    time for a joining worker to reach its share of 8 shards, and for a crashed worker's
 //!    shards to be taken over.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation
+)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -15,13 +20,17 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::Record;
 use bytes::Bytes;
-use kinesis_consumer::{Consumer, ConsumerConfig, InitialPosition, ProcessorError, RecordBatch, with_fn};
+use kinesis_consumer::{
+    Consumer, ConsumerConfig, InitialPosition, ProcessorError, RecordBatch, with_fn,
+};
 use kinesis_core::agg::{Aggregator, TryAdd};
 use kinesis_core::{HashKeyRange, PartitionKey, ShardId, UserRecord};
 use md5::{Digest, Md5};
 
 fn kinesis_records(users: usize, max: usize) -> Vec<Record> {
-    let keys: Vec<PartitionKey> = (0..1000).map(|k| PartitionKey::new(format!("key-{k}")).unwrap()).collect();
+    let keys: Vec<PartitionKey> = (0..1000)
+        .map(|k| PartitionKey::new(format!("key-{k}")).unwrap())
+        .collect();
     let mut agg = Aggregator::new(max).unwrap();
     let mut out = Vec::new();
     let push = |kr: kinesis_core::KinesisRecord, out: &mut Vec<Record>| {
@@ -36,7 +45,11 @@ fn kinesis_records(users: usize, max: usize) -> Vec<Record> {
         );
     };
     for i in 0..users {
-        let r = UserRecord::new(keys[i % 1000].clone(), None, Bytes::from(vec![(i % 251) as u8; 100]));
+        let r = UserRecord::new(
+            keys[i % 1000].clone(),
+            None,
+            Bytes::from(vec![(i % 251) as u8; 100]),
+        );
         if let TryAdd::Full(r) = agg.try_add(r).unwrap() {
             push(agg.finish().unwrap(), &mut out);
             agg.try_add(r).unwrap();
@@ -55,8 +68,13 @@ fn median(v: &mut [Duration]) -> f64 {
 
 fn dispatch_bench() {
     const USERS: usize = 200_000;
-    println!("1. de-aggregation + dispatch, one thread, {USERS} user records of 100 B, 1,000 keys; median of interleaved rounds");
-    println!("{:<10} {:>16} {:>16} {:>10}", "aggregate", "records/s (core)", "MD5 records/s", "vs MD5");
+    println!(
+        "1. de-aggregation + dispatch, one thread, {USERS} user records of 100 B, 1,000 keys; median of interleaved rounds"
+    );
+    println!(
+        "{:<10} {:>16} {:>16} {:>10}",
+        "aggregate", "records/s (core)", "MD5 records/s", "vs MD5"
+    );
     let shard = ShardId::new("shardId-000000000000").unwrap();
     for max in [51_200usize, 1024 * 1024] {
         let records = kinesis_records(USERS, max);
@@ -67,19 +85,31 @@ fn dispatch_bench() {
             let input = records.clone();
             let t = Instant::now();
             let users = kinesis_consumer::__bench_convert(&shard, input, HashKeyRange::FULL);
-            let batch = RecordBatch { shard_id: shard.clone(), records: users, millis_behind_latest: Some(0) };
+            let batch = RecordBatch {
+                shard_id: shard.clone(),
+                records: users,
+                millis_behind_latest: Some(0),
+            };
             // Dispatch: what a processor does at least, touch every record.
             let n: usize = black_box(&batch).records.iter().map(|r| r.data.len()).sum();
             assert_eq!(n, USERS * 100);
             drop(batch);
             t_conv.push(t.elapsed());
             let t = Instant::now();
-            let x = records.iter().fold(0u8, |a, r| a ^ Md5::digest(r.data.as_ref())[0]);
+            let x = records
+                .iter()
+                .fold(0u8, |a, r| a ^ Md5::digest(r.data.as_ref())[0]);
             black_box(x);
             t_md5.push(t.elapsed());
         }
         let (c, m) = (median(&mut t_conv), median(&mut t_md5));
-        println!("{:<10} {:>16.0} {:>16.0} {:>9.0}%", max, USERS as f64 / c, USERS as f64 / m, m / c * 100.0);
+        println!(
+            "{:<10} {:>16.0} {:>16.0} {:>9.0}%",
+            max,
+            USERS as f64 / c,
+            USERS as f64 / m,
+            m / c * 100.0
+        );
     }
 }
 
@@ -87,24 +117,40 @@ async fn timing_bench() {
     let env = kinesis_testkit::TestEnv::start().await;
     let stream = env.create_stream(8).await;
     let app = kinesis_testkit::unique_name("bench");
-    let cfg = ConsumerConfig { initial_position: InitialPosition::TrimHorizon, ..ConsumerConfig::new(&app) };
+    let cfg = ConsumerConfig {
+        initial_position: InitialPosition::TrimHorizon,
+        ..ConsumerConfig::new(&app)
+    };
     let start = |cfg: ConsumerConfig| {
         let (k, d, s) = (env.kinesis.clone(), env.dynamodb.clone(), stream.clone());
         async move {
-            Consumer::builder(k, d, s, cfg, with_fn(|_b: RecordBatch| async { Ok::<(), ProcessorError>(()) }))
-                .build()
-                .await
-                .unwrap()
+            Consumer::builder(
+                k,
+                d,
+                s,
+                cfg,
+                with_fn(|_b: RecordBatch| async { Ok::<(), ProcessorError>(()) }),
+            )
+            .build()
+            .await
+            .unwrap()
         }
     };
     let a = start(cfg.clone()).await;
     wait(|| a.held_shards().len() == 8, Duration::from_secs(60)).await;
     let b = start(cfg.clone()).await;
-    let join = wait(|| b.held_shards().len() == 4 && a.held_shards().len() == 4, Duration::from_secs(120)).await;
+    let join = wait(
+        || b.held_shards().len() == 4 && a.held_shards().len() == 4,
+        Duration::from_secs(120),
+    )
+    .await;
     drop(a); // crash: no release
     let failover = wait(|| b.held_shards().len() == 8, Duration::from_secs(120)).await;
     println!();
-    println!("2. lease timing, 8 shards, defaults (failover {:?}, taker {:?}, renew {:?})", cfg.failover_time, cfg.taker_interval, cfg.renew_interval);
+    println!(
+        "2. lease timing, 8 shards, defaults (failover {:?}, taker {:?}, renew {:?})",
+        cfg.failover_time, cfg.taker_interval, cfg.renew_interval
+    );
     println!("   a second worker reaches its share (4 of 8):      {join:.2?}");
     println!("   a crashed worker's 4 shards taken by the other:   {failover:.2?}");
     println!(
@@ -126,6 +172,9 @@ async fn wait(f: impl Fn() -> bool, limit: Duration) -> Duration {
 
 fn main() {
     dispatch_bench();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(timing_bench());
 }

@@ -242,7 +242,8 @@ where
     }
 
     fn publish(&self) {
-        metrics::gauge!("LeasesHeld", "worker" => self.me.to_string()).set(self.running.len() as f64);
+        metrics::gauge!("LeasesHeld", "worker" => self.me.to_string())
+            .set(self.running.len() as f64);
         if let Ok(mut v) = self.held_view.lock() {
             *v = self.running.keys().cloned().collect();
             v.sort();

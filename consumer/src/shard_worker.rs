@@ -336,11 +336,20 @@ impl<P: ShardProcessor> ShardWorker<P> {
                 return Err(kinesis_core::AwsError::new("GetRecords", e));
             }
         };
-        let child_shards = out.child_shards().iter().map(|c| c.shard_id().to_string()).collect();
+        let child_shards = out
+            .child_shards()
+            .iter()
+            .map(|c| c.shard_id().to_string())
+            .collect();
         let next = out.next_shard_iterator().map(str::to_owned);
         let behind = out.millis_behind_latest();
         let records = convert(shard, out.records, range);
-        Ok(Read::Batch { records, next, behind, child_shards })
+        Ok(Read::Batch {
+            records,
+            next,
+            behind,
+            child_shards,
+        })
     }
 
     /// Shard end: create child leases, record them, let the processor checkpoint SHARD_END.
@@ -440,8 +449,12 @@ pub(crate) fn convert(
 ) -> Vec<ConsumerRecord> {
     let mut out = Vec::with_capacity(records.len());
     for r in records {
-        let Ok(seq) = SequenceNumber::parse(&r.sequence_number) else { continue };
-        let arrival = r.approximate_arrival_timestamp.and_then(|t| std::time::SystemTime::try_from(t).ok());
+        let Ok(seq) = SequenceNumber::parse(&r.sequence_number) else {
+            continue;
+        };
+        let arrival = r
+            .approximate_arrival_timestamp
+            .and_then(|t| std::time::SystemTime::try_from(t).ok());
         let data = Bytes::from(r.data.into_inner());
         let pk = r.partition_key.as_deref().unwrap_or_default();
         let users = match kinesis_core::agg::deaggregate_for_shard(pk, data, range) {

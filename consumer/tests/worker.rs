@@ -21,8 +21,14 @@ use kinesis_testkit::{TestEnv, eventually, unique_name};
 
 #[derive(Debug, Clone)]
 enum Event {
-    Record { shard: String, data: String },
-    Ended { shard: String },
+    Record {
+        shard: String,
+        data: String,
+        at: Checkpoint,
+    },
+    Ended {
+        shard: String,
+    },
 }
 
 #[derive(Clone, Default)]
@@ -61,6 +67,7 @@ impl ShardProcessor for Collect {
                 v.push(Event::Record {
                     shard: batch.shard_id.to_string(),
                     data: String::from_utf8(r.data.to_vec()).unwrap(),
+                    at: r.checkpoint(),
                 });
             }
         }
@@ -200,6 +207,14 @@ async fn three_workers_balance_eight_shards_and_survive_a_crash() {
     // c crashes: no shutdown, leases not released.
     let c_shards = c.held_shards();
     drop(c);
+    let store = LeaseStore::new(env.dynamodb.clone(), &app);
+    let at_crash: HashMap<String, Checkpoint> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.lease_key, l.checkpoint))
+        .collect();
     let started = tokio::time::Instant::now();
     eventually("c's shards taken over", Duration::from_secs(20), || async {
         let held: HashSet<String> = a.held_shards().into_iter().chain(b.held_shards()).collect();
@@ -219,6 +234,30 @@ async fn three_workers_balance_eight_shards_and_survive_a_crash() {
         || async { (sink.distinct() == 4_000).then_some(()) },
     )
     .await;
+    // Duplicates only after the last checkpoint: a record seen twice was past the checkpoint of
+    // the worker that crashed.
+    let events = sink.0.lock().unwrap().clone();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for e in &events {
+        if let Event::Record { data, .. } = e {
+            *seen.entry(data.clone()).or_default() += 1;
+        }
+    }
+    for e in &events {
+        if let Event::Record { shard, data, at } = e
+            && seen[data] > 1
+        {
+            assert!(
+                c_shards.contains(shard),
+                "duplicate {data} on {shard}, which did not move"
+            );
+            assert!(
+                at > &at_crash[shard],
+                "duplicate {data} at {at}, not after the checkpoint {}",
+                at_crash[shard]
+            );
+        }
+    }
     a.shutdown(Duration::from_secs(10)).await;
     b.shutdown(Duration::from_secs(10)).await;
 }
@@ -333,6 +372,7 @@ impl ShardProcessor for Flaky {
                 v.push(Event::Record {
                     shard: batch.shard_id.to_string(),
                     data: String::from_utf8(r.data.to_vec()).unwrap(),
+                    at: r.checkpoint(),
                 });
             }
         }
@@ -429,4 +469,60 @@ async fn closure_entry_point_and_zombie_fencing() {
         "the zombie wrote nothing after losing the lease"
     );
     drop(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_merge_both_parents_finish_before_the_child_starts() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(2).await;
+    let app = unique_name("app");
+    produce(&env, &stream, 0, 400).await;
+    env.kinesis
+        .merge_shards()
+        .stream_name(&stream)
+        .shard_to_merge("shardId-000000000000")
+        .adjacent_shard_to_merge("shardId-000000000001")
+        .send()
+        .await
+        .unwrap();
+    kinesis_testkit::wait_stream_active(&env.kinesis, &stream, Duration::from_secs(30))
+        .await
+        .unwrap();
+    produce(&env, &stream, 400, 400).await;
+    let sink = Sink::default();
+    let w = worker(&env, &stream, config(&app), &sink).await;
+    eventually("all 800", Duration::from_secs(30), || async {
+        (sink.distinct() == 800).then_some(())
+    })
+    .await;
+    let events = sink.0.lock().unwrap().clone();
+    let end = |s: &str| {
+        events
+            .iter()
+            .position(|e| matches!(e, Event::Ended { shard } if shard == s))
+            .unwrap()
+    };
+    let last_parent_end = end("shardId-000000000000").max(end("shardId-000000000001"));
+    let first_child = events
+        .iter()
+        .position(|e| matches!(e, Event::Record { shard, .. } if shard == "shardId-000000000002"))
+        .unwrap();
+    assert!(
+        first_child > last_parent_end,
+        "child started before both parents ended"
+    );
+    // The finished parents' leases are cleaned up once the child has moved on.
+    let store = LeaseStore::new(env.dynamodb.clone(), &app);
+    eventually("parents cleaned up", Duration::from_secs(20), || async {
+        let keys: Vec<String> = store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.lease_key)
+            .collect();
+        (keys == vec!["shardId-000000000002".to_string()]).then_some(())
+    })
+    .await;
+    w.shutdown(Duration::from_secs(10)).await;
 }
