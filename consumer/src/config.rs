@@ -56,6 +56,26 @@ pub struct ConsumerConfig {
     pub on_processor_error: OnProcessorError,
     /// Create the lease table's `leaseOwner` index (KCL 3.x) when creating the table.
     pub create_owner_index: bool,
+    /// How records are read.
+    pub retrieval: Retrieval,
+    /// Enhanced fan-out: events buffered per shard before reading pauses (the KCL buffers up to
+    /// 11 and its memory is unbounded in practice, issue #1699).
+    pub fan_out_max_buffered_events: usize,
+}
+
+/// How records are read: polling (GetRecords) or enhanced fan-out (SubscribeToShard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retrieval {
+    /// GetRecords loops, sharing the shard's 2 MiB/s read limit with other polling readers.
+    Polling,
+    /// A registered stream consumer with its own 2 MiB/s per shard, pushed over HTTP/2.
+    FanOut {
+        /// The stream consumer's name; `None` = the application name (as the KCL).
+        consumer_name: Option<String>,
+        /// Deregister the stream consumer when this worker shuts down gracefully (the KCL never
+        /// does; leave it off when other workers of the application still run).
+        deregister_on_shutdown: bool,
+    },
 }
 
 impl ConsumerConfig {
@@ -76,6 +96,8 @@ impl ConsumerConfig {
             parent_poll_interval: Duration::from_secs(1),
             on_processor_error: OnProcessorError::Retry,
             create_owner_index: true,
+            retrieval: Retrieval::Polling,
+            fan_out_max_buffered_events: 2,
         }
     }
 

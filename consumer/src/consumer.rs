@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::{ConfigError, ConsumerConfig};
+use crate::config::{ConfigError, ConsumerConfig, Retrieval};
 use crate::lease::Lease;
 use crate::processor::{HeldLease, ShardProcessor};
 use crate::shard_sync::leases_to_create;
@@ -44,6 +44,9 @@ pub enum ConsumerError {
     /// The lease table could not be created or used.
     #[error(transparent)]
     LeaseTable(#[from] StoreError),
+    /// Kinesis refused a setup call (stream consumer registration).
+    #[error(transparent)]
+    Kinesis(kinesis_core::AwsError),
 }
 
 /// Builds a [`Consumer`].
@@ -147,6 +150,19 @@ where
             .clone()
             .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4().simple()))
             .into();
+        let fanout = match &self.config.retrieval {
+            Retrieval::Polling => None,
+            Retrieval::FanOut { consumer_name, .. } => {
+                let name = consumer_name
+                    .as_deref()
+                    .unwrap_or(&self.config.application_name);
+                Some(
+                    crate::fanout::register(&self.kinesis, &stream, name, Duration::from_secs(120))
+                        .await
+                        .map_err(ConsumerError::Kinesis)?,
+                )
+            }
+        };
         let (stop, stop_rx) = watch::channel(None);
         let held = Arc::new(StdMutex::new(Vec::new()));
         let coordinator = Coordinator {
@@ -155,6 +171,7 @@ where
             store,
             stream,
             me: Arc::clone(&worker_id),
+            fanout,
             factory: Arc::new(self.factory),
             running: HashMap::new(),
             observed: HashMap::new(),
@@ -183,6 +200,7 @@ struct Coordinator<F> {
     store: LeaseStore,
     stream: StreamRef,
     me: Arc<str>,
+    fanout: Option<String>,
     factory: Arc<F>,
     running: HashMap<String, Running>,
     /// Lease key → (counter, when this worker first saw that counter).
@@ -236,8 +254,23 @@ where
                 }
             }
             if deadline.is_some() && self.tasks.is_empty() {
+                self.deregister_if_asked().await;
                 return;
             }
+        }
+    }
+
+    async fn deregister_if_asked(&self) {
+        if let (
+            Retrieval::FanOut {
+                deregister_on_shutdown: true,
+                ..
+            },
+            Some(arn),
+        ) = (&self.cfg.retrieval, &self.fanout)
+            && let Err(e) = crate::fanout::deregister(&self.kinesis, arn).await
+        {
+            warn!(message = "Cannot deregister the stream consumer.", consumer_arn = %arn, error = %e);
         }
     }
 
@@ -365,6 +398,7 @@ where
         let (stop, stop_rx) = watch::channel(Stop::Running);
         let worker = ShardWorker {
             cfg: Arc::clone(&self.cfg),
+            fanout: self.fanout.clone(),
             kinesis: self.kinesis.clone(),
             store: self.store.clone(),
             stream: self.stream.clone(),

@@ -31,6 +31,7 @@
 
 mod config;
 mod consumer;
+mod fanout;
 pub mod lease;
 mod processor;
 mod shard_sync;
@@ -39,7 +40,7 @@ mod simple;
 pub mod store;
 pub mod taker;
 
-pub use config::{ConfigError, ConsumerConfig, InitialPosition, OnProcessorError};
+pub use config::{ConfigError, ConsumerConfig, InitialPosition, OnProcessorError, Retrieval};
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
 pub use lease::{Lease, LeaseItemError};
 pub use processor::{

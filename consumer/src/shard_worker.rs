@@ -49,6 +49,8 @@ pub(crate) enum Ended {
 
 pub(crate) struct ShardWorker<P> {
     pub(crate) cfg: Arc<ConsumerConfig>,
+    /// The registered stream consumer's ARN when reading with enhanced fan-out.
+    pub(crate) fanout: Option<String>,
     pub(crate) kinesis: aws_sdk_kinesis::Client,
     pub(crate) store: LeaseStore,
     pub(crate) stream: StreamRef,
@@ -105,7 +107,7 @@ impl<P: ShardProcessor> ShardWorker<P> {
             let wait = self.cfg.parent_poll_interval;
             self.pause(wait).await;
         }
-        let mut cp = Checkpointer {
+        let cp = Checkpointer {
             store: self.store.clone(),
             me: Arc::clone(&self.me),
             held: Arc::clone(&self.held),
@@ -118,21 +120,92 @@ impl<P: ShardProcessor> ShardWorker<P> {
             .initialize(&shard_id, &lease.checkpoint)
             .await;
         let range = lease.hash_key_range.unwrap_or(HashKeyRange::FULL);
-        let Some(mut iterator) = self.iterator(&shard_id, &lease.checkpoint, None).await else {
+        match self.fanout.clone() {
+            Some(consumer_arn) => {
+                self.run_fanout(cp, shard_id, range, consumer_arn, lease.checkpoint)
+                    .await
+            }
+            None => {
+                self.run_polling(cp, shard_id, range, lease.checkpoint)
+                    .await
+            }
+        }
+    }
+
+    /// A stop requested: run the matching processor callback and say how the worker ends.
+    async fn check_stop(&mut self, cp: &mut Checkpointer) -> Option<Ended> {
+        match self.stopping() {
+            Stop::Running => None,
+            Stop::Shutdown => {
+                self.processor.shutdown_requested(cp).await;
+                Some(self.release(Ended::Shutdown).await)
+            }
+            Stop::LeaseLost => {
+                self.processor.lease_lost().await;
+                Some(Ended::LeaseLost)
+            }
+        }
+    }
+
+    /// Filters what the checkpoint covers, hands the rest to the processor. Returns false if a
+    /// stop came while a failing batch was being retried.
+    async fn handle(
+        &mut self,
+        shard_id: &ShardId,
+        records: Vec<ConsumerRecord>,
+        behind: Option<i64>,
+        cp: &mut Checkpointer,
+    ) -> bool {
+        // Drop what the checkpoint already covers (resuming inside an aggregate).
+        let floor = cp.largest.clone().unwrap_or_else(|| cp.last.clone());
+        let records: Vec<ConsumerRecord> = records
+            .into_iter()
+            .filter(|r| r.checkpoint() > floor)
+            .collect();
+        if let Some(r) = &behind {
+            metrics::gauge!("MillisBehindLatest", "shard_id" => shard_id.to_string())
+                .set(*r as f64);
+        }
+        if records.is_empty() {
+            return true;
+        }
+        let last = records.last().map(ConsumerRecord::checkpoint);
+        let n = records.len();
+        let bytes: usize = records.iter().map(|r| r.data.len()).sum();
+        let batch = RecordBatch {
+            shard_id: shard_id.clone(),
+            records,
+            millis_behind_latest: behind,
+        };
+        // The processor may checkpoint up to the last record it is given.
+        let before = std::mem::replace(&mut cp.largest, last);
+        if !self.deliver(batch, cp).await {
+            // Stopped while retrying a failing batch: it was not processed, so a shutdown
+            // checkpoint must not cover it.
+            cp.largest = before;
+            return false;
+        }
+        metrics::counter!("RecordsProcessed", "shard_id" => shard_id.to_string())
+            .increment(n as u64);
+        metrics::counter!("BytesProcessed", "shard_id" => shard_id.to_string())
+            .increment(bytes as u64);
+        true
+    }
+
+    async fn run_polling(
+        mut self,
+        mut cp: Checkpointer,
+        shard_id: ShardId,
+        range: HashKeyRange,
+        start: Checkpoint,
+    ) -> Ended {
+        let Some(mut iterator) = self.iterator(&shard_id, &start, None).await else {
             return self.finish(&mut cp, &shard_id, Vec::new()).await;
         };
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.stopping() {
-                Stop::Running => {}
-                Stop::Shutdown => {
-                    self.processor.shutdown_requested(&mut cp).await;
-                    return self.release(Ended::Shutdown).await;
-                }
-                Stop::LeaseLost => {
-                    self.processor.lease_lost().await;
-                    return Ended::LeaseLost;
-                }
+            if let Some(ended) = self.check_stop(&mut cp).await {
+                return ended;
             }
             let read = match self.read(&shard_id, &iterator, range).await {
                 Ok(r) => r,
@@ -160,38 +233,9 @@ impl<P: ShardProcessor> ShardWorker<P> {
                     continue;
                 }
             };
-            // Drop what the checkpoint already covers (resuming inside an aggregate).
-            let floor = cp.largest.clone().unwrap_or_else(|| cp.last.clone());
-            let records: Vec<ConsumerRecord> = records
-                .into_iter()
-                .filter(|r| r.checkpoint() > floor)
-                .collect();
-            if let Some(r) = &behind {
-                metrics::gauge!("MillisBehindLatest", "shard_id" => shard_id.to_string())
-                    .set(*r as f64);
-            }
             let caught_up = records.is_empty();
-            if !records.is_empty() {
-                let last = records.last().map(ConsumerRecord::checkpoint);
-                let n = records.len();
-                let bytes: usize = records.iter().map(|r| r.data.len()).sum();
-                let batch = RecordBatch {
-                    shard_id: shard_id.clone(),
-                    records,
-                    millis_behind_latest: behind,
-                };
-                // The processor may checkpoint up to the last record it is given.
-                let before = std::mem::replace(&mut cp.largest, last);
-                if !self.deliver(batch, &mut cp).await {
-                    // Stopped while retrying a failing batch: it was not processed, so a
-                    // shutdown checkpoint must not cover it.
-                    cp.largest = before;
-                    continue;
-                }
-                metrics::counter!("RecordsProcessed", "shard_id" => shard_id.to_string())
-                    .increment(n as u64);
-                metrics::counter!("BytesProcessed", "shard_id" => shard_id.to_string())
-                    .increment(bytes as u64);
+            if !self.handle(&shard_id, records, behind, &mut cp).await {
+                continue;
             }
             match next {
                 Some(n) => {
@@ -206,6 +250,62 @@ impl<P: ShardProcessor> ShardWorker<P> {
                     self.pause(wait).await;
                 }
                 None => return self.finish(&mut cp, &shard_id, children).await,
+            }
+        }
+    }
+
+    async fn run_fanout(
+        mut self,
+        mut cp: Checkpointer,
+        shard_id: ShardId,
+        range: HashKeyRange,
+        consumer_arn: String,
+        start: Checkpoint,
+    ) -> Ended {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(self.cfg.fan_out_max_buffered_events.max(1));
+        let subscription = crate::fanout::Subscription {
+            kinesis: self.kinesis.clone(),
+            stream: self.stream.clone(),
+            consumer_arn,
+            shard: shard_id.clone(),
+            range,
+            start,
+            timestamp: match self.cfg.initial_position {
+                InitialPosition::AtTimestamp(t) => Some(t),
+                _ => None,
+            },
+        };
+        // Owned by this worker: aborted when it returns, whatever the path.
+        let task = AbortOnDrop(tokio::spawn(subscription.run(tx)));
+        loop {
+            if let Some(ended) = self.check_stop(&mut cp).await {
+                drop(task);
+                return ended;
+            }
+            let event = tokio::select! {
+                e = rx.recv() => e,
+                _ = self.stop.changed() => continue,
+            };
+            let Some(event) = event else {
+                // The subscription task stopped without an end event: treat as the shard's end,
+                // confirmed by ListShards in finish().
+                drop(task);
+                return self.finish(&mut cp, &shard_id, Vec::new()).await;
+            };
+            if !self
+                .handle(
+                    &shard_id,
+                    event.records,
+                    event.millis_behind_latest,
+                    &mut cp,
+                )
+                .await
+            {
+                continue;
+            }
+            if let Some(children) = event.end {
+                drop(task);
+                return self.finish(&mut cp, &shard_id, children).await;
             }
         }
     }
@@ -481,4 +581,13 @@ pub(crate) fn convert(
         }
     }
     out
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

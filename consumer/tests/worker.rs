@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kinesis_consumer::{
     Checkpointer, Consumer, ConsumerConfig, InitialPosition, LeaseStore, ProcessorError,
-    RecordBatch, ShardProcessor,
+    RecordBatch, Retrieval, ShardProcessor,
 };
 use kinesis_core::{Checkpoint, PartitionKey, ShardId, UserRecord};
 use kinesis_producer::Producer;
@@ -84,8 +84,32 @@ impl ShardProcessor for Collect {
     }
 }
 
-fn config(app: &str) -> ConsumerConfig {
+fn fan_out() -> Retrieval {
+    Retrieval::FanOut {
+        consumer_name: None,
+        deregister_on_shutdown: false,
+    }
+}
+
+/// Runs a scenario once with polling and once with enhanced fan-out.
+macro_rules! both_modes {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn polling() {
+                super::$name(kinesis_consumer::Retrieval::Polling).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fan_out() {
+                super::$name(super::fan_out()).await;
+            }
+        }
+    };
+}
+
+fn config(app: &str, mode: &Retrieval) -> ConsumerConfig {
     ConsumerConfig {
+        retrieval: mode.clone(),
         initial_position: InitialPosition::TrimHorizon,
         failover_time: Duration::from_secs(2),
         renew_interval: Duration::from_millis(400),
@@ -128,14 +152,33 @@ async fn produce(env: &TestEnv, stream: &str, from: usize, n: usize) {
     assert!(report.undelivered.is_empty() && report.in_flight.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumes_kpl_aggregates_and_resumes_from_sub_sequence_checkpoints() {
+both_modes!(consumes_kpl_aggregates_and_resumes_from_sub_sequence_checkpoints);
+async fn consumes_kpl_aggregates_and_resumes_from_sub_sequence_checkpoints(mode: Retrieval) {
     let env = TestEnv::start().await;
     let stream = env.create_stream(2).await;
     let app = unique_name("app");
     produce(&env, &stream, 0, 3_000).await;
     let sink = Sink::default();
-    let w = worker(&env, &stream, config(&app), &sink).await;
+    let w = worker(&env, &stream, config(&app, &mode), &sink).await;
+    if matches!(mode, Retrieval::FanOut { .. }) {
+        let consumers = env
+            .kinesis
+            .list_stream_consumers()
+            .stream_arn(stream_arn(&env, &stream).await)
+            .send()
+            .await
+            .unwrap();
+        let names: Vec<&str> = consumers
+            .consumers()
+            .iter()
+            .map(|c| c.consumer_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![app.as_str()],
+            "reading through a registered stream consumer"
+        );
+    }
     eventually("all 3,000 records", Duration::from_secs(30), || async {
         (sink.distinct() == 3_000).then_some(())
     })
@@ -159,7 +202,7 @@ async fn consumes_kpl_aggregates_and_resumes_from_sub_sequence_checkpoints() {
 
     // A new worker resumes after the checkpoints: only new records arrive.
     let sink2 = Sink::default();
-    let w2 = worker(&env, &stream, config(&app), &sink2).await;
+    let w2 = worker(&env, &stream, config(&app, &mode), &sink2).await;
     produce(&env, &stream, 3_000, 50).await;
     eventually("the 50 new records", Duration::from_secs(30), || async {
         (sink2.distinct() == 50).then_some(())
@@ -175,19 +218,19 @@ async fn consumes_kpl_aggregates_and_resumes_from_sub_sequence_checkpoints() {
     w2.shutdown(Duration::from_secs(10)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_workers_balance_eight_shards_and_survive_a_crash() {
+both_modes!(three_workers_balance_eight_shards_and_survive_a_crash);
+async fn three_workers_balance_eight_shards_and_survive_a_crash(mode: Retrieval) {
     let env = TestEnv::start().await;
     let stream = env.create_stream(8).await;
     let app = unique_name("app");
     let sink = Sink::default();
-    let a = worker(&env, &stream, config(&app), &sink).await;
+    let a = worker(&env, &stream, config(&app, &mode), &sink).await;
     eventually("a holds all 8", Duration::from_secs(20), || async {
         (a.held_shards().len() == 8).then_some(())
     })
     .await;
-    let b = worker(&env, &stream, config(&app), &sink).await;
-    let c = worker(&env, &stream, config(&app), &sink).await;
+    let b = worker(&env, &stream, config(&app, &mode), &sink).await;
+    let c = worker(&env, &stream, config(&app, &mode), &sink).await;
     eventually("balance 3/3/2", Duration::from_secs(20), || async {
         let mut n = vec![
             a.held_shards().len(),
@@ -262,8 +305,8 @@ async fn three_workers_balance_eight_shards_and_survive_a_crash() {
     b.shutdown(Duration::from_secs(10)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_hands_leases_over_at_once() {
+both_modes!(graceful_shutdown_hands_leases_over_at_once);
+async fn graceful_shutdown_hands_leases_over_at_once(mode: Retrieval) {
     let env = TestEnv::start().await;
     let stream = env.create_stream(4).await;
     let app = unique_name("app");
@@ -271,7 +314,7 @@ async fn graceful_shutdown_hands_leases_over_at_once() {
     let cfg = ConsumerConfig {
         failover_time: Duration::from_secs(30),
         renew_interval: Duration::from_secs(1),
-        ..config(&app)
+        ..config(&app, &mode)
     };
     let sink = Sink::default();
     let a = worker(&env, &stream, cfg.clone(), &sink).await;
@@ -298,8 +341,8 @@ async fn graceful_shutdown_hands_leases_over_at_once() {
     b.shutdown(Duration::from_secs(10)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_split_parents_finish_before_children_start() {
+both_modes!(after_a_split_parents_finish_before_children_start);
+async fn after_a_split_parents_finish_before_children_start(mode: Retrieval) {
     let env = TestEnv::start().await;
     let stream = env.create_stream(1).await;
     let app = unique_name("app");
@@ -317,7 +360,7 @@ async fn after_a_split_parents_finish_before_children_start() {
         .unwrap();
     produce(&env, &stream, 500, 500).await;
     let sink = Sink::default();
-    let w = worker(&env, &stream, config(&app), &sink).await;
+    let w = worker(&env, &stream, config(&app, &mode), &sink).await;
     eventually("all 1,000", Duration::from_secs(30), || async {
         (sink.distinct() == 1_000).then_some(())
     })
@@ -381,8 +424,8 @@ impl ShardProcessor for Flaky {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_or_panicking_processor_gets_the_batch_again() {
+both_modes!(a_failing_or_panicking_processor_gets_the_batch_again);
+async fn a_failing_or_panicking_processor_gets_the_batch_again(mode: Retrieval) {
     let env = TestEnv::start().await;
     let stream = env.create_stream(1).await;
     let app = unique_name("app");
@@ -394,7 +437,7 @@ async fn a_failing_or_panicking_processor_gets_the_batch_again() {
         env.kinesis.clone(),
         env.dynamodb.clone(),
         &stream,
-        config(&app),
+        config(&app, &mode),
         move |_: &ShardId| Flaky {
             calls: Arc::clone(&c),
             sink: s.clone(),
@@ -418,8 +461,8 @@ async fn a_failing_or_panicking_processor_gets_the_batch_again() {
     w.shutdown(Duration::from_secs(10)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closure_entry_point_and_zombie_fencing() {
+both_modes!(closure_entry_point_and_zombie_fencing);
+async fn closure_entry_point_and_zombie_fencing(mode: Retrieval) {
     let env = TestEnv::start().await;
     let stream = env.create_stream(1).await;
     let app = unique_name("app");
@@ -430,7 +473,7 @@ async fn closure_entry_point_and_zombie_fencing() {
         env.kinesis.clone(),
         env.dynamodb.clone(),
         &stream,
-        config(&app),
+        config(&app, &mode),
         kinesis_consumer::with_fn(move |batch: RecordBatch| {
             let g = Arc::clone(&g);
             async move {
@@ -471,8 +514,8 @@ async fn closure_entry_point_and_zombie_fencing() {
     drop(w);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_merge_both_parents_finish_before_the_child_starts() {
+both_modes!(after_a_merge_both_parents_finish_before_the_child_starts);
+async fn after_a_merge_both_parents_finish_before_the_child_starts(mode: Retrieval) {
     let env = TestEnv::start().await;
     let stream = env.create_stream(2).await;
     let app = unique_name("app");
@@ -490,7 +533,7 @@ async fn after_a_merge_both_parents_finish_before_the_child_starts() {
         .unwrap();
     produce(&env, &stream, 400, 400).await;
     let sink = Sink::default();
-    let w = worker(&env, &stream, config(&app), &sink).await;
+    let w = worker(&env, &stream, config(&app, &mode), &sink).await;
     eventually("all 800", Duration::from_secs(30), || async {
         (sink.distinct() == 800).then_some(())
     })
@@ -525,4 +568,68 @@ async fn after_a_merge_both_parents_finish_before_the_child_starts() {
     })
     .await;
     w.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_subscriptions_expire_and_resume_without_gap_or_duplicate() {
+    // Sessions of 300 ms instead of 5 minutes: many re-subscriptions during the run.
+    let env = TestEnv::with_options(kinesis_testkit::EmulatorOptions {
+        subscribe_session: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let stream = env.create_stream(2).await;
+    let app = unique_name("app");
+    let sink = Sink::default();
+    let w = worker(&env, &stream, config(&app, &fan_out()), &sink).await;
+    for wave in 0..4 {
+        produce(&env, &stream, wave * 300, 300).await;
+        let want = (wave + 1) * 300;
+        eventually("wave delivered", Duration::from_secs(30), || async {
+            (sink.distinct() == want).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        sink.data().len(),
+        1_200,
+        "no duplicates across re-subscriptions"
+    );
+    w.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_applications_each_receive_everything() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(2).await;
+    let (s1, s2) = (Sink::default(), Sink::default());
+    let w1 = worker(&env, &stream, config(&unique_name("app"), &fan_out()), &s1).await;
+    let w2 = worker(
+        &env,
+        &stream,
+        config(&unique_name("app"), &Retrieval::Polling),
+        &s2,
+    )
+    .await;
+    produce(&env, &stream, 0, 1_000).await;
+    eventually("both applications", Duration::from_secs(30), || async {
+        (s1.distinct() == 1_000 && s2.distinct() == 1_000).then_some(())
+    })
+    .await;
+    w1.shutdown(Duration::from_secs(10)).await;
+    w2.shutdown(Duration::from_secs(10)).await;
+}
+
+async fn stream_arn(env: &TestEnv, stream: &str) -> String {
+    let out = env
+        .kinesis
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+    out.stream_description_summary()
+        .unwrap()
+        .stream_arn()
+        .to_string()
 }

@@ -1,0 +1,287 @@
+//! Enhanced fan-out: a registered stream consumer and one SubscribeToShard session at a time per
+//! leased shard, with bounded buffering.
+//!
+//! ```text
+//!   register (describe → register if missing → wait ACTIVE) ─► consumer ARN
+//!   subscription task ─ SubscribeToShard(from) ─► event ─► bounded channel (N events) ─► ShardWorker
+//!        ▲        │ session ends (5 min) / error / ResourceInUse: back off, resubscribe
+//!        └────────┘ AFTER_SEQUENCE_NUMBER of the last record delivered (never a gap, never a repeat)
+//! ```
+//!
+//! Flow control: the task reads the next event only when the channel has room, so when the
+//! processor is slower than the stream, reading stops and memory stays at N events (the KCL's
+//! open issue #1699 is unbounded growth here). The event stream is not read meanwhile, so the
+//! transport's own flow control holds the service back.
+
+use std::time::Duration;
+
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
+use aws_sdk_kinesis::types::{
+    ConsumerStatus, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
+};
+use kinesis_core::classify::{classify, classify_code};
+use kinesis_core::shard_map::list_shards;
+use kinesis_core::{
+    AwsError, Checkpoint, ErrorKind, HashKeyRange, SequenceNumber, ShardId, StreamRef,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::processor::ConsumerRecord;
+use crate::shard_worker::convert;
+
+/// One delivery from a subscription.
+#[derive(Debug)]
+pub(crate) struct Event {
+    pub(crate) records: Vec<ConsumerRecord>,
+    pub(crate) millis_behind_latest: Option<i64>,
+    /// Set when the shard has ended: its children (possibly empty if the service did not say).
+    pub(crate) end: Option<Vec<String>>,
+}
+
+/// Finds or registers the stream consumer and waits until it is ACTIVE; returns its ARN.
+pub(crate) async fn register(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &StreamRef,
+    name: &str,
+    wait: Duration,
+) -> Result<String, AwsError> {
+    let stream_arn = match stream {
+        StreamRef::Arn(a) => a.to_string(),
+        StreamRef::Name(n) => {
+            let out = kinesis
+                .describe_stream_summary()
+                .stream_name(&**n)
+                .send()
+                .await
+                .map_err(|e| AwsError::new("DescribeStreamSummary", e))?;
+            out.stream_description_summary()
+                .map(|s| s.stream_arn().to_string())
+                .ok_or_else(|| {
+                    AwsError::other("DescribeStreamSummary", ErrorKind::Other, "no summary")
+                })?
+        }
+    };
+    let until = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_millis(50);
+    let mut registered = false;
+    loop {
+        let described = kinesis
+            .describe_stream_consumer()
+            .stream_arn(&stream_arn)
+            .consumer_name(name)
+            .send()
+            .await;
+        match described {
+            Ok(out) => {
+                if let Some(d) = out.consumer_description()
+                    && *d.consumer_status() == ConsumerStatus::Active
+                {
+                    return Ok(d.consumer_arn().to_string());
+                }
+            }
+            Err(e) if classify(&e) == ErrorKind::NotFound && !registered => {
+                match kinesis
+                    .register_stream_consumer()
+                    .stream_arn(&stream_arn)
+                    .consumer_name(name)
+                    .send()
+                    .await
+                {
+                    Ok(_) => registered = true,
+                    // Another worker registered it first.
+                    Err(e) if classify(&e) == ErrorKind::ResourceInUse => registered = true,
+                    Err(e) => return Err(AwsError::new("RegisterStreamConsumer", e)),
+                }
+            }
+            Err(e) if classify(&e).is_retryable() || classify(&e) == ErrorKind::NotFound => {}
+            Err(e) => return Err(AwsError::new("DescribeStreamConsumer", e)),
+        }
+        if tokio::time::Instant::now() >= until {
+            return Err(AwsError::other(
+                "DescribeStreamConsumer",
+                ErrorKind::Transient,
+                format!("stream consumer {name} not ACTIVE after {wait:?}"),
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Deregisters the stream consumer (optional at shutdown).
+pub(crate) async fn deregister(
+    kinesis: &aws_sdk_kinesis::Client,
+    consumer_arn: &str,
+) -> Result<(), AwsError> {
+    kinesis
+        .deregister_stream_consumer()
+        .consumer_arn(consumer_arn)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| AwsError::new("DeregisterStreamConsumer", e))
+}
+
+pub(crate) struct Subscription {
+    pub(crate) kinesis: aws_sdk_kinesis::Client,
+    pub(crate) stream: StreamRef,
+    pub(crate) consumer_arn: String,
+    pub(crate) shard: ShardId,
+    pub(crate) range: HashKeyRange,
+    /// Where the shard's reading starts (its checkpoint).
+    pub(crate) start: Checkpoint,
+    pub(crate) timestamp: Option<std::time::SystemTime>,
+}
+
+impl Subscription {
+    fn position(&self, last: Option<&SequenceNumber>) -> Result<StartingPosition, AwsError> {
+        let b = StartingPosition::builder();
+        let b = match (last, &self.start) {
+            (Some(seq), _) => b
+                .r#type(ShardIteratorType::AfterSequenceNumber)
+                .sequence_number(seq.as_str()),
+            (
+                None,
+                Checkpoint::Sequence {
+                    sequence_number, ..
+                },
+            ) => b
+                .r#type(ShardIteratorType::AtSequenceNumber)
+                .sequence_number(sequence_number.as_str()),
+            (None, Checkpoint::Latest) => b.r#type(ShardIteratorType::Latest),
+            (None, Checkpoint::AtTimestamp) => match self.timestamp {
+                Some(t) => b.r#type(ShardIteratorType::AtTimestamp).timestamp(t.into()),
+                None => b.r#type(ShardIteratorType::TrimHorizon),
+            },
+            (None, _) => b.r#type(ShardIteratorType::TrimHorizon),
+        };
+        b.build()
+            .map_err(|e| AwsError::other("SubscribeToShard", ErrorKind::Invalid, e))
+    }
+
+    /// Whether the shard is closed and everything up to its end was delivered.
+    async fn finished(&self, last: Option<&SequenceNumber>) -> bool {
+        let Ok(shards) = list_shards(&self.kinesis, &self.stream).await else {
+            return false;
+        };
+        match shards.iter().find(|s| s.shard_id == self.shard) {
+            None => true,
+            Some(s) => match (&s.ending_sequence_number, last) {
+                (Some(end), Some(l)) => l >= end,
+                _ => false,
+            },
+        }
+    }
+
+    /// Runs until the shard ends or the receiver is dropped.
+    pub(crate) async fn run(self, tx: mpsc::Sender<Event>) {
+        let mut last: Option<SequenceNumber> = None;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if tx.is_closed() {
+                return;
+            }
+            let position = match self.position(last.as_ref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(message = "Bad starting position.", shard_id = %self.shard, error = %e);
+                    return;
+                }
+            };
+            let started = tokio::time::Instant::now();
+            let subscribed = self
+                .kinesis
+                .subscribe_to_shard()
+                .consumer_arn(&self.consumer_arn)
+                .shard_id(self.shard.as_str())
+                .starting_position(position)
+                .send()
+                .await;
+            let mut out = match subscribed {
+                Ok(o) => o,
+                Err(e) => {
+                    let kind = classify(&e);
+                    if kind == ErrorKind::NotFound && self.finished(last.as_ref()).await {
+                        let _ = tx
+                            .send(Event {
+                                records: Vec::new(),
+                                millis_behind_latest: None,
+                                end: Some(Vec::new()),
+                            })
+                            .await;
+                        return;
+                    }
+                    warn!(message = "SubscribeToShard failed; backing off.", shard_id = %self.shard, kind = %kind, error = ?e);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            metrics::counter!("SubscribeToShardCalls").increment(1);
+            loop {
+                match out.event_stream.recv().await {
+                    Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(ev))) => {
+                        backoff = Duration::from_secs(1);
+                        let children: Vec<String> = ev
+                            .child_shards
+                            .as_deref()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|c| c.shard_id().to_string())
+                            .collect();
+                        let mut records = convert(&self.shard, ev.records, self.range);
+                        // Never repeat: the emulators and AWS differ on what the continuation
+                        // means, so filter on what was delivered.
+                        if let Some(l) = &last {
+                            records.retain(|r| &r.sequence_number > l);
+                        }
+                        if let Some(r) = records.last() {
+                            last = Some(r.sequence_number.clone());
+                        }
+                        let end = (!children.is_empty()).then_some(children);
+                        let ended = end.is_some();
+                        if records.is_empty() && !ended {
+                            continue;
+                        }
+                        let event = Event {
+                            records,
+                            millis_behind_latest: Some(ev.millis_behind_latest),
+                            end,
+                        };
+                        // Waits while the processor is behind: flow control.
+                        if tx.send(event).await.is_err() || ended {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        debug!(message = "Subscription ended; resubscribing.", shard_id = %self.shard);
+                        break;
+                    }
+                    Err(e) => {
+                        let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("");
+                        let kind = classify_code(code).unwrap_or(ErrorKind::Transient);
+                        warn!(message = "Subscription failed; resubscribing.", shard_id = %self.shard, code, kind = %kind);
+                        break;
+                    }
+                }
+            }
+            if self.finished(last.as_ref()).await {
+                let _ = tx
+                    .send(Event {
+                        records: Vec::new(),
+                        millis_behind_latest: None,
+                        end: Some(Vec::new()),
+                    })
+                    .await;
+                return;
+            }
+            // At most one SubscribeToShard per second per shard (AWS limit); more after errors.
+            let since = started.elapsed();
+            if since < backoff {
+                tokio::time::sleep(backoff - since).await;
+            }
+        }
+    }
+}
