@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, Subcommand};
 use kinesis_consumer::{
     Checkpointer, Consumer, ConsumerConfig, InitialPosition, LeaseStore, ProcessorError,
-    RecordBatch, ShardProcessor,
+    RecordBatch, Retrieval, ShardProcessor,
 };
 use kinesis_core::ShardId;
 use kinesis_core::sdk::{self, AwsOptions};
@@ -42,6 +42,12 @@ pub(crate) struct ConsumeArgs {
     /// Print the data as UTF-8 text instead of base64.
     #[arg(long)]
     text: bool,
+    /// Read with enhanced fan-out (SubscribeToShard) instead of polling.
+    #[arg(long)]
+    fan_out: bool,
+    /// Stream consumer name for --fan-out (default: the application name).
+    #[arg(long, requires = "fan_out")]
+    consumer_name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +138,14 @@ pub(crate) async fn run(args: ConsumeArgs, opts: &AwsOptions) -> anyhow::Result<
     let cfg = ConsumerConfig {
         initial_position: parse_from(&args.from)?,
         worker_id: args.worker_id.clone(),
+        retrieval: if args.fan_out {
+            Retrieval::FanOut {
+                consumer_name: args.consumer_name.clone(),
+                deregister_on_shutdown: false,
+            }
+        } else {
+            Retrieval::Polling
+        },
         ..ConsumerConfig::new(args.app.clone())
     };
     let count = Arc::new(AtomicU64::new(0));

@@ -327,6 +327,23 @@ fn consume_prints_records_and_leases_list_shows_checkpoints() {
         table.lines().skip(1).all(|l| !l.contains("TRIM_HORIZON")),
         "checkpointed: {table}"
     );
+    // Enhanced fan-out, another application: everything again, independently.
+    let out = local.kinesis(&[
+        "consume",
+        "--stream",
+        "pre",
+        "--app",
+        "cli-efo",
+        "--from",
+        "trim-horizon",
+        "--max",
+        "100",
+        "--text",
+        "--fan-out",
+        "--consumer-name",
+        "cli-efo-consumer",
+    ]);
+    assert_eq!(ok(&out).lines().count(), 100);
     // A second run resumes after the checkpoints: it prints only what is new.
     ok(&local.kinesis_with_input(&["put", "--stream", "pre", "--random-key"], "fresh\n"));
     let out = local.kinesis(&[
