@@ -76,6 +76,7 @@ pub struct Consumer {
     stop: watch::Sender<Option<Instant>>,
     task: Option<tokio::task::JoinHandle<()>>,
     held: Arc<StdMutex<Vec<String>>>,
+    high_water: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Consumer {
@@ -109,6 +110,12 @@ impl Consumer {
     /// Shard ids whose leases this worker holds now.
     pub fn held_shards(&self) -> Vec<String> {
         self.held.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Enhanced fan-out: the most events that ever waited for a processor on one shard (never more
+    /// than `fan_out_max_buffered_events`: reading pauses instead).
+    pub fn fan_out_buffer_high_water(&self) -> usize {
+        self.high_water.load(Ordering::Relaxed)
     }
 
     /// Graceful stop: every processor gets `shutdown_requested` (to checkpoint), then its lease
@@ -165,6 +172,7 @@ where
         };
         let (stop, stop_rx) = watch::channel(None);
         let held = Arc::new(StdMutex::new(Vec::new()));
+        let high_water = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let coordinator = Coordinator {
             cfg: Arc::new(self.config),
             kinesis: self.kinesis,
@@ -172,6 +180,7 @@ where
             stream,
             me: Arc::clone(&worker_id),
             fanout,
+            high_water: Arc::clone(&high_water),
             factory: Arc::new(self.factory),
             running: HashMap::new(),
             observed: HashMap::new(),
@@ -184,6 +193,7 @@ where
             stop,
             task: Some(task),
             held,
+            high_water,
         })
     }
 }
@@ -201,6 +211,7 @@ struct Coordinator<F> {
     stream: StreamRef,
     me: Arc<str>,
     fanout: Option<String>,
+    high_water: Arc<std::sync::atomic::AtomicUsize>,
     factory: Arc<F>,
     running: HashMap<String, Running>,
     /// Lease key → (counter, when this worker first saw that counter).
@@ -399,6 +410,7 @@ where
         let worker = ShardWorker {
             cfg: Arc::clone(&self.cfg),
             fanout: self.fanout.clone(),
+            high_water: Arc::clone(&self.high_water),
             kinesis: self.kinesis.clone(),
             store: self.store.clone(),
             stream: self.stream.clone(),

@@ -132,6 +132,8 @@ pub(crate) struct Subscription {
     /// Where the shard's reading starts (its checkpoint).
     pub(crate) start: Checkpoint,
     pub(crate) timestamp: Option<std::time::SystemTime>,
+    /// Most events ever waiting in a shard's buffer (all shards of this worker).
+    pub(crate) high_water: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Subscription {
@@ -253,6 +255,10 @@ impl Subscription {
                         if tx.send(event).await.is_err() || ended {
                             return;
                         }
+                        let waiting = tx.max_capacity() - tx.capacity();
+                        self.high_water
+                            .fetch_max(waiting, std::sync::atomic::Ordering::Relaxed);
+                        metrics::gauge!("FanOutEventsBuffered", "shard_id" => self.shard.to_string()).set(waiting as f64);
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => {

@@ -51,6 +51,8 @@ pub(crate) struct ShardWorker<P> {
     pub(crate) cfg: Arc<ConsumerConfig>,
     /// The registered stream consumer's ARN when reading with enhanced fan-out.
     pub(crate) fanout: Option<String>,
+    /// Most fan-out events ever buffered for a shard of this worker.
+    pub(crate) high_water: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) kinesis: aws_sdk_kinesis::Client,
     pub(crate) store: LeaseStore,
     pub(crate) stream: StreamRef,
@@ -274,6 +276,7 @@ impl<P: ShardProcessor> ShardWorker<P> {
                 InitialPosition::AtTimestamp(t) => Some(t),
                 _ => None,
             },
+            high_water: Arc::clone(&self.high_water),
         };
         // Owned by this worker: aborted when it returns, whatever the path.
         let task = AbortOnDrop(tokio::spawn(subscription.run(tx)));

@@ -633,3 +633,122 @@ async fn stream_arn(env: &TestEnv, stream: &str) -> String {
         .stream_arn()
         .to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_over_tls_uses_http2() {
+    let env = TestEnv::with_options(kinesis_testkit::EmulatorOptions {
+        tls: true,
+        ..Default::default()
+    })
+    .await;
+    let stream = env.create_stream(2).await;
+    let app = unique_name("app");
+    produce(&env, &stream, 0, 500).await;
+    let sink = Sink::default();
+    let w = worker(&env, &stream, config(&app, &fan_out()), &sink).await;
+    eventually("all 500 over TLS", Duration::from_secs(30), || async {
+        (sink.distinct() == 500).then_some(())
+    })
+    .await;
+    assert!(
+        env.emulators()
+            .unwrap()
+            .kinesis_endpoint()
+            .starts_with("https://")
+    );
+    assert!(
+        env.emulators().unwrap().served_http2(),
+        "ALPN negotiated HTTP/2, as with AWS"
+    );
+    w.shutdown(Duration::from_secs(10)).await;
+}
+
+/// Blocks on its first batch until released.
+struct Stuck {
+    gate: Arc<tokio::sync::Semaphore>,
+    sink: Sink,
+}
+
+impl ShardProcessor for Stuck {
+    async fn process(
+        &mut self,
+        batch: RecordBatch,
+        cp: &mut Checkpointer,
+    ) -> Result<(), ProcessorError> {
+        // Each batch needs a permit: none are given until the test releases the gate.
+        self.gate.acquire().await?.forget();
+        {
+            let mut v = self.sink.0.lock().unwrap();
+            for r in &batch.records {
+                v.push(Event::Record {
+                    shard: batch.shard_id.to_string(),
+                    data: String::from_utf8(r.data.to_vec()).unwrap(),
+                    at: r.checkpoint(),
+                });
+            }
+        }
+        cp.checkpoint().await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_memory_stays_bounded_while_the_processor_is_slow() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let app = unique_name("app");
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let sink = Sink::default();
+    let (g, s) = (Arc::clone(&gate), sink.clone());
+    let cfg = ConsumerConfig {
+        fan_out_max_buffered_events: 2,
+        ..config(&app, &fan_out())
+    };
+    let w = Consumer::builder(
+        env.kinesis.clone(),
+        env.dynamodb.clone(),
+        &stream,
+        cfg,
+        move |_: &ShardId| Stuck {
+            gate: Arc::clone(&g),
+            sink: s.clone(),
+        },
+    )
+    .build()
+    .await
+    .unwrap();
+    eventually("lease taken", Duration::from_secs(20), || async {
+        (!w.held_shards().is_empty()).then_some(())
+    })
+    .await;
+    // A producer that keeps writing (the emulator pushes an event every 200 ms) and a stuck
+    // processor: the subscription must stop at the bound instead of reading on.
+    let waves = std::sync::atomic::AtomicUsize::new(0);
+    eventually("buffer full", Duration::from_secs(30), || async {
+        let wave = waves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        produce(&env, &stream, wave * 100, 100).await;
+        (w.fan_out_buffer_high_water() >= 2).then_some(())
+    })
+    .await;
+    // A few more waves while it is full: still bounded.
+    for _ in 0..3 {
+        let wave = waves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        produce(&env, &stream, wave * 100, 100).await;
+    }
+    assert!(
+        w.fan_out_buffer_high_water() <= 2,
+        "{}",
+        w.fan_out_buffer_high_water()
+    );
+    let total = waves.load(std::sync::atomic::Ordering::SeqCst) * 100;
+    gate.add_permits(1_000_000);
+    eventually(
+        "everything once released",
+        Duration::from_secs(30),
+        || async { (sink.distinct() == total).then_some(()) },
+    )
+    .await;
+    assert!(w.fan_out_buffer_high_water() <= 2);
+    assert_eq!(sink.data().len(), total);
+    w.shutdown(Duration::from_secs(10)).await;
+}

@@ -32,6 +32,10 @@ pub struct EmulatorOptions {
     pub max_retained_bytes: Option<u64>,
     /// Lifetime of one SubscribeToShard session (AWS: 5 minutes).
     pub subscribe_session: Duration,
+    /// Serve Kinesis over TLS (ALPN h2 and http/1.1) with a self-signed certificate for
+    /// `localhost` and `127.0.0.1`, as AWS serves it: exercises the HTTP/2 path of enhanced
+    /// fan-out. Clients must trust [`LocalEmulators::ca_pem`].
+    pub tls: bool,
 }
 
 impl Default for EmulatorOptions {
@@ -48,6 +52,7 @@ impl Default for EmulatorOptions {
             shard_limit: 1_000,
             max_retained_bytes: None,
             subscribe_session: Duration::from_secs(300),
+            tls: false,
         }
     }
 }
@@ -64,6 +69,9 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The TLS certificate or configuration could not be made.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
     /// The DynamoDB emulator's database could not be opened.
     #[error("cannot open the DynamoDB emulator's in-memory database: {0}")]
     Database(String),
@@ -73,6 +81,9 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct LocalEmulators {
     kinesis_addr: SocketAddr,
+    versions: std::sync::Arc<VersionsSeen>,
+    /// PEM of the self-signed certificate, when Kinesis is served over TLS.
+    ca_pem: Option<String>,
     dynamodb_addr: SocketAddr,
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
@@ -100,6 +111,18 @@ impl LocalEmulators {
         // Axum's default 2 MB body limit is below what AWS accepts: a full PutRecords call
         // (5 MiB of data, base64 in JSON) is about 7 MB.
         let app = app.layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024));
+        // Which HTTP versions clients used (to prove the HTTP/2 path is exercised).
+        let versions = std::sync::Arc::new(VersionsSeen::default());
+        let seen = std::sync::Arc::clone(&versions);
+        let app = app.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let seen = std::sync::Arc::clone(&seen);
+                async move {
+                    seen.record(req.version());
+                    next.run(req).await
+                }
+            },
+        ));
         let bind = |addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -117,16 +140,22 @@ impl LocalEmulators {
 
         let (k_stop, k_rx) = oneshot::channel::<()>();
         let (d_stop, d_rx) = oneshot::channel::<()>();
-        let k_task = tokio::spawn(async move {
-            let served = axum::serve(kl, app)
-                .with_graceful_shutdown(async {
-                    let _ = k_rx.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(message = "Kinesis emulator stopped.", error = %e);
-            }
-        });
+        let (k_task, ca_pem) = if opts.tls {
+            let (task, pem) = serve_tls(kl, app, k_rx)?;
+            (task, Some(pem))
+        } else {
+            let task = tokio::spawn(async move {
+                let served = axum::serve(kl, app)
+                    .with_graceful_shutdown(async {
+                        let _ = k_rx.await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(message = "Kinesis emulator stopped.", error = %e);
+                }
+            });
+            (task, None)
+        };
         let d_task = tokio::spawn(async move {
             let served = dynoxide::server::serve_with_shutdown(dl, db, async {
                 let _ = d_rx.await;
@@ -138,15 +167,30 @@ impl LocalEmulators {
         });
         Ok(Self {
             kinesis_addr,
+            versions,
+            ca_pem,
             dynamodb_addr,
             stops: vec![k_stop, d_stop],
             tasks: vec![k_task, d_task],
         })
     }
 
-    /// Kinesis endpoint, `http://127.0.0.1:PORT`.
+    /// Kinesis endpoint: `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS.
     pub fn kinesis_endpoint(&self) -> String {
-        format!("http://{}", self.kinesis_addr)
+        match self.ca_pem {
+            Some(_) => format!("https://localhost:{}", self.kinesis_addr.port()),
+            None => format!("http://{}", self.kinesis_addr),
+        }
+    }
+
+    /// Whether the Kinesis emulator has served an HTTP/2 request (over TLS: negotiated by ALPN).
+    pub fn served_http2(&self) -> bool {
+        self.versions.h2.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The certificate to trust when Kinesis is served over TLS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// DynamoDB endpoint, `http://127.0.0.1:PORT`.
@@ -190,6 +234,79 @@ impl Drop for LocalEmulators {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+    }
+}
+
+/// Serves `app` over TLS on `listener` with a fresh self-signed certificate; returns the task and
+/// the certificate's PEM.
+fn serve_tls(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: oneshot::Receiver<()>,
+) -> Result<(JoinHandle<()>, String), StartError> {
+    use std::sync::Arc;
+    let tls = |e: &dyn std::fmt::Display| StartError::Tls(e.to_string());
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .map_err(|e| tls(&e))?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| tls(&e))?
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .map_err(|e| tls(&e))?;
+    // RustlsConfig::from_config does not set ALPN: offer h2 first, as AWS does.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let std_listener = listener.into_std().map_err(|e| tls(&e))?;
+    std_listener.set_nonblocking(true).map_err(|e| tls(&e))?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(
+        std_listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(cfg)),
+    )
+    .map_err(|e| tls(&e))?
+    .handle(handle.clone());
+    let task = tokio::spawn(async move {
+        let serve = server.serve(app.into_make_service());
+        tokio::select! {
+            r = serve => if let Err(e) = r {
+                tracing::error!(message = "Kinesis emulator (TLS) stopped.", error = %e);
+            },
+            _ = stop => handle.shutdown(),
+        }
+    });
+    Ok((task, ck.cert.pem()))
+}
+
+/// An HTTPS client for the SDK that trusts only `ca_pem` (the embedded emulator's certificate).
+pub fn https_client_trusting(
+    ca_pem: &str,
+) -> Result<aws_sdk_kinesis::config::SharedHttpClient, StartError> {
+    use aws_smithy_http_client::tls;
+    let ctx = tls::TlsContext::builder()
+        .with_trust_store(tls::TrustStore::empty().with_pem_certificate(ca_pem.as_bytes()))
+        .build()
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(ctx)
+        .build_https())
+}
+
+#[derive(Debug, Default)]
+struct VersionsSeen {
+    h2: std::sync::atomic::AtomicBool,
+}
+
+impl VersionsSeen {
+    fn record(&self, v: axum::http::Version) {
+        if v == axum::http::Version::HTTP_2 {
+            self.h2.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -31,7 +31,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 
-pub use emulators::{EmulatorOptions, LocalEmulators, StartError};
+pub use emulators::{EmulatorOptions, LocalEmulators, StartError, https_client_trusting};
 pub use proxy::StallProxy;
 pub use read::{ReadRecord, StreamContents, read_stream};
 pub use wait::{eventually, wait_stream_active};
@@ -114,7 +114,18 @@ impl TestEnv {
                     .await
                     .expect("start embedded emulators");
                 let sdk = local_sdk_config();
-                let kinesis = kinesis_for(&sdk, &emu.kinesis_endpoint());
+                let kinesis = match emu.ca_pem() {
+                    Some(pem) => {
+                        #[allow(clippy::expect_used)]
+                        let http = https_client_trusting(pem).expect("TLS client for the emulator");
+                        let conf = aws_sdk_kinesis::config::Builder::from(&sdk)
+                            .endpoint_url(emu.kinesis_endpoint())
+                            .http_client(http)
+                            .build();
+                        aws_sdk_kinesis::Client::from_conf(conf)
+                    }
+                    None => kinesis_for(&sdk, &emu.kinesis_endpoint()),
+                };
                 let dynamodb = dynamodb_for(&sdk, &emu.dynamodb_endpoint());
                 Self {
                     kinesis,
