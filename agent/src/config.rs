@@ -1,0 +1,479 @@
+//! Agent configuration: a native TOML file, or the Java Kinesis Agent's `agent.json` as is.
+//!
+//! ```text
+//!   agent.toml ──┐                         ┌─ flows: [Flow { file_pattern, stream, key, ... }]
+//!                ├─► parse ─► validate ─► AgentConfig
+//!   agent.json ──┘  (numbers as strings,    └─ checkpoint_file, kinesis endpoint/region
+//!                    unknown keys warned)
+//! ```
+//!
+//! Both formats use the Kinesis Agent's key names (`flows`, `filePattern`, `kinesisStream`,
+//! `partitionKeyOption`, `initialPosition`, `maxBufferAgeMillis`, ...). Invalid values fail with
+//! the key's path and the reason; unknown keys produce warnings, not failures.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Where a file without a checkpoint starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// From its first byte.
+    StartOfFile,
+    /// From its end at discovery: only new lines (the Kinesis Agent's default).
+    EndOfFile,
+}
+
+/// How a record's partition key is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionKeyRule {
+    /// A random key per record (the Kinesis Agent's default): spreads load.
+    Random,
+    /// MD5 of the record's data, in hex: identical records go to the same shard.
+    Deterministic,
+    /// The value of this top-level field of a JSON record (random if absent).
+    JsonField(String),
+}
+
+/// One file pattern shipped to one stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flow {
+    /// Glob of files to tail; `**` matches any depth.
+    pub file_pattern: String,
+    /// Destination stream.
+    pub stream: String,
+    /// Partition key rule.
+    pub partition_key: PartitionKeyRule,
+    /// Start position of new files.
+    pub initial_position: InitialPosition,
+    /// Longest a record waits before it is sent (`maxBufferAgeMillis`, 1 s..15 min, KA default 60 s;
+    /// we use the producer's 100 ms unless configured).
+    pub max_buffer_age: Duration,
+    /// A new record starts at a line matching this (`multiLineStartPattern`).
+    pub multi_line_start_pattern: Option<String>,
+    /// Lines skipped at the start of each file (`skipHeaderLines`).
+    pub skip_header_lines: usize,
+    /// Appended to a record truncated to the size limit (`truncatedRecordTerminator`).
+    pub truncated_record_terminator: String,
+    /// Largest record, data + partition key (1 MiB, the API's default limit).
+    pub max_record_bytes: usize,
+    /// A partial last line waits this long for its newline, then is sent as is.
+    pub partial_line_timeout: Duration,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// The flows.
+    pub flows: Vec<Flow>,
+    /// Checkpoint file (`checkpointFile`). KA: `/var/run/aws-kinesis-agent/checkpoints`;
+    /// default here `/var/lib/kinesis-agent/checkpoints.json` (survives reboots).
+    pub checkpoint_file: PathBuf,
+    /// Kinesis endpoint override (`kinesis.endpoint`).
+    pub kinesis_endpoint: Option<String>,
+    /// Region (`kinesis.region`).
+    pub kinesis_region: Option<String>,
+    /// How often files are polled for new data.
+    pub poll_interval: Duration,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ConfigError {
+    /// Where: `flows[0].maxBufferAgeMillis`, or the file.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The configuration and the warnings found while reading it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: AgentConfig,
+    /// Unknown keys and ignored settings.
+    pub warnings: Vec<String>,
+}
+
+fn err(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads a configuration file: TOML if it ends in `.toml`, else JSON (`agent.json`).
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(path.display().to_string(), e.to_string()))?;
+    let value: Value = if path.extension().is_some_and(|e| e == "toml") {
+        let t: toml::Value =
+            toml::from_str(&text).map_err(|e| err(path.display().to_string(), e.to_string()))?;
+        serde_json::to_value(t).map_err(|e| err(path.display().to_string(), e.to_string()))?
+    } else {
+        serde_json::from_str(&text)
+            .map_err(|e| err(path.display().to_string(), format!("not valid JSON: {e}")))?
+    };
+    from_value(&value)
+}
+
+const GLOBAL_KEYS: &[&str] = &[
+    "flows",
+    "checkpointFile",
+    "kinesis.endpoint",
+    "kinesis.region",
+    "pollIntervalMillis",
+];
+/// Kinesis Agent keys that mean nothing here (credentials come from the AWS chain; CloudWatch
+/// metrics are replaced by /metrics): accepted with a warning.
+const IGNORED_GLOBAL_KEYS: &[&str] = &[
+    "cloudwatch.emitMetrics",
+    "cloudwatch.endpoint",
+    "cloudwatch.namespace",
+    "cloudwatch.tagInstance",
+    "firehose.endpoint",
+    "sts.endpoint",
+    "awsAccessKeyId",
+    "awsSecretAccessKey",
+    "assumeRoleARN",
+    "assumeRoleExternalId",
+    "checkpointTimeToLiveDays",
+    "maxSendingThreads",
+    "shutdownTimeoutMillis",
+    "log.emitMetrics",
+];
+const FLOW_KEYS: &[&str] = &[
+    "filePattern",
+    "kinesisStream",
+    "partitionKeyOption",
+    "partitionKeyField",
+    "initialPosition",
+    "maxBufferAgeMillis",
+    "maxBufferSizeRecords",
+    "maxBufferSizeBytes",
+    "multiLineStartPattern",
+    "skipHeaderLines",
+    "truncatedRecordTerminator",
+    "dataProcessingOptions",
+    "partialLineTimeoutMillis",
+    "maxRecordBytes",
+];
+
+/// A number, accepting the strings users write (`"1000"`).
+fn number(v: &Value, path: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let n = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| err(path, format!("must be a whole number, got {v}")))?;
+    if n < min || n > max {
+        return Err(err(path, format!("must be {min}..={max}, got {n}")));
+    }
+    Ok(n)
+}
+
+fn string<'a>(v: &'a Value, path: &str) -> Result<&'a str, ConfigError> {
+    v.as_str()
+        .ok_or_else(|| err(path, format!("must be a string, got {v}")))
+}
+
+/// Builds the configuration from parsed JSON (or TOML converted to JSON).
+pub fn from_value(v: &Value) -> Result<Loaded, ConfigError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err("(top level)", "must be an object"))?;
+    let mut warnings = Vec::new();
+    for k in obj.keys() {
+        if IGNORED_GLOBAL_KEYS.contains(&k.as_str()) {
+            warnings.push(format!("{k}: not used by this agent (AWS credentials and metrics work differently); ignored"));
+        } else if !GLOBAL_KEYS.contains(&k.as_str()) && !k.starts_with("checkpoints.") {
+            warnings.push(format!("{k}: unknown key, ignored"));
+        }
+    }
+    let flows_v = obj
+        .get("flows")
+        .ok_or_else(|| err("flows", "is required"))?;
+    let flows_a = flows_v
+        .as_array()
+        .ok_or_else(|| err("flows", "must be a list"))?;
+    if flows_a.is_empty() {
+        return Err(err("flows", "must hold at least one flow"));
+    }
+    let mut flows = Vec::new();
+    for (i, f) in flows_a.iter().enumerate() {
+        flows.push(flow(f, i, &mut warnings)?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, f) in flows.iter().enumerate() {
+        if !seen.insert((&f.stream, &f.file_pattern)) {
+            return Err(err(
+                format!("flows[{i}]"),
+                "duplicate flow (same filePattern and kinesisStream)",
+            ));
+        }
+    }
+    let checkpoint_file = match obj.get("checkpointFile") {
+        Some(p) => PathBuf::from(string(p, "checkpointFile")?),
+        None => PathBuf::from("/var/lib/kinesis-agent/checkpoints.json"),
+    };
+    let poll_interval = match obj.get("pollIntervalMillis") {
+        Some(p) => Duration::from_millis(number(p, "pollIntervalMillis", 10, 60_000)?),
+        None => Duration::from_millis(100),
+    };
+    Ok(Loaded {
+        config: AgentConfig {
+            flows,
+            checkpoint_file,
+            kinesis_endpoint: obj
+                .get("kinesis.endpoint")
+                .map(|e| string(e, "kinesis.endpoint").map(str::to_owned))
+                .transpose()?,
+            kinesis_region: obj
+                .get("kinesis.region")
+                .map(|e| string(e, "kinesis.region").map(str::to_owned))
+                .transpose()?,
+            poll_interval,
+        },
+        warnings,
+    })
+}
+
+fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigError> {
+    let p = |k: &str| format!("flows[{i}].{k}");
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err(format!("flows[{i}]"), "must be an object"))?;
+    for k in obj.keys() {
+        if k == "deliveryStream" {
+            return Err(err(
+                p(k),
+                "Firehose delivery streams are not supported; use kinesisStream",
+            ));
+        }
+        if !FLOW_KEYS.contains(&k.as_str()) {
+            warnings.push(format!("{}: unknown key, ignored", p(k)));
+        }
+    }
+    let file_pattern = string(
+        obj.get("filePattern")
+            .ok_or_else(|| err(p("filePattern"), "is required"))?,
+        &p("filePattern"),
+    )?
+    .to_string();
+    if file_pattern.is_empty() || glob::Pattern::new(&file_pattern).is_err() {
+        return Err(err(
+            p("filePattern"),
+            format!("{file_pattern:?} is not a valid glob"),
+        ));
+    }
+    let stream = string(
+        obj.get("kinesisStream")
+            .ok_or_else(|| err(p("kinesisStream"), "is required"))?,
+        &p("kinesisStream"),
+    )?
+    .to_string();
+    kinesis_core::StreamRef::parse(&stream).map_err(|e| err(p("kinesisStream"), e.to_string()))?;
+    let partition_key = match obj
+        .get("partitionKeyOption")
+        .map(|v| string(v, &p("partitionKeyOption")))
+        .transpose()?
+    {
+        None | Some("RANDOM") => match obj.get("partitionKeyField") {
+            Some(f) => PartitionKeyRule::JsonField(string(f, &p("partitionKeyField"))?.to_string()),
+            None => PartitionKeyRule::Random,
+        },
+        Some("DETERMINISTIC") => PartitionKeyRule::Deterministic,
+        Some(other) => {
+            return Err(err(
+                p("partitionKeyOption"),
+                format!("{other:?}: expected RANDOM or DETERMINISTIC"),
+            ));
+        }
+    };
+    let initial_position = match obj
+        .get("initialPosition")
+        .map(|v| string(v, &p("initialPosition")))
+        .transpose()?
+    {
+        None | Some("END_OF_FILE") => InitialPosition::EndOfFile,
+        Some("START_OF_FILE") => InitialPosition::StartOfFile,
+        Some(other) => {
+            return Err(err(
+                p("initialPosition"),
+                format!("{other:?}: expected START_OF_FILE or END_OF_FILE"),
+            ));
+        }
+    };
+    let max_buffer_age = match obj.get("maxBufferAgeMillis") {
+        Some(v) => Duration::from_millis(number(v, &p("maxBufferAgeMillis"), 1_000, 900_000)?),
+        None => Duration::from_millis(100),
+    };
+    if let Some(v) = obj.get("maxBufferSizeRecords") {
+        number(v, &p("maxBufferSizeRecords"), 1, 500)?;
+    }
+    if let Some(v) = obj.get("maxBufferSizeBytes") {
+        number(v, &p("maxBufferSizeBytes"), 1, 5 * 1024 * 1024)?;
+    }
+    let multi_line_start_pattern = match obj.get("multiLineStartPattern") {
+        Some(v) => {
+            let s = string(v, &p("multiLineStartPattern"))?;
+            regex::bytes::Regex::new(s)
+                .map_err(|e| err(p("multiLineStartPattern"), e.to_string()))?;
+            Some(s.to_string())
+        }
+        None => None,
+    };
+    let skip_header_lines = match obj.get("skipHeaderLines") {
+        Some(v) => usize::try_from(number(v, &p("skipHeaderLines"), 0, 1_000_000)?).unwrap_or(0),
+        None => 0,
+    };
+    let truncated_record_terminator = match obj.get("truncatedRecordTerminator") {
+        Some(v) => string(v, &p("truncatedRecordTerminator"))?.to_string(),
+        None => "\n".to_string(),
+    };
+    let max_record_bytes = match obj.get("maxRecordBytes") {
+        Some(v) => usize::try_from(number(v, &p("maxRecordBytes"), 1024, 10 * 1024 * 1024)?)
+            .unwrap_or(1024 * 1024),
+        None => 1024 * 1024,
+    };
+    let partial_line_timeout = match obj.get("partialLineTimeoutMillis") {
+        Some(v) => Duration::from_millis(number(v, &p("partialLineTimeoutMillis"), 10, 3_600_000)?),
+        None => Duration::from_secs(5),
+    };
+    if let Some(dp) = obj.get("dataProcessingOptions") {
+        let list = dp
+            .as_array()
+            .ok_or_else(|| err(p("dataProcessingOptions"), "must be a list"))?;
+        for (j, o) in list.iter().enumerate() {
+            let name = o.get("optionName").and_then(Value::as_str).unwrap_or("");
+            if name != "SINGLELINE" {
+                return Err(err(
+                    format!("flows[{i}].dataProcessingOptions[{j}].optionName"),
+                    format!(
+                        "{name:?} is not supported yet (only SINGLELINE); refusing rather than shipping unprocessed data"
+                    ),
+                ));
+            }
+        }
+        if !list.is_empty() {
+            warnings.push(format!(
+                "{}: SINGLELINE joins multi-line records with spaces",
+                p("dataProcessingOptions")
+            ));
+        }
+    }
+    Ok(Flow {
+        file_pattern,
+        stream,
+        partition_key,
+        initial_position,
+        max_buffer_age,
+        multi_line_start_pattern,
+        skip_header_lines,
+        truncated_record_terminator,
+        max_record_bytes,
+        partial_line_timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Loaded, ConfigError> {
+        from_value(&serde_json::from_str(s).unwrap())
+    }
+
+    #[test]
+    fn the_kinesis_agent_sample_config_is_accepted() {
+        let l = parse(
+            r#"{
+              "cloudwatch.emitMetrics": true,
+              "kinesis.endpoint": "https://kinesis.us-east-1.amazonaws.com",
+              "flows": [
+                { "filePattern": "/tmp/app.log*", "kinesisStream": "yourkinesisstream",
+                  "partitionKeyOption": "RANDOM", "maxBufferAgeMillis": "1000" },
+                { "filePattern": "/var/log/x/*.log", "kinesisStream": "s2", "initialPosition": "START_OF_FILE",
+                  "multiLineStartPattern": "^\\d{4}-", "skipHeaderLines": 1, "partitionKeyOption": "DETERMINISTIC" }
+              ]
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(l.config.flows.len(), 2);
+        assert_eq!(
+            l.config.flows[0].max_buffer_age,
+            Duration::from_secs(1),
+            "numbers as strings"
+        );
+        assert_eq!(
+            l.config.flows[1].partition_key,
+            PartitionKeyRule::Deterministic
+        );
+        assert_eq!(
+            l.config.flows[1].initial_position,
+            InitialPosition::StartOfFile
+        );
+        assert!(
+            l.warnings
+                .iter()
+                .any(|w| w.contains("cloudwatch.emitMetrics"))
+        );
+    }
+
+    #[test]
+    fn broken_configs_name_the_key_and_the_reason() {
+        let cases = [
+            (r#"{}"#, "flows"),
+            (r#"{"flows": []}"#, "flows"),
+            (
+                r#"{"flows": [{"kinesisStream": "s"}]}"#,
+                "flows[0].filePattern",
+            ),
+            (
+                r#"{"flows": [{"filePattern": "/a", "kinesisStream": "bad name"}]}"#,
+                "flows[0].kinesisStream",
+            ),
+            (
+                r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "maxBufferAgeMillis": 5}]}"#,
+                "flows[0].maxBufferAgeMillis",
+            ),
+            (
+                r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "maxBufferAgeMillis": "soon"}]}"#,
+                "flows[0].maxBufferAgeMillis",
+            ),
+            (
+                r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "partitionKeyOption": "X"}]}"#,
+                "flows[0].partitionKeyOption",
+            ),
+            (
+                r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "multiLineStartPattern": "("}]}"#,
+                "flows[0].multiLineStartPattern",
+            ),
+            (
+                r#"{"flows": [{"filePattern": "/a", "deliveryStream": "f"}]}"#,
+                "flows[0].deliveryStream",
+            ),
+            (
+                r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "dataProcessingOptions": [{"optionName": "LOGTOJSON"}]}]}"#,
+                "flows[0].dataProcessingOptions[0].optionName",
+            ),
+            (
+                r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s"}, {"filePattern": "/a", "kinesisStream": "s"}]}"#,
+                "flows[1]",
+            ),
+        ];
+        for (text, path) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.path, path, "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_warn() {
+        let l = parse(r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "colour": "red"}], "extra": 1}"#).unwrap();
+        assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+    }
+}

@@ -1,0 +1,219 @@
+//! The agent against the embedded Kinesis emulator, with real files.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kinesis_agent::config::{AgentConfig, Flow, InitialPosition, PartitionKeyRule};
+use kinesis_testkit::{TestEnv, eventually, read_stream, unique_name};
+use tokio::sync::oneshot;
+
+fn dir() -> PathBuf {
+    let d = std::env::temp_dir().join(unique_name("agent"));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn flow(pattern: &Path, stream: &str) -> Flow {
+    Flow {
+        file_pattern: pattern.display().to_string(),
+        stream: stream.to_string(),
+        partition_key: PartitionKeyRule::Random,
+        initial_position: InitialPosition::StartOfFile,
+        max_buffer_age: Duration::from_millis(100),
+        multi_line_start_pattern: None,
+        skip_header_lines: 0,
+        truncated_record_terminator: "\n".into(),
+        max_record_bytes: 1024 * 1024,
+        partial_line_timeout: Duration::from_millis(300),
+    }
+}
+
+fn config(dir: &Path, flows: Vec<Flow>) -> AgentConfig {
+    AgentConfig {
+        flows,
+        checkpoint_file: dir.join("state/checkpoints.json"),
+        kinesis_endpoint: None,
+        kinesis_region: None,
+        poll_interval: Duration::from_millis(20),
+    }
+}
+
+fn append(path: &Path, lines: impl IntoIterator<Item = String>) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for l in lines {
+        f.write_all(l.as_bytes()).unwrap();
+        f.write_all(b"\n").unwrap();
+    }
+}
+
+/// Starts the agent in this process; the sender stops it.
+fn start(env: &TestEnv, cfg: AgentConfig) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = oneshot::channel::<()>();
+    let client = env.kinesis.clone();
+    let task = tokio::spawn(async move {
+        kinesis_agent::run_with_client(
+            cfg,
+            client,
+            async {
+                let _ = rx.await;
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    });
+    (tx, task)
+}
+
+async fn delivered(env: &TestEnv, stream: &str) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in read_stream(&env.kinesis, stream).await.unwrap().records {
+        *m.entry(String::from_utf8_lossy(&r.data).into_owned())
+            .or_default() += 1;
+    }
+    m
+}
+
+async fn wait_for(env: &TestEnv, stream: &str, want: &[String]) -> HashMap<String, usize> {
+    eventually("lines in the stream", Duration::from_secs(30), || async {
+        let got = delivered(env, stream).await;
+        want.iter().all(|w| got.contains_key(w)).then_some(got)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_are_shipped_and_checkpointed_after_acknowledgement() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(2).await;
+    let d = dir();
+    let log = d.join("app.log");
+    let lines: Vec<String> = (0..1000)
+        .map(|i| format!("line {i} {}", "x".repeat(i % 50)))
+        .collect();
+    append(&log, lines.clone());
+    let cfg = config(&d, vec![flow(&log, &stream)]);
+    let (stop, task) = start(&env, cfg.clone());
+    let got = wait_for(&env, &stream, &lines).await;
+    assert_eq!(got.values().sum::<usize>(), 1000, "each line once");
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let cps = kinesis_agent::checkpoint::load(&cfg.checkpoint_file).unwrap();
+    let len = std::fs::metadata(&log).unwrap().len();
+    assert_eq!(
+        cps.values().map(|c| c.offset).collect::<Vec<_>>(),
+        vec![len],
+        "checkpoint at the end of the file"
+    );
+    // A restart reads nothing again.
+    let (stop, task) = start(&env, cfg);
+    append(&log, ["after restart".to_string()]);
+    wait_for(&env, &stream, &["after restart".to_string()]).await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    assert_eq!(delivered(&env, &stream).await.values().sum::<usize>(), 1001);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_by_rename_and_create_and_by_copytruncate_loses_nothing() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let d = dir();
+    let log = d.join("app.log");
+    let pattern = d.join("app.log*");
+    append(&log, (0..300).map(|i| format!("a{i}")));
+    let (stop, task) = start(&env, config(&d, vec![flow(&pattern, &stream)]));
+    wait_for(&env, &stream, &["a299".to_string()]).await;
+    // rename + create, and a late write to the renamed file.
+    std::fs::rename(&log, d.join("app.log.1")).unwrap();
+    append(&d.join("app.log.1"), (0..100).map(|i| format!("late{i}")));
+    append(&log, (0..300).map(|i| format!("b{i}")));
+    wait_for(&env, &stream, &["late99".to_string(), "b299".to_string()]).await;
+    // copytruncate: copy the live file, truncate it, keep writing.
+    append(&log, (0..200).map(|i| format!("c{i}")));
+    std::fs::copy(&log, d.join("app.log.2")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&log, (0..300).map(|i| format!("d{i}")));
+    let mut want: Vec<String> = (0..300).map(|i| format!("a{i}")).collect();
+    want.extend((0..100).map(|i| format!("late{i}")));
+    want.extend((0..300).map(|i| format!("b{i}")));
+    want.extend((0..200).map(|i| format!("c{i}")));
+    want.extend((0..300).map(|i| format!("d{i}")));
+    let got = wait_for(&env, &stream, &want).await;
+    let dups = got.values().filter(|n| **n > 1).count();
+    assert_eq!(
+        dups, 0,
+        "renames and copies are recognised by content, not re-sent"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_line_records_partial_lines_and_hostile_input() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let d = dir();
+    let log = d.join("app.log");
+    let mut f = flow(&log, &stream);
+    f.multi_line_start_pattern = Some(r"^\d{4}-".into());
+    f.max_record_bytes = 2048;
+    f.truncated_record_terminator = "…".into();
+    let (stop, task) = start(&env, config(&d, vec![f]));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    file.write_all(b"2026-01-01 start of a stack trace\n  at frame 1\n  at frame 2\n")
+        .unwrap();
+    file.write_all(b"2026-01-02 invalid utf-8: \xff\xfe and NUL \0 bytes\n")
+        .unwrap();
+    file.write_all(format!("2026-01-03 {}\n", "z".repeat(10_000)).as_bytes())
+        .unwrap();
+    file.write_all(b"2026-01-04 a last line without newline")
+        .unwrap();
+    file.flush().unwrap();
+    let records = eventually("four records", Duration::from_secs(30), || async {
+        let r = read_stream(&env.kinesis, &stream).await.unwrap().records;
+        (r.len() >= 4).then_some(r)
+    })
+    .await;
+    let data: Vec<Vec<u8>> = records.iter().map(|r| r.data.to_vec()).collect();
+    assert_eq!(
+        data[0],
+        b"2026-01-01 start of a stack trace\n  at frame 1\n  at frame 2".to_vec()
+    );
+    assert_eq!(
+        data[1],
+        b"2026-01-02 invalid utf-8: \xff\xfe and NUL \0 bytes".to_vec()
+    );
+    assert!(
+        data[2].len() + 16 <= 2048 && data[2].ends_with("…".as_bytes()),
+        "truncated with the terminator"
+    );
+    assert_eq!(
+        data[3],
+        b"2026-01-04 a last line without newline".to_vec(),
+        "sent after the partial-line timeout"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
