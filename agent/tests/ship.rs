@@ -217,3 +217,49 @@ async fn multi_line_records_partial_lines_and_hostile_input() {
     stop.send(()).unwrap();
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_files_under_a_recursive_glob() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(4).await;
+    let d = dir();
+    let mut want = Vec::new();
+    for i in 0..1000 {
+        let sub = d.join(format!("host{}/day{}", i % 10, i % 7));
+        std::fs::create_dir_all(&sub).unwrap();
+        let lines: Vec<String> = (0..5).map(|j| format!("file{i}-line{j}")).collect();
+        append(&sub.join(format!("f{i}.log")), lines.clone());
+        want.extend(lines);
+    }
+    let (stop, task) = start(&env, config(&d, vec![flow(&d.join("**/*.log"), &stream)]));
+    let got = wait_for(&env, &stream, &want).await;
+    assert_eq!(got.values().sum::<usize>(), 5_000);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_stream_loses_nothing() {
+    let env = TestEnv::with_options(kinesis_testkit::EmulatorOptions {
+        enforce_limits: true,
+        ..Default::default()
+    })
+    .await;
+    if !env.supports(kinesis_testkit::Capability::WriteThrottling) {
+        eprintln!("skipped: backend cannot throttle");
+        return;
+    }
+    let stream = env.create_stream(1).await;
+    let d = dir();
+    let log = d.join("big.log");
+    // 3 MB into a 1 MB/s shard.
+    let lines: Vec<String> = (0..3_000)
+        .map(|i| format!("{i:06} {}", "p".repeat(1000)))
+        .collect();
+    append(&log, lines.clone());
+    let (stop, task) = start(&env, config(&d, vec![flow(&log, &stream)]));
+    let got = wait_for(&env, &stream, &lines).await;
+    assert_eq!(got.len(), 3_000);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}

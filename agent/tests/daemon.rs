@@ -1,0 +1,165 @@
+//! The `kinesis-agent` binary as a real process: crash recovery, graceful stop, config checks.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kinesis_testkit::{TestEnv, eventually, read_stream, unique_name};
+
+fn dir() -> PathBuf {
+    let d = std::env::temp_dir().join(unique_name("agentd"));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn append(path: &Path, lines: impl IntoIterator<Item = String>) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for l in lines {
+        f.write_all(l.as_bytes()).unwrap();
+        f.write_all(b"\n").unwrap();
+    }
+}
+
+fn write_config(d: &Path, env: &TestEnv, stream: &str) -> PathBuf {
+    let cfg = serde_json::json!({
+        "checkpointFile": d.join("checkpoints.json"),
+        "kinesis.endpoint": env.emulators().unwrap().kinesis_endpoint(),
+        "kinesis.region": "us-east-1",
+        "cloudwatch.emitMetrics": false,
+        "flows": [{ "filePattern": d.join("*.log"), "kinesisStream": stream, "initialPosition": "START_OF_FILE",
+                    "maxBufferAgeMillis": "1000" }]
+    });
+    let path = d.join("agent.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    path
+}
+
+fn spawn(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kinesis-agent"))
+        .args(["-c", config.to_str().unwrap()])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_ENDPOINT_URL_KINESIS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn counts(env: &TestEnv, stream: &str) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in read_stream(&env.kinesis, stream).await.unwrap().records {
+        *m.entry(String::from_utf8_lossy(&r.data).into_owned())
+            .or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_delivers_every_line_at_least_once() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(2).await;
+    let d = dir();
+    let config = write_config(&d, &env, &stream);
+    let lines: Vec<String> = (0..20_000).map(|i| format!("line-{i}")).collect();
+    append(&d.join("app.log"), lines.clone());
+    let mut agent = spawn(&config);
+    eventually("some lines delivered", Duration::from_secs(30), || async {
+        (counts(&env, &stream).await.len() >= 1_000).then_some(())
+    })
+    .await;
+    agent.kill().unwrap(); // SIGKILL: no shutdown path runs
+    agent.wait().unwrap();
+    append(
+        &d.join("app.log"),
+        (20_000..21_000).map(|i| format!("line-{i}")),
+    );
+    let mut agent = spawn(&config);
+    let got = eventually("every line", Duration::from_secs(60), || async {
+        let c = counts(&env, &stream).await;
+        (c.len() == 21_000).then_some(c)
+    })
+    .await;
+    assert!((0..21_000).all(|i| got.contains_key(&format!("line-{i}"))));
+    let resent: usize = got.values().map(|n| n - 1).sum();
+    assert!(
+        resent < 21_000,
+        "a restart resumes from the checkpoint, not from the start ({resent} resent)"
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_and_writes_final_checkpoints() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let d = dir();
+    let config = write_config(&d, &env, &stream);
+    append(&d.join("app.log"), (0..500).map(|i| format!("l{i}")));
+    let mut agent = spawn(&config);
+    eventually("delivered", Duration::from_secs(30), || async {
+        (counts(&env, &stream).await.len() == 500).then_some(())
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = agent.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let cps = kinesis_agent::checkpoint::load(&d.join("checkpoints.json")).unwrap();
+    let len = std::fs::metadata(d.join("app.log")).unwrap().len();
+    assert_eq!(
+        cps.values().map(|c| c.offset).collect::<Vec<_>>(),
+        vec![len]
+    );
+}
+
+#[test]
+fn check_config_validates_and_explains() {
+    let d = dir();
+    let good = d.join("agent.json");
+    std::fs::write(&good, r#"{"flows": [{"filePattern": "/var/log/app/*.log", "kinesisStream": "logs", "partitionKeyOption": "DETERMINISTIC"}], "bogus": 1}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kinesis-agent"))
+        .args(["check-config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/var/log/app/*.log -> logs"), "{text}");
+    let bad = d.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[flows]]\nfilePattern = \"/a\"\nkinesisStream = \"s\"\nmaxBufferAgeMillis = 5\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kinesis-agent"))
+        .args(["check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("flows[0].maxBufferAgeMillis") && err.contains("1000..=900000"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kinesis-agent"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage");
+}
