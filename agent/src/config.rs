@@ -37,7 +37,7 @@ pub enum PartitionKeyRule {
 }
 
 /// One file pattern shipped to one stream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Flow {
     /// Glob of files to tail; `**` matches any depth.
     pub file_pattern: String,
@@ -60,10 +60,12 @@ pub struct Flow {
     pub max_record_bytes: usize,
     /// A partial last line waits this long for its newline, then is sent as is.
     pub partial_line_timeout: Duration,
+    /// `dataProcessingOptions`, applied in order.
+    pub processors: Vec<crate::process::Processor>,
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// The flows.
     pub flows: Vec<Flow>,
@@ -343,28 +345,10 @@ fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigE
         Some(v) => Duration::from_millis(number(v, &p("partialLineTimeoutMillis"), 10, 3_600_000)?),
         None => Duration::from_secs(5),
     };
-    if let Some(dp) = obj.get("dataProcessingOptions") {
-        let list = dp
-            .as_array()
-            .ok_or_else(|| err(p("dataProcessingOptions"), "must be a list"))?;
-        for (j, o) in list.iter().enumerate() {
-            let name = o.get("optionName").and_then(Value::as_str).unwrap_or("");
-            if name != "SINGLELINE" {
-                return Err(err(
-                    format!("flows[{i}].dataProcessingOptions[{j}].optionName"),
-                    format!(
-                        "{name:?} is not supported yet (only SINGLELINE); refusing rather than shipping unprocessed data"
-                    ),
-                ));
-            }
-        }
-        if !list.is_empty() {
-            warnings.push(format!(
-                "{}: SINGLELINE joins multi-line records with spaces",
-                p("dataProcessingOptions")
-            ));
-        }
-    }
+    let processors = match obj.get("dataProcessingOptions") {
+        Some(dp) => crate::process::parse(dp, i)?,
+        None => Vec::new(),
+    };
     Ok(Flow {
         file_pattern,
         stream,
@@ -376,6 +360,7 @@ fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigE
         truncated_record_terminator,
         max_record_bytes,
         partial_line_timeout,
+        processors,
     })
 }
 
@@ -457,7 +442,7 @@ mod tests {
                 "flows[0].deliveryStream",
             ),
             (
-                r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "dataProcessingOptions": [{"optionName": "LOGTOJSON"}]}]}"#,
+                r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "dataProcessingOptions": [{"optionName": "ADDEC2METADATA"}]}]}"#,
                 "flows[0].dataProcessingOptions[0].optionName",
             ),
             (

@@ -13,6 +13,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod process;
 pub mod tail;
 
 use std::collections::{BTreeMap, HashMap};
@@ -299,8 +300,9 @@ async fn tail_flow(
         let lines: Vec<Line> = tailer.read(256 * 1024, now);
         let idle = lines.is_empty();
         for line in lines {
-            let key = partition_key(&flow.partition_key, &line.data);
-            let data = fit(line.data, &key, &flow);
+            let processed = flow.processors.iter().fold(line.data, |d, p| p.apply(d));
+            let key = partition_key(&flow.partition_key, &processed);
+            let data = fit(processed, &key, &flow);
             metrics::counter!("agent_lines_read_total").increment(1);
             let seq = seqs.entry(Arc::clone(&line.fingerprint)).or_insert(0);
             let sent = Sent {

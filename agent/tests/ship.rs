@@ -33,6 +33,7 @@ fn flow(pattern: &Path, stream: &str) -> Flow {
         truncated_record_terminator: "\n".into(),
         max_record_bytes: 1024 * 1024,
         partial_line_timeout: Duration::from_millis(300),
+        processors: Vec::new(),
     }
 }
 
@@ -260,6 +261,52 @@ async fn a_throttled_stream_loses_nothing() {
     let (stop, task) = start(&env, config(&d, vec![flow(&log, &stream)]));
     let got = wait_for(&env, &stream, &lines).await;
     assert_eq!(got.len(), 3_000);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_processing_options_from_an_agent_json() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let d = dir();
+    let log = d.join("access.log");
+    let cfg_json = serde_json::json!({
+        "checkpointFile": d.join("cp.json"),
+        "pollIntervalMillis": 20,
+        "flows": [{
+            "filePattern": log, "kinesisStream": stream, "initialPosition": "START_OF_FILE",
+            "dataProcessingOptions": [
+                {"optionName": "LOGTOJSON", "logFormat": "COMMONAPACHELOG"},
+                {"optionName": "ADDMETADATA", "metadata": {"host": "web-1"}}
+            ]
+        }]
+    });
+    let loaded = kinesis_agent::config::from_value(&cfg_json).unwrap();
+    append(
+        &log,
+        [
+            r#"127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /a HTTP/1.0" 200 2326"#
+                .to_string(),
+            "garbage that is not an access log".to_string(),
+        ],
+    );
+    let (stop, task) = start(&env, loaded.config);
+    let records = eventually("two records", Duration::from_secs(30), || async {
+        let r = read_stream(&env.kinesis, &stream).await.unwrap().records;
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+    let first: serde_json::Value = serde_json::from_slice(&records[0].data).unwrap();
+    assert_eq!(first["metadata"]["host"], "web-1");
+    let inner: serde_json::Value = serde_json::from_str(first["data"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["authuser"], "frank");
+    assert_eq!(inner["ident"], serde_json::Value::Null);
+    let second: serde_json::Value = serde_json::from_slice(&records[1].data).unwrap();
+    assert_eq!(
+        second["data"], "garbage that is not an access log",
+        "unparsed lines are kept, not dropped"
+    );
     stop.send(()).unwrap();
     task.await.unwrap();
 }
