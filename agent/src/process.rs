@@ -317,6 +317,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[allow(clippy::needless_pass_by_value)] // tests read better with json!(..) passed directly
     fn run(opts: Value, line: &str) -> String {
         let ps = parse(&opts, 0).unwrap();
         let out = ps.iter().fold(line.as_bytes().to_vec(), |d, p| p.apply(d));
