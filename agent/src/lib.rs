@@ -165,6 +165,9 @@ pub async fn run_with_client(
             max_record_bytes: flow.max_record_bytes,
             // The agent resends failed records itself; a long TTL keeps retries in the producer.
             record_ttl: Duration::from_secs(300),
+            // Lines are on disk already: a small buffer is enough to keep the stream busy, and
+            // keeps the agent's memory low (each buffered line also holds an acknowledgement).
+            max_buffered_bytes: 12 * 1024 * 1024,
             ..ProducerConfig::default()
         };
         let producer = Producer::builder(client.clone(), &flow.stream)

@@ -20,6 +20,7 @@
 //! ```
 
 mod emulators;
+pub mod fast_endpoint;
 mod proxy;
 pub mod python;
 mod read;
