@@ -3,6 +3,13 @@
 //! process ([`FastEndpoint::spawn`] re-runs the current executable with `endpoint` as its first
 //! argument, which must call [`serve_from_args`]) so its CPU does not count as the client's.
 
+// A benchmark harness: failing loudly on setup errors is what it should do.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
