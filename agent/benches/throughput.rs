@@ -69,6 +69,7 @@ fn main() {
         kinesis_endpoint: None,
         kinesis_region: None,
         poll_interval: Duration::from_millis(100),
+        http_listen: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -78,6 +78,8 @@ pub struct AgentConfig {
     pub kinesis_region: Option<String>,
     /// How often files are polled for new data.
     pub poll_interval: Duration,
+    /// Serve `/health` and Prometheus `/metrics` here (`httpListenAddress`); must be loopback.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 /// A configuration that cannot be used.
@@ -225,8 +227,28 @@ pub fn from_value(v: &Value) -> Result<Loaded, ConfigError> {
         Some(p) => Duration::from_millis(number(p, "pollIntervalMillis", 10, 60_000)?),
         None => Duration::from_millis(100),
     };
+    let http_listen = match obj.get("httpListenAddress") {
+        Some(a) => {
+            let addr: std::net::SocketAddr =
+                string(a, "httpListenAddress")?.parse().map_err(|e| {
+                    err(
+                        "httpListenAddress",
+                        format!("not an address like 127.0.0.1:9110: {e}"),
+                    )
+                })?;
+            if !addr.ip().is_loopback() {
+                return Err(err(
+                    "httpListenAddress",
+                    "must be a loopback address (127.0.0.1 or ::1)",
+                ));
+            }
+            Some(addr)
+        }
+        None => None,
+    };
     Ok(Loaded {
         config: AgentConfig {
+            http_listen,
             flows,
             checkpoint_file,
             kinesis_endpoint: obj

@@ -13,6 +13,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod http;
 pub mod process;
 pub mod tail;
 
@@ -42,6 +43,9 @@ pub enum AgentError {
     /// The checkpoint file could not be read or written.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointFileError),
+    /// The `/health` and `/metrics` listener could not start.
+    #[error("cannot listen on {0}: {1}")]
+    Http(std::net::SocketAddr, std::io::Error),
     /// A producer could not start (stream missing, no access, ...).
     #[error("flow {stream}: {source}")]
     Producer {
@@ -154,6 +158,14 @@ pub async fn run_with_client(
     drain: Duration,
 ) -> Result<(), AgentError> {
     let checkpoints = Arc::new(Mutex::new(checkpoint::load(&cfg.checkpoint_file)?));
+    let _http = match cfg.http_listen {
+        Some(addr) => Some(
+            http::serve(addr)
+                .await
+                .map_err(|e| AgentError::Http(addr, e))?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ack_tx, mut ack_rx) =
         mpsc::channel::<(Sent, kinesis_producer::PutReceipt, Producer)>(10_000);
@@ -198,6 +210,7 @@ pub async fn run_with_client(
         let mut pending = FuturesUnordered::new();
         let mut save = tokio::time::interval(Duration::from_secs(1));
         let mut dirty = false;
+        let mut last_saved = Instant::now();
         let mut intake_open = true;
         loop {
             tokio::select! {
@@ -208,9 +221,11 @@ pub async fn run_with_client(
                 Some((sent, outcome, producer)) = pending.next(), if !pending.is_empty() => match outcome {
                     Ok(_) => {
                         acks.delivered(&sent, &ack_checkpoints);
+                        metrics::counter!("agent_records_delivered_total").increment(1);
                         dirty = true;
                     }
                     Err(ReceiptError::Failed(e)) => {
+                        metrics::counter!("agent_errors_total", "kind" => "put").increment(1);
                         // Never drop a line: send it again (the producer waits out backoff).
                         warn!(message = "Record not delivered; sending it again.", path = %sent.path.display(), error = %e.reason);
                         match producer.send(e.record).await {
@@ -223,11 +238,16 @@ pub async fn run_with_client(
                 _ = save.tick() => {
                     if dirty {
                         let snapshot = ack_checkpoints.lock().map(|c| c.clone()).unwrap_or_default();
-                        if let Err(e) = checkpoint::save(&path, &snapshot) {
-                            warn!(message = "Cannot write checkpoints.", error = %e);
+                        match checkpoint::save(&path, &snapshot) {
+                            Ok(()) => last_saved = Instant::now(),
+                            Err(e) => {
+                                metrics::counter!("agent_errors_total", "kind" => "checkpoint").increment(1);
+                                warn!(message = "Cannot write checkpoints.", error = %e);
+                            }
                         }
                         dirty = false;
                     }
+                    metrics::gauge!("agent_checkpoint_age_seconds").set(last_saved.elapsed().as_secs_f64());
                 }
             }
             if !intake_open && pending.is_empty() {
@@ -298,6 +318,12 @@ async fn tail_flow(
         if now >= next_scan {
             let snapshot = checkpoints.lock().map(|c| c.clone()).unwrap_or_default();
             tailer.scan(&snapshot);
+            for (fp, path, _) in tailer.files() {
+                let len = std::fs::metadata(&*path).map(|m| m.len()).unwrap_or(0);
+                let acked = snapshot.get(&*fp).map_or(0, |c| c.offset);
+                metrics::gauge!("agent_bytes_behind", "file" => path.display().to_string())
+                    .set(len.saturating_sub(acked) as f64);
+            }
             next_scan = now + Duration::from_secs(1).max(poll);
         }
         let lines: Vec<Line> = tailer.read(256 * 1024, now);

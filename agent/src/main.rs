@@ -35,6 +35,39 @@ fn notify_ready() {
     }
 }
 
+/// Waits for SIGTERM/Ctrl-C (returns `None`) or for a SIGHUP whose configuration is valid
+/// (returns it).
+async fn stop_or_reload(path: &std::path::Path) -> Option<kinesis_agent::config::AgentConfig> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            terminated().await;
+            return None;
+        };
+        loop {
+            tokio::select! {
+                () = terminated() => return None,
+                _ = hup.recv() => match kinesis_agent::config::load(path) {
+                    Ok(l) => {
+                        for w in &l.warnings {
+                            tracing::warn!(message = "Configuration warning.", detail = %w);
+                        }
+                        return Some(l.config);
+                    }
+                    Err(e) => tracing::error!(message = "SIGHUP: new configuration is invalid; keeping the current one.", error = %e),
+                },
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        terminated().await;
+        None
+    }
+}
+
 async fn terminated() {
     #[cfg(unix)]
     {
@@ -92,7 +125,8 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         [flag, file] if flag == "--config" || flag == "-c" => {
-            let cfg = match load(&PathBuf::from(file)) {
+            let path = PathBuf::from(file);
+            let mut cfg = match load(&path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -106,20 +140,46 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let result = rt.block_on(async {
-                let shutdown = async {
-                    notify_ready();
-                    terminated().await;
-                };
-                kinesis_agent::run(cfg, shutdown, Duration::from_secs(10)).await
-            });
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
+            rt.block_on(async {
+                let mut first = true;
+                loop {
+                    // Resolves on SIGTERM/Ctrl-C (stop), or on SIGHUP with a valid new config
+                    // (reload); a SIGHUP with an invalid config is logged and ignored.
+                    let next: std::sync::Arc<
+                        std::sync::Mutex<Option<kinesis_agent::config::AgentConfig>>,
+                    > = Default::default();
+                    let slot = std::sync::Arc::clone(&next);
+                    let reload_path = path.clone();
+                    let ready = first;
+                    let shutdown = async move {
+                        if ready {
+                            notify_ready();
+                        }
+                        if let Some(new) = stop_or_reload(&reload_path).await
+                            && let Ok(mut s) = slot.lock()
+                        {
+                            *s = Some(new);
+                        }
+                    };
+                    first = false;
+                    if let Err(e) =
+                        kinesis_agent::run(cfg.clone(), shutdown, Duration::from_secs(10)).await
+                    {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                    match next.lock().ok().and_then(|mut s| s.take()) {
+                        Some(new) => {
+                            tracing::info!(
+                                message = "Configuration reloaded.",
+                                flows = new.flows.len()
+                            );
+                            cfg = new;
+                        }
+                        None => return ExitCode::SUCCESS,
+                    }
                 }
-            }
+            })
         }
         _ => usage(),
     }

@@ -163,3 +163,90 @@ fn check_config_validates_and_explains() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "usage");
 }
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_sighup_reload() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let d = dir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = |pattern: &str| {
+        serde_json::json!({
+            "checkpointFile": d.join("checkpoints.json"),
+            "kinesis.endpoint": env.emulators().unwrap().kinesis_endpoint(),
+            "kinesis.region": "us-east-1",
+            "httpListenAddress": format!("127.0.0.1:{port}"),
+            "flows": [{ "filePattern": d.join(pattern), "kinesisStream": stream, "initialPosition": "START_OF_FILE" }]
+        })
+    };
+    let config = d.join("agent.json");
+    std::fs::write(&config, cfg("*.log").to_string()).unwrap();
+    append(&d.join("a.log"), (0..100).map(|i| format!("a{i}")));
+    let mut agent = spawn(&config);
+    eventually("health", Duration::from_secs(20), || async {
+        http_get(port, "/health").filter(|r| r.contains("\"ok\""))
+    })
+    .await;
+    eventually("delivered", Duration::from_secs(30), || async {
+        (counts(&env, &stream).await.len() == 100).then_some(())
+    })
+    .await;
+    let metrics = eventually("metrics", Duration::from_secs(10), || async {
+        http_get(port, "/metrics").filter(|m| m.contains("agent_records_delivered_total 100"))
+    })
+    .await;
+    assert!(
+        metrics.contains("agent_lines_read_total") && metrics.contains("UserRecordsPut"),
+        "{metrics}"
+    );
+
+    // A broken config on SIGHUP is refused; the agent keeps shipping with the old one.
+    std::fs::write(&config, "{\"flows\": [{\"filePattern\": 7}]}").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    append(&d.join("a.log"), ["still-running".to_string()]);
+    eventually("still shipping", Duration::from_secs(30), || async {
+        counts(&env, &stream)
+            .await
+            .contains_key("still-running")
+            .then_some(())
+    })
+    .await;
+    assert!(agent.try_wait().unwrap().is_none(), "still running");
+
+    // A valid one is applied: now *.txt files are shipped.
+    std::fs::write(&config, cfg("*.txt").to_string()).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    append(&d.join("new.txt"), ["from-txt".to_string()]);
+    eventually("new flow", Duration::from_secs(30), || async {
+        counts(&env, &stream)
+            .await
+            .contains_key("from-txt")
+            .then_some(())
+    })
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(agent.wait().unwrap().success());
+}

@@ -44,6 +44,7 @@ fn config(dir: &Path, flows: Vec<Flow>) -> AgentConfig {
         kinesis_endpoint: None,
         kinesis_region: None,
         poll_interval: Duration::from_millis(20),
+        http_listen: None,
     }
 }
 
