@@ -64,6 +64,7 @@ fn main() {
             max_record_bytes: 1024 * 1024,
             partial_line_timeout: Duration::from_secs(5),
             processors: Vec::new(),
+            identity: kinesis_agent::config::FileIdentity::Content,
         }],
         checkpoint_file: dir.join("checkpoints.json"),
         kinesis_endpoint: None,

@@ -25,6 +25,16 @@ pub enum InitialPosition {
     EndOfFile,
 }
 
+/// How a file is recognised across renames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileIdentity {
+    /// CRC32 of the first line (default): survives renames and copies (copytruncate).
+    Content,
+    /// Device and inode: survives renames and files whose first lines are identical, but a
+    /// copytruncate copy is a new file (read again from its start).
+    DevInode,
+}
+
 /// How a record's partition key is chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartitionKeyRule {
@@ -62,6 +72,8 @@ pub struct Flow {
     pub partial_line_timeout: Duration,
     /// `dataProcessingOptions`, applied in order.
     pub processors: Vec<crate::process::Processor>,
+    /// File identity (`fileIdentity`: CONTENT or DEVINODE).
+    pub identity: FileIdentity,
 }
 
 /// The whole configuration.
@@ -163,6 +175,7 @@ const FLOW_KEYS: &[&str] = &[
     "dataProcessingOptions",
     "partialLineTimeoutMillis",
     "maxRecordBytes",
+    "fileIdentity",
 ];
 
 /// A number, accepting the strings users write (`"1000"`).
@@ -367,6 +380,20 @@ fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigE
         Some(v) => Duration::from_millis(number(v, &p("partialLineTimeoutMillis"), 10, 3_600_000)?),
         None => Duration::from_secs(5),
     };
+    let identity = match obj
+        .get("fileIdentity")
+        .map(|v| string(v, &p("fileIdentity")))
+        .transpose()?
+    {
+        None | Some("CONTENT") => FileIdentity::Content,
+        Some("DEVINODE") => FileIdentity::DevInode,
+        Some(other) => {
+            return Err(err(
+                p("fileIdentity"),
+                format!("{other:?}: expected CONTENT or DEVINODE"),
+            ));
+        }
+    };
     let processors = match obj.get("dataProcessingOptions") {
         Some(dp) => crate::process::parse(dp, i)?,
         None => Vec::new(),
@@ -383,6 +410,7 @@ fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigE
         max_record_bytes,
         partial_line_timeout,
         processors,
+        identity,
     })
 }
 

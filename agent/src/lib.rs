@@ -13,6 +13,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod fswatch;
 pub mod http;
 pub mod process;
 pub mod tail;
@@ -310,6 +311,17 @@ async fn tail_flow(
     let mut tailer = Tailer::new(flow.clone());
     let mut seqs: HashMap<Arc<str>, u64> = HashMap::new();
     let mut next_scan = Instant::now();
+    // File-system events wake us at once; polling (every `poll`, or every second when events
+    // work) catches anything they miss.
+    let (_watcher, mut wake) = match fswatch::watch(&flow.file_pattern) {
+        Some((w, rx)) => (Some(w), Some(rx)),
+        None => (None, None),
+    };
+    let idle_wait = if wake.is_some() {
+        poll.max(Duration::from_secs(1))
+    } else {
+        poll
+    };
     loop {
         if *stop.borrow() {
             return;
@@ -360,7 +372,15 @@ async fn tail_flow(
         }
         if idle {
             tokio::select! {
-                () = tokio::time::sleep(poll) => {}
+                () = tokio::time::sleep(idle_wait) => {}
+                Some(()) = async { match wake.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
+                    // Several events often come at once: take them all.
+                    if let Some(w) = wake.as_mut() {
+                        while w.try_recv().is_ok() {}
+                    }
+                    // New files may have appeared: look soon, but not on every write.
+                    next_scan = next_scan.min(Instant::now() + Duration::from_millis(250));
+                }
                 _ = stop.changed() => return,
             }
         }

@@ -56,6 +56,8 @@ struct Watched {
     header_lines_left: usize,
     /// Still matched by the glob at the last scan.
     present: bool,
+    /// Its handle no longer holds its content (copytruncate): not read until re-attached.
+    detached: bool,
 }
 
 /// Fingerprint of a file: CRC32 of its first line (or first 8 KiB). `None` while the file has
@@ -126,16 +128,26 @@ impl Tailer {
             let Ok(file) = File::open(&path) else {
                 continue;
             };
-            let Ok(Some(fp)) = fingerprint(&file) else {
+            let id = match self.flow.identity {
+                crate::config::FileIdentity::Content => fingerprint(&file),
+                crate::config::FileIdentity::DevInode => file.metadata().map(|m| {
+                    use std::os::unix::fs::MetadataExt as _;
+                    Some(format!("devino:{}:{}", m.dev(), m.ino()))
+                }),
+            };
+            let Ok(Some(fp)) = id else {
                 continue;
             };
             let fp: Arc<str> = fp.into();
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
             if let Some(w) = self.files.get_mut(&fp) {
                 w.present = true;
-                if *w.path != *path {
+                // A file with our identity but shorter than what we read is not our file yet
+                // (a copy still being written): keep reading the one we have.
+                if (*w.path != *path || w.detached) && len >= w.offset {
                     tracing::info!(message = "Watched file was renamed.", from = %w.path.display(), to = %path.display());
                     w.path = path.as_path().into();
+                    w.detached = false;
                     // Read on through the handle: for a rename it is the same file; for a
                     // copytruncate copy, the new handle holds the bytes the original lost.
                     w.file = file;
@@ -170,6 +182,7 @@ impl Tailer {
                         0
                     },
                     present: true,
+                    detached: false,
                 },
             );
         }
@@ -185,6 +198,27 @@ impl Tailer {
         for w in self.files.values_mut() {
             let len = w.file.metadata().map(|m| m.len()).unwrap_or(w.offset);
             if len < w.offset {
+                // Shorter than what we read. If its content is still ours (same first line, or
+                // same inode), it was truncated in place: read it again from the start. If not,
+                // its content moved (copytruncate): stop reading this handle; the copy, found by
+                // content at another path, continues from our offset.
+                let still_ours = match self.flow.identity {
+                    crate::config::FileIdentity::DevInode => true,
+                    crate::config::FileIdentity::Content => fingerprint(&w.file)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|fp| *fp == *w.fingerprint),
+                };
+                if !still_ours {
+                    if !w.detached {
+                        tracing::info!(message = "File content moved (copytruncate?); waiting for the copy.", path = %w.path.display());
+                    }
+                    w.detached = true;
+                    if !w.present {
+                        finished.push(Arc::clone(&w.fingerprint));
+                    }
+                    continue;
+                }
                 tracing::warn!(message = "File truncated; reading it again from the start.", path = %w.path.display());
                 w.offset = 0;
                 w.partial.clear();

@@ -34,6 +34,7 @@ fn flow(pattern: &Path, stream: &str) -> Flow {
         max_record_bytes: 1024 * 1024,
         partial_line_timeout: Duration::from_millis(300),
         processors: Vec::new(),
+        identity: kinesis_agent::config::FileIdentity::Content,
     }
 }
 
@@ -307,6 +308,38 @@ async fn data_processing_options_from_an_agent_json() {
     assert_eq!(
         second["data"], "garbage that is not an access log",
         "unparsed lines are kept, not dropped"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_inode_identity_tells_apart_files_with_the_same_first_line() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let d = dir();
+    // Two CSV files with the same header: the same content fingerprint, different inodes.
+    append(
+        &d.join("a.csv"),
+        ["id,name".to_string(), "1,ann".to_string()],
+    );
+    append(
+        &d.join("b.csv"),
+        ["id,name".to_string(), "2,bob".to_string()],
+    );
+    let mut f = flow(&d.join("*.csv"), &stream);
+    f.identity = kinesis_agent::config::FileIdentity::DevInode;
+    f.skip_header_lines = 1;
+    let (stop, task) = start(&env, config(&d, vec![f]));
+    let got = wait_for(&env, &stream, &["1,ann".to_string(), "2,bob".to_string()]).await;
+    assert_eq!(got.len(), 2);
+    std::fs::rename(d.join("a.csv"), d.join("a-old.csv")).unwrap();
+    append(&d.join("a-old.csv"), ["3,cat".to_string()]);
+    let got = wait_for(&env, &stream, &["3,cat".to_string()]).await;
+    assert_eq!(
+        got.values().sum::<usize>(),
+        3,
+        "the renamed file kept its offset"
     );
     stop.send(()).unwrap();
     task.await.unwrap();
