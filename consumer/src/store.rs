@@ -108,6 +108,26 @@ impl LeaseStore {
         &self.table
     }
 
+    /// An UpdateItem on `lease` fenced by owner and counter: it applies only if `me` still holds
+    /// the lease at the counter we know, and it bumps the counter (`:next`). Callers add their
+    /// own update expression (which must `SET #c = :next`).
+    fn fenced_update(
+        &self,
+        lease: &Lease,
+        me: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::LEASE_KEY, s(&lease.lease_key))
+            .condition_expression("#c = :cur AND #o = :me")
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_values(":next", n(lease.lease_counter + 1))
+            .expression_attribute_values(":cur", n(lease.lease_counter))
+            .expression_attribute_values(":me", s(me))
+    }
+
     /// Creates the table if missing (on-demand billing, with the KCL 3.x owner index when
     /// `owner_index`), checks an existing table's key schema, and waits until it is ACTIVE.
     pub async fn ensure_table(&self, owner_index: bool, wait: Duration) -> Result<(), StoreError> {
@@ -256,17 +276,8 @@ impl LeaseStore {
     /// new counter.
     pub async fn renew(&self, lease: &Lease, me: &str) -> Result<u64, StoreError> {
         let next = lease.lease_counter + 1;
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::LEASE_KEY, s(&lease.lease_key))
+        self.fenced_update(lease, me)
             .update_expression("SET #c = :next")
-            .condition_expression("#c = :cur AND #o = :me")
-            .expression_attribute_names("#c", attr::LEASE_COUNTER)
-            .expression_attribute_names("#o", attr::LEASE_OWNER)
-            .expression_attribute_values(":next", n(next))
-            .expression_attribute_values(":cur", n(lease.lease_counter))
-            .expression_attribute_values(":me", s(me))
             .send()
             .await
             .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
@@ -316,17 +327,8 @@ impl LeaseStore {
     /// Gives `lease` up at once (graceful shutdown), so another worker can take it without
     /// waiting for it to expire. The KCL leaves leases to expire instead.
     pub async fn release(&self, lease: &Lease, me: &str) -> Result<(), StoreError> {
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::LEASE_KEY, s(&lease.lease_key))
+        self.fenced_update(lease, me)
             .update_expression("SET #c = :next REMOVE #o")
-            .condition_expression("#c = :cur AND #o = :me")
-            .expression_attribute_names("#c", attr::LEASE_COUNTER)
-            .expression_attribute_names("#o", attr::LEASE_OWNER)
-            .expression_attribute_values(":next", n(lease.lease_counter + 1))
-            .expression_attribute_values(":cur", n(lease.lease_counter))
-            .expression_attribute_values(":me", s(me))
             .send()
             .await
             .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
@@ -343,28 +345,19 @@ impl LeaseStore {
         at: &Checkpoint,
     ) -> Result<u64, StoreError> {
         let next = lease.lease_counter + 1;
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::LEASE_KEY, s(&lease.lease_key))
+        self.fenced_update(lease, me)
             .update_expression(
                 "SET #cp = :cp, #cps = :cps, #sw = :zero, #c = :next REMOVE #p, #ps, #pst",
             )
-            .condition_expression("#c = :cur AND #o = :me")
             .expression_attribute_names("#cp", attr::CHECKPOINT)
             .expression_attribute_names("#cps", attr::CHECKPOINT_SUB)
             .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
-            .expression_attribute_names("#c", attr::LEASE_COUNTER)
-            .expression_attribute_names("#o", attr::LEASE_OWNER)
             .expression_attribute_names("#p", attr::PENDING_CHECKPOINT)
             .expression_attribute_names("#ps", attr::PENDING_CHECKPOINT_SUB)
             .expression_attribute_names("#pst", attr::PENDING_CHECKPOINT_STATE)
             .expression_attribute_values(":cp", s(at.as_str()))
             .expression_attribute_values(":cps", n(at.sub_sequence_number()))
             .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":next", n(next))
-            .expression_attribute_values(":cur", n(lease.lease_counter))
-            .expression_attribute_values(":me", s(me))
             .send()
             .await
             .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
@@ -382,11 +375,7 @@ impl LeaseStore {
     ) -> Result<u64, StoreError> {
         let next = lease.lease_counter + 1;
         let mut update = "SET #p = :p, #ps = :ps, #c = :next".to_string();
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::LEASE_KEY, s(&lease.lease_key));
+        let mut req = self.fenced_update(lease, me);
         if let Some(st) = state {
             update.push_str(", #pst = :pst");
             req = req
@@ -394,16 +383,10 @@ impl LeaseStore {
                 .expression_attribute_values(":pst", AttributeValue::B(st.to_vec().into()));
         }
         req.update_expression(update)
-            .condition_expression("#c = :cur AND #o = :me")
             .expression_attribute_names("#p", attr::PENDING_CHECKPOINT)
             .expression_attribute_names("#ps", attr::PENDING_CHECKPOINT_SUB)
-            .expression_attribute_names("#c", attr::LEASE_COUNTER)
-            .expression_attribute_names("#o", attr::LEASE_OWNER)
             .expression_attribute_values(":p", s(at.as_str()))
             .expression_attribute_values(":ps", n(at.sub_sequence_number()))
-            .expression_attribute_values(":next", n(next))
-            .expression_attribute_values(":cur", n(lease.lease_counter))
-            .expression_attribute_values(":me", s(me))
             .send()
             .await
             .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
@@ -421,19 +404,10 @@ impl LeaseStore {
             return Ok(lease.lease_counter);
         }
         let next = lease.lease_counter + 1;
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::LEASE_KEY, s(&lease.lease_key))
+        self.fenced_update(lease, me)
             .update_expression("SET #ch = :ch, #c = :next")
-            .condition_expression("#c = :cur AND #o = :me")
             .expression_attribute_names("#ch", attr::CHILD_SHARD_IDS)
-            .expression_attribute_names("#c", attr::LEASE_COUNTER)
-            .expression_attribute_names("#o", attr::LEASE_OWNER)
             .expression_attribute_values(":ch", AttributeValue::Ss(children.to_vec()))
-            .expression_attribute_values(":next", n(next))
-            .expression_attribute_values(":cur", n(lease.lease_counter))
-            .expression_attribute_values(":me", s(me))
             .send()
             .await
             .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
