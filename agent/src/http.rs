@@ -23,7 +23,20 @@ fn handle() -> Option<PrometheusHandle> {
 /// Serves until the returned guard is dropped.
 pub async fn serve(addr: SocketAddr) -> std::io::Result<ServerGuard> {
     let recorder = handle();
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    // After a reload the previous listener may take a moment to close: retry briefly.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let app = axum::Router::new()
         .route(
             "/health",
