@@ -87,14 +87,25 @@ impl Acks {
         if let Some(offset) = advanced
             && let Ok(mut c) = checkpoints.lock()
         {
-            c.insert(
-                s.fingerprint.to_string(),
-                FileCheckpoint {
-                    fingerprint: s.fingerprint.to_string(),
-                    path: s.path.to_path_buf(),
-                    offset,
-                },
-            );
+            // In place on the hot path; a new entry (and its strings) only for a new file.
+            match c.get_mut(&*s.fingerprint) {
+                Some(cp) => {
+                    cp.offset = offset;
+                    if *cp.path != *s.path {
+                        cp.path = s.path.to_path_buf();
+                    }
+                }
+                None => {
+                    c.insert(
+                        s.fingerprint.to_string(),
+                        FileCheckpoint {
+                            fingerprint: s.fingerprint.to_string(),
+                            path: s.path.to_path_buf(),
+                            offset,
+                        },
+                    );
+                }
+            }
         }
     }
 }
