@@ -12,12 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kinesis_testkit::{TestEnv, eventually, read_stream, unique_name};
+use kinesis_testkit::{TestEnv, eventually, read_stream};
 
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(unique_name("agentd"));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn dir() -> kinesis_testkit::TempDir {
+    kinesis_testkit::TempDir::new("agentd")
 }
 
 fn append(path: &Path, lines: impl IntoIterator<Item = String>) {

@@ -8,17 +8,15 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use kinesis_agent::config::{AgentConfig, Flow, InitialPosition, PartitionKeyRule};
-use kinesis_testkit::{TestEnv, eventually, read_stream, unique_name};
+use kinesis_testkit::{TestEnv, eventually, read_stream};
 use tokio::sync::oneshot;
 
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(unique_name("agent"));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn dir() -> kinesis_testkit::TempDir {
+    kinesis_testkit::TempDir::new("agent")
 }
 
 fn flow(pattern: &Path, stream: &str) -> Flow {

@@ -225,3 +225,33 @@ pub fn unique_name(prefix: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}-{}", &id[..12])
 }
+
+/// A directory under the system temp dir, removed when dropped. Derefs to its path.
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Creates `{tmp}/{prefix}-{unique}`.
+    ///
+    /// # Panics
+    /// When the directory cannot be created.
+    pub fn new(prefix: &str) -> Self {
+        let p = std::env::temp_dir().join(unique_name(prefix));
+        #[allow(clippy::expect_used)] // test harness
+        std::fs::create_dir_all(&p).expect("create a temp dir");
+        Self(p)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
