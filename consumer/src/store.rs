@@ -280,8 +280,8 @@ impl LeaseStore {
             .update_expression("SET #c = :next")
             .send()
             .await
-            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
-        Ok(next)
+            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))
+            .map(|_| next)
     }
 
     /// Takes (or steals) `lease` as seen at its counter. Returns the lease as now stored.
@@ -360,8 +360,8 @@ impl LeaseStore {
             .expression_attribute_values(":zero", n(0))
             .send()
             .await
-            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
-        Ok(next)
+            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))
+            .map(|_| next)
     }
 
     /// Stores a prepared checkpoint (and optional application state) without moving the
@@ -389,8 +389,8 @@ impl LeaseStore {
             .expression_attribute_values(":ps", n(at.sub_sequence_number()))
             .send()
             .await
-            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
-        Ok(next)
+            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))
+            .map(|_| next)
     }
 
     /// Records a finished shard's children (fenced like a checkpoint). Returns the new counter.
@@ -410,8 +410,8 @@ impl LeaseStore {
             .expression_attribute_values(":ch", AttributeValue::Ss(children.to_vec()))
             .send()
             .await
-            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
-        Ok(next)
+            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))
+            .map(|_| next)
     }
 
     /// Deletes a finished lease (checkpoint SHARD_END); `Ok(false)` if it was not finished.

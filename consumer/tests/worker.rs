@@ -35,6 +35,18 @@ enum Event {
 struct Sink(Arc<Mutex<Vec<Event>>>);
 
 impl Sink {
+    /// Notes every record of a batch.
+    fn record(&self, batch: &RecordBatch) {
+        let mut v = self.0.lock().unwrap();
+        for r in &batch.records {
+            v.push(Event::Record {
+                shard: batch.shard_id.to_string(),
+                data: String::from_utf8(r.data.to_vec()).unwrap(),
+                at: r.checkpoint(),
+            });
+        }
+    }
+
     fn data(&self) -> Vec<String> {
         self.0
             .lock()
@@ -61,16 +73,7 @@ impl ShardProcessor for Collect {
         batch: RecordBatch,
         cp: &mut Checkpointer,
     ) -> Result<(), ProcessorError> {
-        {
-            let mut v = self.sink.0.lock().unwrap();
-            for r in &batch.records {
-                v.push(Event::Record {
-                    shard: batch.shard_id.to_string(),
-                    data: String::from_utf8(r.data.to_vec()).unwrap(),
-                    at: r.checkpoint(),
-                });
-            }
-        }
+        self.sink.record(&batch);
         cp.checkpoint().await?;
         Ok(())
     }
@@ -409,16 +412,7 @@ impl ShardProcessor for Flaky {
             2 => return Err("transient failure".into()),
             _ => {}
         }
-        {
-            let mut v = self.sink.0.lock().unwrap();
-            for r in &batch.records {
-                v.push(Event::Record {
-                    shard: batch.shard_id.to_string(),
-                    data: String::from_utf8(r.data.to_vec()).unwrap(),
-                    at: r.checkpoint(),
-                });
-            }
-        }
+        self.sink.record(&batch);
         cp.checkpoint().await?;
         Ok(())
     }
@@ -677,16 +671,7 @@ impl ShardProcessor for Stuck {
     ) -> Result<(), ProcessorError> {
         // Each batch needs a permit: none are given until the test releases the gate.
         self.gate.acquire().await?.forget();
-        {
-            let mut v = self.sink.0.lock().unwrap();
-            for r in &batch.records {
-                v.push(Event::Record {
-                    shard: batch.shard_id.to_string(),
-                    data: String::from_utf8(r.data.to_vec()).unwrap(),
-                    at: r.checkpoint(),
-                });
-            }
-        }
+        self.sink.record(&batch);
         cp.checkpoint().await?;
         Ok(())
     }
