@@ -86,22 +86,10 @@ impl Local {
     }
 
     fn kinesis_with_input(&self, args: &[&str], input: &str) -> Output {
-        use std::io::Write as _;
         let mut c = Command::new(env!("CARGO_BIN_EXE_kinesis"));
         self.env(&mut c);
-        let mut child = c
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let input = input.to_owned();
-        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-        let out = child.wait_with_output().unwrap();
-        writer.join().unwrap().unwrap();
-        out
+        c.args(args);
+        kinesis_testkit::run_with_stdin(c, input)
     }
 
     fn aws(&self, args: &[&str]) -> Value {

@@ -255,3 +255,26 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Runs `cmd` with `input` on its stdin (written from another thread, so a large input cannot
+/// deadlock against a full stdout pipe) and collects its output.
+///
+/// # Panics
+/// When the command cannot be started.
+#[allow(clippy::expect_used)] // test harness
+pub fn run_with_stdin(mut cmd: std::process::Command, input: &str) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("command output");
+    let _ = writer.join();
+    out
+}
