@@ -2,11 +2,11 @@
 //! checkpointing only what the stream acknowledged.
 //!
 //! ```text
-//!   Tailer (per flow) ─ lines ─► Producer::send (waits when full: reading pauses)
-//!                                     │ receipts
-//!                                     ▼
-//!   acker: per file, in order, the offset below which every line is acknowledged ─► checkpoint
-//!          (a failed record is sent again: nothing is dropped)          file (atomic, versioned)
+//!   Tailer (per flow) ─ chunk of lines (one file) ─► Producer::send_batch (waits when full:
+//!                                                     │ one receipt per chunk   reading pauses)
+//!                                                     ▼
+//!   acker: per file, in order, the offset below which every chunk is acknowledged ─► checkpoint
+//!          (failed records are sent again: nothing is dropped)         file (atomic, versioned)
 //! ```
 //!
 //! At-least-once: after a crash, lines after the last checkpoint are read and sent again.
@@ -28,14 +28,14 @@ use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use kinesis_core::sdk::AwsOptions;
 use kinesis_core::{PartitionKey, UserRecord};
-use kinesis_producer::{Producer, ProducerConfig, ReceiptError};
+use kinesis_producer::{BatchReceipt, Producer, ProducerConfig};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::checkpoint::{Checkpoints, FileCheckpoint};
 use crate::config::{AgentConfig, Flow, PartitionKeyRule};
-use crate::tail::{Line, Tailer};
+use crate::tail::{Chunk, Tailer};
 
 /// Running the agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ pub enum AgentError {
     },
 }
 
-/// One line in flight: which file, its order within the file, and where it ends.
+/// One chunk in flight: which file, its order within the file, and where it ends.
 struct Sent {
     fingerprint: Arc<str>,
     path: Arc<Path>,
@@ -134,15 +134,74 @@ fn partition_key(rule: &PartitionKeyRule, data: &[u8]) -> PartitionKey {
 }
 
 /// Cuts a record to the size limit (data + key), ending it with the terminator.
-fn fit(mut data: Vec<u8>, key: &PartitionKey, flow: &Flow) -> Vec<u8> {
+fn fit(data: Bytes, key: &PartitionKey, flow: &Flow) -> Bytes {
     let limit = flow.max_record_bytes.saturating_sub(key.len_bytes());
-    if data.len() > limit {
-        let term = flow.truncated_record_terminator.as_bytes();
-        data.truncate(limit.saturating_sub(term.len()));
-        data.extend_from_slice(term);
-        metrics::counter!("agent_records_truncated_total").increment(1);
+    if data.len() <= limit {
+        return data;
     }
-    data
+    let term = flow.truncated_record_terminator.as_bytes();
+    let keep = limit.saturating_sub(term.len());
+    let mut cut = Vec::with_capacity(keep + term.len());
+    cut.extend_from_slice(&data[..keep]);
+    cut.extend_from_slice(term);
+    metrics::counter!("agent_records_truncated_total").increment(1);
+    Bytes::from(cut)
+}
+
+/// Cuts a chunk's records into batches of at most an eighth of the producer's buffer each, so
+/// that several are in flight and none is too large to be taken; each with the offset after
+/// its last record.
+fn batches(
+    records: Vec<UserRecord>,
+    ends: &[u64],
+    cfg: &ProducerConfig,
+) -> Vec<(Vec<UserRecord>, u64)> {
+    let budget = cfg.max_buffered_bytes / 8;
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let (mut cost, mut batch_end) = (0, 0);
+    for (record, &end) in records.into_iter().zip(ends) {
+        let c = record.size_bytes() + kinesis_producer::BATCH_RECORD_OVERHEAD_BYTES;
+        if !batch.is_empty() && cost + c > budget {
+            out.push((std::mem::take(&mut batch), batch_end));
+            cost = 0;
+        }
+        cost += c;
+        batch.push(record);
+        batch_end = end;
+    }
+    if !batch.is_empty() {
+        out.push((batch, batch_end));
+    }
+    out
+}
+
+/// Turns a chunk's lines into records: processors, partition key, size limit. With RANDOM
+/// keys, the chunk shares one random key: it lands on one shard as one aggregate, and chunks
+/// spread over the shards as evenly as per-line keys would.
+fn records_of(lines: Vec<Bytes>, flow: &Flow) -> Vec<UserRecord> {
+    let chunk_key = matches!(flow.partition_key, PartitionKeyRule::Random)
+        .then(|| partition_key(&flow.partition_key, &[]));
+    lines
+        .into_iter()
+        .map(|line| {
+            let data = if flow.processors.is_empty() {
+                line
+            } else {
+                Bytes::from(
+                    flow.processors
+                        .iter()
+                        .fold(Vec::from(line), |d, p| p.apply(d)),
+                )
+            };
+            let key = match &chunk_key {
+                Some(k) => k.clone(),
+                None => partition_key(&flow.partition_key, &data),
+            };
+            let data = fit(data, &key, flow);
+            UserRecord::new(key, None, data)
+        })
+        .collect()
 }
 
 /// Runs the agent until `shutdown` resolves, then stops reading, waits up to `drain` for what
@@ -179,8 +238,7 @@ pub async fn run_with_client(
         None => None,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (ack_tx, mut ack_rx) =
-        mpsc::channel::<(Sent, kinesis_producer::PutReceipt, Producer)>(10_000);
+    let (ack_tx, mut ack_rx) = mpsc::channel::<(Sent, BatchReceipt, Producer)>(1_000);
     let mut tailers = Vec::new();
     let mut producers = Vec::new();
     for flow in &cfg.flows {
@@ -190,7 +248,7 @@ pub async fn run_with_client(
             // The agent resends failed records itself; a long TTL keeps retries in the producer.
             record_ttl: Duration::from_secs(300),
             // Lines are on disk already: a small buffer is enough to keep the stream busy, and
-            // keeps the agent's memory low (each buffered line also holds an acknowledgement).
+            // keeps the agent's memory low.
             max_buffered_bytes: 12 * 1024 * 1024,
             ..ProducerConfig::default()
         };
@@ -230,23 +288,12 @@ pub async fn run_with_client(
                     Some((sent, receipt, producer)) => pending.push(settle(sent, receipt, producer)),
                     None => intake_open = false,
                 },
-                Some((sent, outcome, producer)) = pending.next(), if !pending.is_empty() => match outcome {
-                    Ok(_) => {
+                Some((sent, delivered)) = pending.next(), if !pending.is_empty() => {
+                    if delivered {
                         acks.delivered(&sent, &ack_checkpoints);
-                        metrics::counter!("agent_records_delivered_total").increment(1);
                         dirty = true;
                     }
-                    Err(ReceiptError::Failed(e)) => {
-                        metrics::counter!("agent_errors_total", "kind" => "put").increment(1);
-                        // Never drop a line: send it again (the producer waits out backoff).
-                        warn!(message = "Record not delivered; sending it again.", path = %sent.path.display(), error = %e.reason);
-                        match producer.send(e.record).await {
-                            Ok(r) => pending.push(settle(sent, r, producer)),
-                            Err(e) => warn!(message = "Producer closed; the line will be re-read after restart.", error = %e),
-                        }
-                    }
-                    Err(e) => warn!(message = "Receipt lost; the line will be re-read after restart.", error = %e),
-                },
+                }
                 _ = save.tick() => {
                     if dirty {
                         let snapshot = ack_checkpoints.lock().map(|c| c.clone()).unwrap_or_default();
@@ -297,25 +344,55 @@ pub async fn run_with_client(
     Ok(())
 }
 
-type Settled = (
-    Sent,
-    Result<kinesis_producer::Delivered, ReceiptError>,
-    Producer,
-);
-
+/// Waits until every record of a chunk is delivered, sending failed ones again (never dropping
+/// a line); `false` if the producer closed or lost them (the lines are read again after a
+/// restart, as the checkpoint does not pass them).
 fn settle(
     sent: Sent,
-    receipt: kinesis_producer::PutReceipt,
+    mut receipt: BatchReceipt,
     producer: Producer,
-) -> std::pin::Pin<Box<dyn Future<Output = Settled> + Send>> {
-    Box::pin(async move { (sent, receipt.await, producer) })
+) -> std::pin::Pin<Box<dyn Future<Output = (Sent, bool)> + Send>> {
+    Box::pin(async move {
+        // Failed records already waited out the producer's retries (record TTL); when the
+        // stream rejects them outright, wait before trying again: 1 s, doubling, at most 60 s.
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let outcome = match receipt.await {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(message = "Receipt lost; the lines will be read again after restart.", error = %e);
+                    return (sent, false);
+                }
+            };
+            metrics::counter!("agent_records_delivered_total").increment(outcome.delivered as u64);
+            let Some(first) = outcome.failed.first() else {
+                return (sent, true);
+            };
+            metrics::counter!("agent_errors_total", "kind" => "put")
+                .increment(outcome.failed.len() as u64);
+            warn!(message = "Records not delivered; sending them again.", path = %sent.path.display(), records = outcome.failed.len(), error = %first.error.reason);
+            if !first.error.is_retryable() {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+            let again: Vec<UserRecord> =
+                outcome.failed.into_iter().map(|f| f.error.record).collect();
+            match producer.send_batch(again).await {
+                Ok(r) => receipt = r,
+                Err(e) => {
+                    warn!(message = "Producer closed; the lines will be read again after restart.", error = %e);
+                    return (sent, false);
+                }
+            }
+        }
+    })
 }
 
 async fn tail_flow(
     flow: Flow,
     producer: Producer,
     checkpoints: Arc<Mutex<Checkpoints>>,
-    acks: mpsc::Sender<(Sent, kinesis_producer::PutReceipt, Producer)>,
+    acks: mpsc::Sender<(Sent, BatchReceipt, Producer)>,
     mut stop: watch::Receiver<bool>,
     poll: Duration,
 ) {
@@ -349,24 +426,34 @@ async fn tail_flow(
             }
             next_scan = now + Duration::from_secs(1).max(poll);
         }
-        let lines: Vec<Line> = tailer.read(256 * 1024, now);
-        let idle = lines.is_empty();
-        for line in lines {
-            let processed = flow.processors.iter().fold(line.data, |d, p| p.apply(d));
-            let key = partition_key(&flow.partition_key, &processed);
-            let data = fit(processed, &key, &flow);
-            metrics::counter!("agent_lines_read_total").increment(1);
-            let seq = seqs.entry(Arc::clone(&line.fingerprint)).or_insert(0);
+        let chunks: Vec<Chunk> = tailer.read(256 * 1024, now);
+        let idle = chunks.is_empty();
+        let parts = chunks.into_iter().flat_map(|c| {
+            let records = records_of(c.records, &flow);
+            batches(records, &c.ends, producer.config())
+                .into_iter()
+                .map(move |(records, end)| {
+                    (
+                        Arc::clone(&c.fingerprint),
+                        Arc::clone(&c.path),
+                        records,
+                        end,
+                    )
+                })
+        });
+        for (fingerprint, path, records, end_offset) in parts {
+            let seq = seqs.entry(Arc::clone(&fingerprint)).or_insert(0);
             let sent = Sent {
-                fingerprint: line.fingerprint,
-                path: line.path,
+                fingerprint,
+                path,
                 seq: *seq,
-                end_offset: line.end_offset,
+                end_offset,
             };
             *seq += 1;
+            metrics::counter!("agent_lines_read_total").increment(records.len() as u64);
             // Waits while the producer's buffer is full: reading pauses (backpressure).
             let receipt = tokio::select! {
-                r = producer.send(UserRecord::new(key, None, Bytes::from(data))) => r,
+                r = producer.send_batch(records) => r,
                 _ = stop.changed() => return,
             };
             match receipt {
@@ -376,7 +463,7 @@ async fn tail_flow(
                     }
                 }
                 Err(e) => {
-                    warn!(message = "Line refused by the producer; it stays unacknowledged.", error = %e);
+                    warn!(message = "Lines refused by the producer; they stay unacknowledged.", error = %e);
                     return;
                 }
             }

@@ -3,7 +3,7 @@
 //! ```text
 //!   glob (incl. **) ─► fingerprint = CRC32 of the first line ─► known? keep offset (rename)
 //!                                                           └─► new? checkpoint or initial position
-//!   per file, fairly: pread from offset ─► split lines ─► (multi-line join) ─► Line{fingerprint, end}
+//!   per file, fairly: pread from offset ─► split lines ─► (multi-line join) ─► Chunk{records, end}
 //!   size < offset ─► truncated in place: start again at 0
 //!   path gone / now another file ─► keep the open handle, read to EOF (rotation, deletion)
 //! ```
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::checkpoint::Checkpoints;
@@ -27,17 +28,33 @@ use crate::config::{Flow, InitialPosition};
 /// fingerprinted by those bytes.
 const FINGERPRINT_BYTES: usize = 8 * 1024;
 
-/// A record read from a file.
+/// The records read from one file in one go, in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
+pub struct Chunk {
     /// The file's fingerprint.
     pub fingerprint: Arc<str>,
     /// The file's path when read.
     pub path: Arc<Path>,
-    /// Offset just after the record (its newline included): the checkpoint once delivered.
-    pub end_offset: u64,
-    /// The record (without its final newline).
-    pub data: Vec<u8>,
+    /// The records, without their final newline (and `\r`). A line read whole is a slice of
+    /// the read buffer, not a copy.
+    pub records: Vec<Bytes>,
+    /// For each record, the offset just after it (its newline included): the checkpoint once
+    /// it and every record before it are delivered.
+    pub ends: Vec<u64>,
+}
+
+/// Records of one file being collected by a read.
+#[derive(Default)]
+struct Out {
+    records: Vec<Bytes>,
+    ends: Vec<u64>,
+}
+
+impl Out {
+    fn push(&mut self, record: Bytes, end: u64) {
+        self.records.push(record);
+        self.ends.push(end);
+    }
 }
 
 struct Watched {
@@ -189,10 +206,10 @@ impl Tailer {
         self.first_scan = false;
     }
 
-    /// Reads up to `max_bytes` from each file (fairly, round robin); returns complete records.
-    /// Files gone from the glob and read to their end are forgotten.
-    pub fn read(&mut self, max_bytes: usize, now: Instant) -> Vec<Line> {
-        let mut out = Vec::new();
+    /// Reads up to `max_bytes` from each file (fairly, round robin); returns the complete
+    /// records, a chunk per file. Files gone from the glob and read to their end are forgotten.
+    pub fn read(&mut self, max_bytes: usize, now: Instant) -> Vec<Chunk> {
+        let mut chunks = Vec::new();
         let timeout = self.flow.partial_line_timeout;
         let mut finished = Vec::new();
         for w in self.files.values_mut() {
@@ -236,12 +253,20 @@ impl Tailer {
             buf.truncate(n);
             let read_start = w.offset;
             w.offset += n as u64;
-            split(w, &buf, read_start, &self.start_pattern, now, &mut out);
+            let mut out = Out::default();
+            split(
+                w,
+                &Bytes::from(buf),
+                read_start,
+                &self.start_pattern,
+                now,
+                &mut out,
+            );
             // A partial last line, or a multi-line record, that waited long enough goes as is.
             if w.partial_since
                 .is_some_and(|t| now.duration_since(t) >= timeout)
             {
-                let data = std::mem::take(&mut w.partial);
+                let data = Bytes::from(std::mem::take(&mut w.partial));
                 w.partial_since = None;
                 push_record(w, data, w.offset, &self.start_pattern, now, &mut out);
             }
@@ -250,6 +275,14 @@ impl Tailer {
             {
                 flush_multi(w, &mut out);
             }
+            if !out.records.is_empty() {
+                chunks.push(Chunk {
+                    fingerprint: Arc::clone(&w.fingerprint),
+                    path: Arc::clone(&w.path),
+                    records: out.records,
+                    ends: out.ends,
+                });
+            }
             if n == 0 && !w.present && w.partial.is_empty() && w.multi.is_empty() {
                 finished.push(Arc::clone(&w.fingerprint));
             }
@@ -257,27 +290,32 @@ impl Tailer {
         for fp in finished {
             self.files.remove(&fp);
         }
-        out
+        chunks
     }
 }
 
 /// Splits bytes read at `start` into lines, keeping a partial tail.
 fn split(
     w: &mut Watched,
-    buf: &[u8],
+    buf: &Bytes,
     start: u64,
     pat: &Option<regex::bytes::Regex>,
     now: Instant,
-    out: &mut Vec<Line>,
+    out: &mut Out,
 ) {
     let mut pos = 0;
-    while let Some(i) = buf[pos..].iter().position(|b| *b == b'\n') {
-        let end = pos + i;
-        let mut line = std::mem::take(&mut w.partial);
+    for end in memchr::memchr_iter(b'\n', buf) {
+        let mut line = if w.partial.is_empty() {
+            buf.slice(pos..end)
+        } else {
+            // The line began in an earlier read: the one copy.
+            let mut joined = std::mem::take(&mut w.partial);
+            joined.extend_from_slice(&buf[pos..end]);
+            Bytes::from(joined)
+        };
         w.partial_since = None;
-        line.extend_from_slice(&buf[pos..end]);
         if line.last() == Some(&b'\r') {
-            line.pop();
+            line.truncate(line.len() - 1);
         }
         let end_offset = start + end as u64 + 1;
         pos = end + 1;
@@ -295,19 +333,14 @@ fn split(
 
 fn push_record(
     w: &mut Watched,
-    line: Vec<u8>,
+    line: Bytes,
     end_offset: u64,
     pat: &Option<regex::bytes::Regex>,
     now: Instant,
-    out: &mut Vec<Line>,
+    out: &mut Out,
 ) {
     match pat {
-        None => out.push(Line {
-            fingerprint: Arc::clone(&w.fingerprint),
-            path: Arc::clone(&w.path),
-            end_offset,
-            data: line,
-        }),
+        None => out.push(line, end_offset),
         Some(p) => {
             if p.find(&line).is_some_and(|m| m.start() == 0) && !w.multi.is_empty() {
                 flush_multi(w, out);
@@ -322,16 +355,11 @@ fn push_record(
     }
 }
 
-fn flush_multi(w: &mut Watched, out: &mut Vec<Line>) {
+fn flush_multi(w: &mut Watched, out: &mut Out) {
     if w.multi.is_empty() {
         return;
     }
-    out.push(Line {
-        fingerprint: Arc::clone(&w.fingerprint),
-        path: Arc::clone(&w.path),
-        end_offset: w.multi_end,
-        data: std::mem::take(&mut w.multi),
-    });
+    out.push(Bytes::from(std::mem::take(&mut w.multi)), w.multi_end);
     w.multi_since = None;
 }
 

@@ -167,6 +167,10 @@ impl ProducerConfig {
 /// throughput bench's stalled-endpoint run (peak RSS ÷ records held, minus the data).
 pub const RECORD_OVERHEAD_BYTES: usize = 640;
 
+/// Bookkeeping bytes counted per record of a batch given to `send_batch` (no receipt channel of
+/// its own), measured the same way with a stalled endpoint.
+pub const BATCH_RECORD_OVERHEAD_BYTES: usize = 256;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,7 +37,7 @@ use crate::api::{EntryResult, KinesisApi};
 use crate::config::ProducerConfig;
 use crate::error::{FailureReason, PutError};
 use crate::limiter::ShardLimiter;
-use crate::receipt::{Delivered, Outcome};
+use crate::receipt::{BatchFailure, BatchOutcome, Delivered, Outcome};
 use crate::stats::Stats;
 
 const TICK: Duration = Duration::from_millis(5);
@@ -49,12 +49,48 @@ const WRONG_SHARD: &str =
 pub(crate) struct Pending {
     pub(crate) record: UserRecord,
     pub(crate) hash: HashKey,
-    pub(crate) reply: oneshot::Sender<Outcome>,
-    pub(crate) permit: OwnedSemaphorePermit,
+    pub(crate) reply: Reply,
+    /// Its buffer space (`None` for a batch member: the batch holds the space of all).
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
     pub(crate) arrived: Instant,
     pub(crate) attempts: u32,
     pub(crate) last_error: Option<Arc<str>>,
     pub(crate) epoch: u64,
+}
+
+/// Who learns a record's fate.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Its own receipt (`send`, `try_send`).
+    One(oneshot::Sender<Outcome>),
+    /// A member of a batch (`send_batch`): the batch's receipt, at `index`.
+    Batch { id: u64, index: usize },
+}
+
+/// What the handle hands the driver.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    One(Box<Pending>),
+    Batch(BatchIn),
+}
+
+/// A batch from `send_batch`: records with their hash keys, one receipt and one permit.
+#[derive(Debug)]
+pub(crate) struct BatchIn {
+    pub(crate) records: Vec<(UserRecord, HashKey)>,
+    pub(crate) arrived: Instant,
+    pub(crate) reply: oneshot::Sender<BatchOutcome>,
+    pub(crate) permit: OwnedSemaphorePermit,
+}
+
+/// A batch with members not yet settled.
+struct OpenBatch {
+    remaining: usize,
+    delivered: usize,
+    failed: Vec<BatchFailure>,
+    reply: oneshot::Sender<BatchOutcome>,
+    /// Released when the last member settles.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// What the handle asks of the driver.
@@ -190,6 +226,9 @@ pub(crate) struct Driver {
     shutdown: Option<(Instant, oneshot::Sender<ShutdownReport>)>,
     /// Shards with ready records waiting for tokens, a request slot or the collector.
     waiting: Vec<ShardKey>,
+    /// Batches from `send_batch` with members not yet settled.
+    open_batches: HashMap<u64, OpenBatch>,
+    next_batch: u64,
 }
 
 /// Polls an optional future; pending forever when there is none.
@@ -242,6 +281,8 @@ impl Driver {
             flush_waiters: Vec::new(),
             shutdown: None,
             waiting: Vec::new(),
+            open_batches: HashMap::new(),
+            next_batch: 0,
         }
     }
 
@@ -254,7 +295,7 @@ impl Driver {
 
     pub(crate) async fn run(
         mut self,
-        mut records: mpsc::UnboundedReceiver<Box<Pending>>,
+        mut records: mpsc::UnboundedReceiver<Incoming>,
         mut control: mpsc::UnboundedReceiver<Command>,
     ) {
         let mut tick = tokio::time::interval(TICK);
@@ -272,23 +313,23 @@ impl Driver {
                     // flush or shutdown covers them.
                     let now = Instant::now();
                     while let Ok(p) = records.try_recv() {
-                        self.accept(*p, now);
-                        self.stats.received.fetch_add(1, Ordering::Relaxed);
+                        let n = self.admit(p, now);
+                        self.stats.received.fetch_add(n, Ordering::Relaxed);
                     }
                     self.command(cmd);
                 }
                 p = records.recv() => match p {
                     Some(p) => {
                         let now = Instant::now();
-                        self.accept(*p, now);
+                        let mut n = self.admit(p, now);
                         // Take what else is queued before anything else: bigger batches.
-                        let mut n = 1;
-                        while n < 4096 {
+                        let mut messages = 1;
+                        while messages < 4096 {
                             match records.try_recv() {
-                                Ok(p) => self.accept(*p, now),
+                                Ok(p) => n += self.admit(p, now),
                                 Err(_) => break,
                             }
-                            n += 1;
+                            messages += 1;
                         }
                         self.stats.received.fetch_add(n, Ordering::Relaxed);
                         metrics::counter!("UserRecordsReceived").increment(n);
@@ -330,10 +371,81 @@ impl Driver {
         }
     }
 
-    fn accept(&mut self, mut p: Pending, now: Instant) {
-        p.epoch = self.epoch;
-        self.current += 1;
-        self.enqueue(p, now);
+    /// Takes what the handle sent into the shards' buffers; returns how many user records.
+    fn admit(&mut self, incoming: Incoming, now: Instant) -> u64 {
+        self.unpack(incoming, |d, p| d.enqueue(p, now))
+    }
+
+    /// Opens a batch's account and hands each record (stamped with the current epoch) to `f`.
+    fn unpack(&mut self, incoming: Incoming, mut f: impl FnMut(&mut Self, Pending)) -> u64 {
+        match incoming {
+            Incoming::One(p) => {
+                let mut p = *p;
+                p.epoch = self.epoch;
+                self.current += 1;
+                f(self, p);
+                1
+            }
+            Incoming::Batch(b) => {
+                let n = b.records.len();
+                if n == 0 {
+                    let _ = b.reply.send(BatchOutcome::default());
+                    return 0;
+                }
+                let id = self.next_batch;
+                self.next_batch += 1;
+                self.open_batches.insert(
+                    id,
+                    OpenBatch {
+                        remaining: n,
+                        delivered: 0,
+                        failed: Vec::new(),
+                        reply: b.reply,
+                        _permit: b.permit,
+                    },
+                );
+                self.current += n;
+                let epoch = self.epoch;
+                for (index, (record, hash)) in b.records.into_iter().enumerate() {
+                    f(
+                        self,
+                        Pending {
+                            record,
+                            hash,
+                            reply: Reply::Batch { id, index },
+                            permit: None,
+                            arrived: b.arrived,
+                            attempts: 0,
+                            last_error: None,
+                            epoch,
+                        },
+                    );
+                }
+                n as u64
+            }
+        }
+    }
+
+    /// One member of batch `id` is settled; the batch's receipt resolves with its last one.
+    fn batch_settled(&mut self, id: u64, failure: Option<BatchFailure>) {
+        let Some(b) = self.open_batches.get_mut(&id) else {
+            return;
+        };
+        b.remaining -= 1;
+        match failure {
+            None => b.delivered += 1,
+            Some(f) => b.failed.push(f),
+        }
+        if b.remaining == 0
+            && let Some(b) = self.open_batches.remove(&id)
+        {
+            let mut failed = b.failed;
+            failed.sort_unstable_by_key(|f| f.index);
+            let _ = b.reply.send(BatchOutcome {
+                delivered: b.delivered,
+                failed,
+            });
+        }
     }
 
     fn command(&mut self, cmd: Command) {
@@ -726,6 +838,8 @@ impl Driver {
 
     fn deliver(&mut self, shard: &ShardId, seq: &SequenceNumber, members: Vec<(u64, Pending)>) {
         let n = members.len() as u64;
+        // Counted before any receipt resolves: a caller who saw its receipts sees the counts.
+        self.stats.delivered.fetch_add(n, Ordering::Relaxed);
         let mut permits: Option<OwnedSemaphorePermit> = None;
         let mut first_try = 0;
         for (sub, m) in members {
@@ -735,20 +849,25 @@ impl Driver {
             } else {
                 metrics::histogram!("RetriesPerRecord").record(f64::from(m.attempts - 1));
             }
-            let _ = m.reply.send(Ok(Delivered {
-                shard_id: shard.clone(),
-                sequence_number: seq.clone(),
-                sub_sequence_number: sub,
-                attempts: m.attempts,
-            }));
+            match m.reply {
+                Reply::One(tx) => {
+                    let _ = tx.send(Ok(Delivered {
+                        shard_id: shard.clone(),
+                        sequence_number: seq.clone(),
+                        sub_sequence_number: sub,
+                        attempts: m.attempts,
+                    }));
+                }
+                Reply::Batch { id, .. } => self.batch_settled(id, None),
+            }
             // One release for the whole batch instead of one per record.
-            match permits.as_mut() {
-                Some(p) => p.merge(m.permit),
-                None => permits = Some(m.permit),
+            match (permits.as_mut(), m.permit) {
+                (Some(p), Some(mp)) => p.merge(mp),
+                (None, mp) => permits = mp,
+                (Some(_), None) => {}
             }
         }
         metrics::histogram!("RetriesPerRecord").record_many(0.0, first_try);
-        self.stats.delivered.fetch_add(n, Ordering::Relaxed);
         metrics::counter!("UserRecordsPut").increment(n);
     }
 
@@ -917,11 +1036,19 @@ impl Driver {
     fn fail(&mut self, m: Pending, reason: FailureReason) {
         self.settle_epoch(m.epoch);
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        let _ = m.reply.send(Err(Box::new(PutError {
+        let error = PutError {
             reason,
             attempts: m.attempts,
             record: m.record,
-        })));
+        };
+        match m.reply {
+            Reply::One(tx) => {
+                let _ = tx.send(Err(Box::new(error)));
+            }
+            Reply::Batch { id, index } => {
+                self.batch_settled(id, Some(BatchFailure { index, error }));
+            }
+        }
     }
 
     fn settle_epoch(&mut self, epoch: u64) {
@@ -1026,19 +1153,18 @@ impl Driver {
     /// call with `Unknown`. Returns both lists of records.
     fn abandon(
         &mut self,
-        records: &mut mpsc::UnboundedReceiver<Box<Pending>>,
+        records: &mut mpsc::UnboundedReceiver<Incoming>,
         why: &str,
     ) -> (Vec<UserRecord>, Vec<UserRecord>) {
         // Nothing new can arrive after this; what is queued is settled with the rest.
         records.close();
         let now = Instant::now();
         while let Ok(p) = records.try_recv() {
-            let mut p = *p;
-            p.epoch = self.epoch;
-            self.current += 1;
-            self.stats.received.fetch_add(1, Ordering::Relaxed);
-            let key = self.shard_key(p.hash);
-            self.state(&key, now).members.push(p);
+            let n = self.unpack(p, |d, p| {
+                let key = d.shard_key(p.hash);
+                d.state(&key, now).members.push(p);
+            });
+            self.stats.received.fetch_add(n, Ordering::Relaxed);
         }
         let mut unsent: Vec<Pending> = Vec::new();
         for st in self.shards.values_mut() {
@@ -1088,10 +1214,7 @@ impl Driver {
         (undelivered, in_flight)
     }
 
-    fn finish_shutdown_if_due(
-        &mut self,
-        records: &mut mpsc::UnboundedReceiver<Box<Pending>>,
-    ) -> bool {
+    fn finish_shutdown_if_due(&mut self, records: &mut mpsc::UnboundedReceiver<Incoming>) -> bool {
         let Some((deadline, _)) = &self.shutdown else {
             return false;
         };

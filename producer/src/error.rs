@@ -47,6 +47,27 @@ pub enum SendError {
     /// The producer was shut down or dropped.
     #[error("producer is shut down")]
     Closed,
+    /// A batch needs more buffer space than `max_buffered_bytes`: it could never be taken.
+    /// Send it in smaller parts.
+    #[error("batch needs {needed} bytes of buffer; max_buffered_bytes is {capacity}")]
+    BatchTooLarge {
+        /// Buffer bytes the batch needs (data, keys and bookkeeping).
+        needed: usize,
+        /// The configured `max_buffered_bytes`.
+        capacity: usize,
+    },
+}
+
+/// Why `send_batch` did not take a batch: nothing was enqueued and every record is handed back.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{reason}", index.map(|i| format!("record {i} of the batch: ")).unwrap_or_default())]
+pub struct SendBatchError {
+    /// Why.
+    pub reason: SendError,
+    /// The record at fault, when one is (`RecordTooLarge`).
+    pub index: Option<usize>,
+    /// The batch, untouched.
+    pub records: Vec<UserRecord>,
 }
 
 /// Why `try_send` did not take a record; the record is handed back.

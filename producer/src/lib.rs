@@ -45,9 +45,13 @@ mod producer;
 mod receipt;
 mod stats;
 
-pub use config::{ConfigError, ProducerConfig, RECORD_OVERHEAD_BYTES};
+pub use config::{BATCH_RECORD_OVERHEAD_BYTES, ConfigError, ProducerConfig, RECORD_OVERHEAD_BYTES};
 pub use driver::ShutdownReport;
-pub use error::{BuildError, FailureReason, PutError, SendError, TrySendError, TrySendErrorKind};
+pub use error::{
+    BuildError, FailureReason, PutError, SendBatchError, SendError, TrySendError, TrySendErrorKind,
+};
 pub use producer::{Producer, ProducerBuilder};
-pub use receipt::{Delivered, PutReceipt, ReceiptError};
+pub use receipt::{
+    BatchFailure, BatchLost, BatchOutcome, BatchReceipt, Delivered, PutReceipt, ReceiptError,
+};
 pub use stats::ProducerStats;

@@ -10,10 +10,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::api::KinesisApi;
-use crate::config::{ProducerConfig, RECORD_OVERHEAD_BYTES};
-use crate::driver::{Command, Driver, Pending, ShutdownReport};
-use crate::error::{BuildError, SendError, TrySendError, TrySendErrorKind};
-use crate::receipt::PutReceipt;
+use crate::config::{BATCH_RECORD_OVERHEAD_BYTES, ProducerConfig, RECORD_OVERHEAD_BYTES};
+use crate::driver::{BatchIn, Command, Driver, Incoming, Pending, Reply, ShutdownReport};
+use crate::error::{BuildError, SendBatchError, SendError, TrySendError, TrySendErrorKind};
+use crate::receipt::{BatchOutcome, BatchReceipt, PutReceipt};
 use crate::stats::{ProducerStats, Stats};
 
 /// Builds a [`Producer`]: `Producer::builder(client, "stream").config(cfg).build().await`.
@@ -86,7 +86,7 @@ pub struct Producer {
 
 #[derive(Debug)]
 struct Inner {
-    records: mpsc::UnboundedSender<Box<Pending>>,
+    records: mpsc::UnboundedSender<Incoming>,
     control: mpsc::UnboundedSender<Command>,
     permits: Arc<Semaphore>,
     config: Arc<ProducerConfig>,
@@ -137,13 +137,18 @@ impl Producer {
     }
 
     fn cost(&self, record: &UserRecord) -> Result<u32, SendError> {
+        let size = self.checked_size(record)?;
+        // validate() keeps max_buffered_bytes below 4 GiB, so this fits.
+        Ok(u32::try_from(size + RECORD_OVERHEAD_BYTES).unwrap_or(u32::MAX))
+    }
+
+    fn checked_size(&self, record: &UserRecord) -> Result<usize, SendError> {
         let size = record.size_bytes();
         let limit = self.inner.config.max_record_bytes;
         if size > limit {
             return Err(SendError::RecordTooLarge { size, limit });
         }
-        // validate() keeps max_buffered_bytes below 4 GiB, so this fits.
-        Ok(u32::try_from(size + RECORD_OVERHEAD_BYTES).unwrap_or(u32::MAX))
+        Ok(size)
     }
 
     /// Hands a record to the producer, waiting while the buffer is full (backpressure). The
@@ -204,16 +209,128 @@ impl Producer {
         let pending = Pending {
             record,
             hash,
-            reply,
-            permit,
+            reply: Reply::One(reply),
+            permit: Some(permit),
             arrived: Instant::now(),
             attempts: 0,
             last_error: None,
             epoch: 0,
         };
-        match self.inner.records.send(Box::new(pending)) {
+        match self.inner.records.send(Incoming::One(Box::new(pending))) {
             Ok(()) => Ok(PutReceipt::new(rx)),
-            Err(mpsc::error::SendError(p)) => Err(p.record),
+            Err(mpsc::error::SendError(Incoming::One(p))) => Err(p.record),
+            // Proven invariant: the channel hands back what was sent.
+            Err(mpsc::error::SendError(Incoming::Batch(_))) => {
+                unreachable!("a single record was sent")
+            }
+        }
+    }
+
+    /// Hands many records to the producer at once, waiting while the buffer has no room for
+    /// all of them (backpressure). One receipt answers for the whole batch: how many were
+    /// delivered, and each failed record with its index and error (the record comes back).
+    ///
+    /// This is the fast path for callers with many records at hand (a log shipper reading a
+    /// file): one wake-up, one buffer reservation and one answer per batch instead of per
+    /// record, and the partition key is hashed once for a run of records that share it. The
+    /// records are aggregated and routed exactly as with [`send`](Self::send); sequence
+    /// numbers are not reported per record (use `send` when you need them). Buffer space is
+    /// released when the whole batch is settled.
+    ///
+    /// A record over `max_record_bytes`, or a batch that needs more than `max_buffered_bytes`
+    /// (data, keys and [`BATCH_RECORD_OVERHEAD_BYTES`] per record), is refused whole and handed
+    /// back.
+    ///
+    /// # Cancellation
+    /// Cancel-safe: if this future is dropped while waiting for buffer space, the records are
+    /// dropped with it and nothing was enqueued.
+    ///
+    /// ```no_run
+    /// # async fn f(producer: kinesis_producer::Producer) -> Result<(), Box<dyn std::error::Error>> {
+    /// use kinesis_core::{PartitionKey, UserRecord};
+    /// let key = PartitionKey::new("host-1")?;
+    /// let batch = (0..1000).map(|i| UserRecord::new(key.clone(), None, format!("line {i}").into())).collect();
+    /// let outcome = producer.send_batch(batch).await?.await?;
+    /// for f in outcome.failed {
+    ///     eprintln!("record {} failed: {}", f.index, f.error);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_batch(
+        &self,
+        records: Vec<UserRecord>,
+    ) -> Result<BatchReceipt, SendBatchError> {
+        let mut needed = 0usize;
+        for (i, r) in records.iter().enumerate() {
+            match self.checked_size(r) {
+                Ok(size) => needed = needed.saturating_add(size + BATCH_RECORD_OVERHEAD_BYTES),
+                Err(reason) => {
+                    return Err(SendBatchError {
+                        reason,
+                        index: Some(i),
+                        records,
+                    });
+                }
+            }
+        }
+        let capacity = self.inner.config.max_buffered_bytes;
+        if needed > capacity {
+            return Err(SendBatchError {
+                reason: SendError::BatchTooLarge { needed, capacity },
+                index: None,
+                records,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        if records.is_empty() {
+            let _ = reply.send(BatchOutcome::default());
+            return Ok(BatchReceipt::new(rx));
+        }
+        // needed <= max_buffered_bytes, which validate() keeps below 4 GiB.
+        let cost = u32::try_from(needed).unwrap_or(u32::MAX);
+        let Ok(permit) = Arc::clone(&self.inner.permits)
+            .acquire_many_owned(cost)
+            .await
+        else {
+            return Err(SendBatchError {
+                reason: SendError::Closed,
+                index: None,
+                records,
+            });
+        };
+        // MD5 here, on the caller's thread, once per run of records with the same key.
+        let mut last: Option<(kinesis_core::PartitionKey, kinesis_core::HashKey)> = None;
+        let records: Vec<_> = records
+            .into_iter()
+            .map(|r| {
+                let hash = match (&r.explicit_hash_key, &last) {
+                    (Some(h), _) => *h,
+                    (None, Some((k, h))) if *k == r.partition_key => *h,
+                    (None, _) => {
+                        let h = r.partition_key.hash_key();
+                        last = Some((r.partition_key.clone(), h));
+                        h
+                    }
+                };
+                (r, hash)
+            })
+            .collect();
+        let batch = BatchIn {
+            records,
+            arrived: Instant::now(),
+            reply,
+            permit,
+        };
+        match self.inner.records.send(Incoming::Batch(batch)) {
+            Ok(()) => Ok(BatchReceipt::new(rx)),
+            Err(mpsc::error::SendError(incoming)) => Err(SendBatchError {
+                reason: SendError::Closed,
+                index: None,
+                records: match incoming {
+                    Incoming::Batch(b) => b.records.into_iter().map(|(r, _)| r).collect(),
+                    Incoming::One(p) => vec![p.record],
+                },
+            }),
         }
     }
 

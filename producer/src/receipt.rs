@@ -76,3 +76,63 @@ impl ReceiptError {
         }
     }
 }
+
+/// The fate of a batch given to [`Producer::send_batch`](crate::Producer::send_batch): how many
+/// records were delivered and, for each one that was not, its index in the batch and its error
+/// (which hands the record back).
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct BatchOutcome {
+    /// Records of the batch delivered.
+    pub delivered: usize,
+    /// Records not delivered, by index in the batch (ascending).
+    pub failed: Vec<BatchFailure>,
+}
+
+impl BatchOutcome {
+    /// Whether every record of the batch was delivered.
+    pub fn all_delivered(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// One record of a batch that was not delivered.
+#[derive(Debug)]
+pub struct BatchFailure {
+    /// Its index in the batch given to `send_batch`.
+    pub index: usize,
+    /// Why, with the record.
+    pub error: PutError,
+}
+
+/// Resolves once every record of a batch is delivered or has failed. Dropping it does not
+/// cancel the batch.
+///
+/// # Cancellation
+/// Cancel-safe, as [`PutReceipt`].
+#[derive(Debug)]
+#[must_use = "a batch receipt tells which records were delivered"]
+pub struct BatchReceipt {
+    rx: oneshot::Receiver<BatchOutcome>,
+}
+
+impl BatchReceipt {
+    pub(crate) fn new(rx: oneshot::Receiver<BatchOutcome>) -> Self {
+        Self { rx }
+    }
+}
+
+impl Future for BatchReceipt {
+    type Output = Result<BatchOutcome, BatchLost>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.map_err(|_| BatchLost))
+    }
+}
+
+/// The producer's task stopped without settling a batch (a bug: it should never happen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("producer task stopped without settling the batch")]
+pub struct BatchLost;
