@@ -15,12 +15,14 @@
 //! refills, retries).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use foldhash::HashMap;
+use foldhash::HashMapExt as _;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use kinesis_core::agg::{Aggregator, TryAdd};
@@ -129,6 +131,21 @@ struct Ready {
     kr: KinesisRecord,
     members: Vec<Pending>,
     deadline: Instant,
+    /// The earliest arrival among the members: the first to reach the TTL.
+    oldest: Instant,
+}
+
+impl Ready {
+    fn new(key: ShardKey, kr: KinesisRecord, members: Vec<Pending>, deadline: Instant) -> Self {
+        let oldest = members.iter().map(|m| m.arrived).min().unwrap_or(deadline);
+        Self {
+            key,
+            kr,
+            members,
+            deadline,
+            oldest,
+        }
+    }
 }
 
 struct ShardState {
@@ -156,12 +173,8 @@ impl ShardState {
         if let Some(kr) = agg.finish() {
             let members = std::mem::take(&mut self.members);
             let deadline = self.agg_deadline.take().unwrap_or_else(Instant::now);
-            self.ready.push_back(Ready {
-                key: key.clone(),
-                kr,
-                members,
-                deadline,
-            });
+            self.ready
+                .push_back(Ready::new(key.clone(), kr, members, deadline));
         }
     }
 }
@@ -426,15 +439,17 @@ impl Driver {
         }
     }
 
-    /// One member of batch `id` is settled; the batch's receipt resolves with its last one.
-    fn batch_settled(&mut self, id: u64, failure: Option<BatchFailure>) {
+    /// `delivered` members of batch `id`, or one failed member, are settled; the batch's
+    /// receipt resolves with its last one.
+    fn batch_settled(&mut self, id: u64, delivered: usize, failure: Option<BatchFailure>) {
         let Some(b) = self.open_batches.get_mut(&id) else {
             return;
         };
-        b.remaining -= 1;
-        match failure {
-            None => b.delivered += 1,
-            Some(f) => b.failed.push(f),
+        b.delivered += delivered;
+        b.remaining -= delivered;
+        if let Some(f) = failure {
+            b.remaining -= 1;
+            b.failed.push(f);
         }
         if b.remaining == 0
             && let Some(b) = self.open_batches.remove(&id)
@@ -520,6 +535,7 @@ impl Driver {
         let deadline = now.max(p.arrived) + self.cfg.record_max_buffered_time;
         let max_count = self.cfg.aggregation_max_count;
         let st = self.state(&key, now);
+        let ready_before = st.ready.len();
         let fits = st
             .aggregator
             .as_ref()
@@ -544,15 +560,12 @@ impl Driver {
                 // buffered (order).
                 st.finish_aggregate(&key);
                 let kr = plain(&p.record);
-                st.ready.push_back(Ready {
-                    key: key.clone(),
-                    kr,
-                    members: vec![p],
-                    deadline,
-                });
+                st.ready
+                    .push_back(Ready::new(key.clone(), kr, vec![p], deadline));
             }
         }
-        if !st.ready.is_empty() {
+        // Once per new ready record, not per user record: pump() sorts this list.
+        if st.ready.len() > ready_before {
             self.waiting.push(key);
         }
     }
@@ -623,11 +636,7 @@ impl Driver {
                     still.push(key.clone());
                     break;
                 }
-                if front
-                    .members
-                    .iter()
-                    .any(|m| now.duration_since(m.arrived) >= ttl)
-                {
+                if now.duration_since(front.oldest) >= ttl {
                     // Past the TTL: fail those here rather than send them.
                     let Some(r) = st.ready.pop_front() else { break };
                     self.expire_members(r, now);
@@ -842,6 +851,8 @@ impl Driver {
         self.stats.delivered.fetch_add(n, Ordering::Relaxed);
         let mut permits: Option<OwnedSemaphorePermit> = None;
         let mut first_try = 0;
+        // Members of one batch come in runs: settle a run at once.
+        let mut run: Option<(u64, usize)> = None;
         for (sub, m) in members {
             self.settle_epoch(m.epoch);
             if m.attempts <= 1 {
@@ -858,7 +869,14 @@ impl Driver {
                         attempts: m.attempts,
                     }));
                 }
-                Reply::Batch { id, .. } => self.batch_settled(id, None),
+                Reply::Batch { id, .. } => match run.as_mut() {
+                    Some((rid, n)) if *rid == id => *n += 1,
+                    _ => {
+                        if let Some((rid, n)) = run.replace((id, 1)) {
+                            self.batch_settled(rid, n, None);
+                        }
+                    }
+                },
             }
             // One release for the whole batch instead of one per record.
             match (permits.as_mut(), m.permit) {
@@ -866,6 +884,9 @@ impl Driver {
                 (None, mp) => permits = mp,
                 (Some(_), None) => {}
             }
+        }
+        if let Some((rid, n)) = run {
+            self.batch_settled(rid, n, None);
         }
         metrics::histogram!("RetriesPerRecord").record_many(0.0, first_try);
         metrics::counter!("UserRecordsPut").increment(n);
@@ -930,12 +951,7 @@ impl Driver {
         let close =
             |agg: &mut Option<Aggregator>, group: &mut Vec<Pending>, front: &mut Vec<Ready>| {
                 if let Some(kr) = agg.as_mut().and_then(Aggregator::finish) {
-                    front.push(Ready {
-                        key: key.clone(),
-                        kr,
-                        members: std::mem::take(group),
-                        deadline,
-                    });
+                    front.push(Ready::new(key.clone(), kr, std::mem::take(group), deadline));
                 }
             };
         for m in members {
@@ -954,12 +970,7 @@ impl Driver {
             } else {
                 close(&mut agg, &mut group, &mut front);
                 let kr = plain(&m.record);
-                front.push(Ready {
-                    key: key.clone(),
-                    kr,
-                    members: vec![m],
-                    deadline,
-                });
+                front.push(Ready::new(key.clone(), kr, vec![m], deadline));
             }
         }
         close(&mut agg, &mut group, &mut front);
@@ -1046,7 +1057,7 @@ impl Driver {
                 let _ = tx.send(Err(Box::new(error)));
             }
             Reply::Batch { id, index } => {
-                self.batch_settled(id, Some(BatchFailure { index, error }));
+                self.batch_settled(id, 0, Some(BatchFailure { index, error }));
             }
         }
     }
