@@ -176,12 +176,17 @@ fn batches(
     out
 }
 
-/// Turns a chunk's lines into records: processors, partition key, size limit. With RANDOM
-/// keys, the chunk shares one random key: it lands on one shard as one aggregate, and chunks
-/// spread over the shards as evenly as per-line keys would.
+/// Lines of data that share one RANDOM partition key: about one aggregate's worth (the KPL's
+/// 50 KiB aggregation limit), so each aggregate goes to a random shard.
+const RANDOM_KEY_RUN_BYTES: usize = 50 * 1024;
+
+/// Turns a chunk's lines into records: processors, partition key, size limit. With RANDOM keys,
+/// runs of lines of about one aggregate share a random key: aggregates spread over the shards
+/// as evenly as with a key per line, but each carries one key, not one per line, and the key
+/// is hashed once per run.
 fn records_of(lines: Vec<Bytes>, flow: &Flow) -> Vec<UserRecord> {
-    let chunk_key = matches!(flow.partition_key, PartitionKeyRule::Random)
-        .then(|| partition_key(&flow.partition_key, &[]));
+    let random = matches!(flow.partition_key, PartitionKeyRule::Random);
+    let mut run: Option<(PartitionKey, usize)> = None;
     lines
         .into_iter()
         .map(|line| {
@@ -194,9 +199,20 @@ fn records_of(lines: Vec<Bytes>, flow: &Flow) -> Vec<UserRecord> {
                         .fold(Vec::from(line), |d, p| p.apply(d)),
                 )
             };
-            let key = match &chunk_key {
-                Some(k) => k.clone(),
-                None => partition_key(&flow.partition_key, &data),
+            let key = if random {
+                match &mut run {
+                    Some((k, bytes)) if *bytes < RANDOM_KEY_RUN_BYTES => {
+                        *bytes += data.len();
+                        k.clone()
+                    }
+                    _ => {
+                        let k = partition_key(&flow.partition_key, &[]);
+                        run = Some((k.clone(), data.len()));
+                        k
+                    }
+                }
+            } else {
+                partition_key(&flow.partition_key, &data)
             };
             let data = fit(data, &key, flow);
             UserRecord::new(key, None, data)

@@ -133,6 +133,8 @@ struct Ready {
     deadline: Instant,
     /// The earliest arrival among the members: the first to reach the TTL.
     oldest: Instant,
+    /// The shard's rate limit held it back at least once.
+    held: bool,
 }
 
 impl Ready {
@@ -144,6 +146,7 @@ impl Ready {
             members,
             deadline,
             oldest,
+            held: false,
         }
     }
 }
@@ -657,16 +660,24 @@ impl Driver {
                 if let Some(l) = st.limiter.as_mut()
                     && !l.try_take(size, now)
                 {
+                    if let Some(front) = st.ready.front_mut() {
+                        front.held = true;
+                    }
                     still.push(key.clone());
                     break;
                 }
                 let Some(r) = st.ready.pop_front() else { break };
                 st.in_flight += 1;
                 self.collector_bytes += size;
-                self.collector_deadline = Some(
-                    self.collector_deadline
-                        .map_or(r.deadline, |d| d.min(r.deadline)),
-                );
+                // A record the rate limit held back is late already, and the stream takes no
+                // more than the limit: sending it at once would only make many small calls.
+                // It waits up to another record_max_buffered_time for company in the collector.
+                let due = if r.held {
+                    r.deadline.max(now + self.cfg.record_max_buffered_time)
+                } else {
+                    r.deadline
+                };
+                self.collector_deadline = Some(self.collector_deadline.map_or(due, |d| d.min(due)));
                 self.collector.push(r);
                 if self.collector.len() >= self.cfg.collection_max_count {
                     self.dispatch();
