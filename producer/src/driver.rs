@@ -133,8 +133,6 @@ struct Ready {
     deadline: Instant,
     /// The earliest arrival among the members: the first to reach the TTL.
     oldest: Instant,
-    /// The shard's rate limit held it back at least once.
-    held: bool,
 }
 
 impl Ready {
@@ -146,7 +144,6 @@ impl Ready {
             members,
             deadline,
             oldest,
-            held: false,
         }
     }
 }
@@ -161,6 +158,8 @@ struct ShardState {
     in_flight: usize,
     /// `preserve_order`: nothing leaves this shard before this time (a retry is waiting).
     blocked_until: Option<Instant>,
+    /// Its rate limit held records back, and the backlog is not sent yet.
+    held_back: bool,
 }
 
 impl ShardState {
@@ -528,6 +527,7 @@ impl Driver {
                 limiter: key.as_ref().map(|_| ShardLimiter::new(rate, now)),
                 in_flight: 0,
                 blocked_until: None,
+                held_back: false,
             },
         );
     }
@@ -660,19 +660,22 @@ impl Driver {
                 if let Some(l) = st.limiter.as_mut()
                     && !l.try_take(size, now)
                 {
-                    if let Some(front) = st.ready.front_mut() {
-                        front.held = true;
-                    }
+                    st.held_back = true;
                     still.push(key.clone());
                     break;
                 }
                 let Some(r) = st.ready.pop_front() else { break };
                 st.in_flight += 1;
+                // Records of a shard the rate limit holds back are late already, and the stream
+                // takes no more than the limit: sending each refill at once would only make many
+                // small calls. They wait up to another record_max_buffered_time for company in
+                // the collector, until the shard's backlog is gone.
+                let held = st.held_back;
+                if st.ready.is_empty() {
+                    st.held_back = false;
+                }
                 self.collector_bytes += size;
-                // A record the rate limit held back is late already, and the stream takes no
-                // more than the limit: sending it at once would only make many small calls.
-                // It waits up to another record_max_buffered_time for company in the collector.
-                let due = if r.held {
+                let due = if held {
                     r.deadline.max(now + self.cfg.record_max_buffered_time)
                 } else {
                     r.deadline

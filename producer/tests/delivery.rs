@@ -406,3 +406,33 @@ async fn records_expire_with_the_record_handed_back() {
         delivered
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_held_by_the_rate_limit_go_in_few_large_calls() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    // No aggregation: the shard's 1,000 records/s is the limit (100 %: 1,000 per second).
+    let cfg = ProducerConfig {
+        aggregation: false,
+        rate_limit_percent: 100,
+        ..ProducerConfig::default()
+    };
+    let p = Producer::builder(env.kinesis.clone(), &stream)
+        .config(cfg)
+        .build()
+        .await
+        .unwrap();
+    let n = 2_500;
+    let batch: Vec<UserRecord> = (0..n).map(|i| record(i % 10, i)).collect();
+    let outcome = p.send_batch(batch).await.unwrap().await.unwrap();
+    assert_eq!(outcome.delivered, n);
+    let stats = p.stats();
+    // The bucket refills a few records every 5 ms tick; sending each refill at once would take
+    // hundreds of calls. Held records wait up to record_max_buffered_time (100 ms) for company.
+    assert!(
+        stats.put_records_calls <= 50,
+        "{} calls for {n} records",
+        stats.put_records_calls
+    );
+    p.shutdown(Duration::from_secs(5)).await;
+}
