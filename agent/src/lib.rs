@@ -161,7 +161,7 @@ fn batches(
     let mut batch = Vec::new();
     let (mut cost, mut batch_end) = (0, 0);
     for (record, &end) in records.into_iter().zip(ends) {
-        let c = record.size_bytes() + kinesis_producer::BATCH_RECORD_OVERHEAD_BYTES;
+        let c = kinesis_producer::batch_buffer_cost(&record);
         if !batch.is_empty() && cost + c > budget {
             out.push((std::mem::take(&mut batch), batch_end));
             cost = 0;
@@ -264,8 +264,9 @@ pub async fn run_with_client(
             // The agent resends failed records itself; a long TTL keeps retries in the producer.
             record_ttl: Duration::from_secs(300),
             // Lines are on disk already: a small buffer is enough to keep the stream busy, and
-            // keeps the agent's memory low.
-            max_buffered_bytes: 12 * 1024 * 1024,
+            // keeps the agent's memory low (measured: 20 MiB is where throughput stops rising,
+            // BENCHMARKS.md). It must hold a few of the largest records.
+            max_buffered_bytes: (20 * 1024 * 1024).max(4 * flow.max_record_bytes + 4096),
             ..ProducerConfig::default()
         };
         let producer = Producer::builder(client.clone(), &flow.stream)

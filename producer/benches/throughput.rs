@@ -4,8 +4,8 @@
 //! ```text
 //!   this binary ──spawns──► itself as `endpoint` (another process: its CPU is not counted)
 //!        │                    ListShards: 16 shards; PutRecords: checks each request, acks all
-//!        └─ scenarios: producer (aggregation on / off), raw SDK PutRecords ×500 (baseline),
-//!           and peak RSS while the endpoint never answers
+//!        └─ scenarios: producer (aggregation on / off; send and send_batch), raw SDK
+//!           PutRecords ×500 (baseline), and peak RSS while the endpoint never answers
 //! ```
 //!
 //! CPU is the client process's user + system time (`/proc/self/stat`), so "records/s per core"
@@ -123,6 +123,41 @@ async fn run_producer(url: &str, aggregation: bool, n: usize) -> Run {
     }
 }
 
+async fn run_batches(url: &str, n: usize) -> Run {
+    let p = Producer::builder(client(url), "bench")
+        .config(ProducerConfig::default())
+        .build()
+        .await
+        .unwrap();
+    let input = records(n);
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let mut receipts = futures::stream::FuturesUnordered::new();
+    let mut it = input.into_iter();
+    loop {
+        let batch: Vec<UserRecord> = it.by_ref().take(1000).collect();
+        if batch.is_empty() {
+            break;
+        }
+        receipts.push(p.send_batch(batch).await.unwrap());
+        while receipts.len() > 100 {
+            assert!(receipts.next().await.unwrap().unwrap().all_delivered());
+        }
+    }
+    while let Some(r) = receipts.next().await {
+        assert!(r.unwrap().all_delivered());
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    assert_eq!(p.stats().user_records_delivered as usize, n);
+    p.shutdown(Duration::from_secs(10)).await;
+    Run {
+        name: "producer, send_batch of 1000",
+        records: n,
+        wall,
+        cpu,
+    }
+}
+
 async fn run_naive(url: &str, n: usize) -> Run {
     let c = client(url);
     let input = records(n);
@@ -165,6 +200,10 @@ async fn run_naive(url: &str, n: usize) -> Run {
 
 /// Runs in a fresh process, so its peak RSS is its own.
 async fn stalled_rss(url: &str) -> (f64, f64, usize, usize) {
+    stalled_rss_sized(url, RECORD_BYTES).await
+}
+
+async fn stalled_rss_sized(url: &str, record_bytes: usize) -> (f64, f64, usize, usize) {
     let cfg = ProducerConfig::default();
     let cap = cfg.max_buffered_bytes;
     let p = Producer::builder(client(url), "bench")
@@ -182,7 +221,7 @@ async fn stalled_rss(url: &str) -> (f64, f64, usize, usize) {
         let r = UserRecord::new(
             keys[i % KEYS].clone(),
             None,
-            Bytes::from(vec![(i % 251) as u8; RECORD_BYTES]),
+            Bytes::from(vec![(i % 251) as u8; record_bytes]),
         );
         match p.try_send(r) {
             Ok(rc) => {
@@ -203,20 +242,76 @@ async fn stalled_rss(url: &str) -> (f64, f64, usize, usize) {
     (before, rss, accepted, cap)
 }
 
+/// As [`stalled_rss`], with batches of 1,000 through `send_batch`.
+async fn stalled_rss_batches(url: &str) -> (f64, f64, usize, usize) {
+    let cfg = ProducerConfig::default();
+    let cap = cfg.max_buffered_bytes;
+    let p = Producer::builder(client(url), "bench")
+        .config(cfg)
+        .build()
+        .await
+        .unwrap();
+    let before = peak_rss_mib();
+    let mut accepted = 0;
+    let mut receipts = Vec::new();
+    let keys: Vec<PartitionKey> = (0..KEYS)
+        .map(|k| PartitionKey::new(format!("key-{k}")).unwrap())
+        .collect();
+    for b in 0..10_000usize {
+        let batch: Vec<UserRecord> = (b * 1000..(b + 1) * 1000)
+            .map(|i| {
+                UserRecord::new(
+                    keys[i % KEYS].clone(),
+                    None,
+                    Bytes::from(vec![(i % 251) as u8; RECORD_BYTES]),
+                )
+            })
+            .collect();
+        // The buffer is full once a batch waits: the endpoint never answers.
+        match tokio::time::timeout(Duration::from_millis(500), p.send_batch(batch)).await {
+            Ok(r) => {
+                receipts.push(r.unwrap());
+                accepted += 1000;
+            }
+            Err(_) => break,
+        }
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    while p.stats().user_records_received < accepted as u64 && Instant::now() < until {
+        tokio::task::yield_now().await;
+    }
+    let rss = peak_rss_mib();
+    drop(p);
+    drop(receipts);
+    (before, rss, accepted, cap)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if kinesis_testkit::fast_endpoint::serve_from_args() {
         return;
     }
-    if args.get(1).map(String::as_str) == Some("rss") {
+    if let Some(mode @ ("rss" | "rss-batch" | "rss-large")) = args.get(1).map(String::as_str) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .unwrap();
-        let (before, rss, accepted, cap) = rt.block_on(stalled_rss(&args[2]));
+        let (what, (before, rss, accepted, cap)) = match mode {
+            "rss" => ("send, 100 B", rt.block_on(stalled_rss(&args[2]))),
+            "rss-batch" => (
+                "send_batch, 100 B",
+                rt.block_on(stalled_rss_batches(&args[2])),
+            ),
+            _ => (
+                "send, 10,000 B",
+                rt.block_on(stalled_rss_sized(&args[2], 10_000)),
+            ),
+        };
+        let per_record = (rss - before) * 1024.0 * 1024.0 / accepted as f64;
         println!(
-            "stalled endpoint: {accepted} records accepted until the {} MiB buffer was full; RSS {before:.0} MiB after build, peak {rss:.0} MiB",
-            cap / (1024 * 1024)
+            "stalled endpoint ({what}): {accepted} records accepted until the {} MiB buffer was full; RSS {before:.0} MiB after build, peak {rss:.0} MiB ({:.2}x the cap above the baseline); {per_record:.0} bytes per record held",
+            cap / (1024 * 1024),
+            (rss - before) * 1024.0 * 1024.0 / cap as f64
         );
         return;
     }
@@ -235,6 +330,7 @@ fn main() {
         let mut runs = Vec::new();
         for _ in 0..2 {
             runs.push(run_producer(&ep.url, true, n).await);
+            runs.push(run_batches(&ep.url, n).await);
             runs.push(run_producer(&ep.url, false, n / 4).await);
             runs.push(run_naive(&ep.url, n / 4).await);
         }
@@ -260,15 +356,19 @@ fn main() {
         };
         let agg = per_core("producer, aggregation on");
         let naive = per_core("raw SDK, 500 per PutRecords");
+        let batched = per_core("producer, send_batch of 1000");
         println!("ratio producer (aggregation on) / raw SDK, records per CPU second: {:.1}x", agg / naive);
+        println!("ratio producer send_batch / raw SDK, records per CPU second: {:.1}x", batched / naive);
         drop(ep);
     });
     let stalled = kinesis_testkit::fast_endpoint::FastEndpoint::spawn(true);
-    let out = Command::new(std::env::current_exe().unwrap())
-        .arg("rss")
-        .arg(&stalled.url)
-        .output()
-        .unwrap();
-    print!("{}", String::from_utf8_lossy(&out.stdout));
+    for mode in ["rss", "rss-batch", "rss-large"] {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .arg(mode)
+            .arg(&stalled.url)
+            .output()
+            .unwrap();
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
     drop(stalled);
 }

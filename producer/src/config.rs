@@ -49,8 +49,8 @@ pub struct ProducerConfig {
     pub retry_min_delay: Duration,
     /// Largest retry delay.
     pub retry_max_delay: Duration,
-    /// Cap on memory held for user records not yet delivered (data + key + 640 bytes each, the
-    /// measured bookkeeping cost).
+    /// Cap on memory held for user records not yet delivered, counted by [`buffer_cost`]
+    /// (each record's data three and a third times over, its key and measured bookkeeping).
     /// `send` waits and `try_send` fails when it is reached. The KPL has no cap (its users'
     /// most common complaint); 64 MiB here.
     pub max_buffered_bytes: usize,
@@ -146,13 +146,11 @@ impl ProducerConfig {
         if self.retry_min_delay > self.retry_max_delay {
             return err("retry_min_delay", "must not exceed retry_max_delay".into());
         }
-        if self.max_buffered_bytes < self.max_record_bytes + RECORD_OVERHEAD_BYTES {
+        let largest = cost(self.max_record_bytes, RECORD_OVERHEAD_BYTES);
+        if self.max_buffered_bytes < largest {
             return err(
                 "max_buffered_bytes",
-                format!(
-                    "must hold at least one largest record ({} bytes)",
-                    self.max_record_bytes + RECORD_OVERHEAD_BYTES
-                ),
+                format!("must hold at least one largest record ({largest} bytes)"),
             );
         }
         if u32::try_from(self.max_buffered_bytes).is_err() {
@@ -162,14 +160,31 @@ impl ProducerConfig {
     }
 }
 
-/// Bookkeeping bytes counted per buffered record on top of its data and key: the record's
-/// entry, its receipt channel, its aggregation entry and allocator slack, as measured with the
-/// throughput bench's stalled-endpoint run (peak RSS ÷ records held, minus the data).
-pub const RECORD_OVERHEAD_BYTES: usize = 640;
+/// Bookkeeping bytes counted per record from `send` / `try_send` on top of its data copies and
+/// key: its entry, receipt channel, aggregation entry and allocator slack, measured with the
+/// throughput bench's stalled-endpoint run (peak RSS per record held, minus data and key).
+pub const RECORD_OVERHEAD_BYTES: usize = 512;
 
 /// Bookkeeping bytes counted per record of a batch given to `send_batch` (no receipt channel of
-/// its own), measured the same way with a stalled endpoint.
-pub const BATCH_RECORD_OVERHEAD_BYTES: usize = 256;
+/// its own), measured the same way.
+pub const BATCH_RECORD_OVERHEAD_BYTES: usize = 352;
+
+/// Buffer bytes a record from `send` or `try_send` holds until it is settled: its data three
+/// and a third times over (the record, kept to hand back on failure; its copy in an aggregate;
+/// the request body, base64), its partition key, and [`RECORD_OVERHEAD_BYTES`].
+pub fn buffer_cost(record: &kinesis_core::UserRecord) -> usize {
+    cost(record.data.len(), RECORD_OVERHEAD_BYTES) + record.partition_key.len_bytes()
+}
+
+/// [`buffer_cost`] for a record given to `send_batch`: [`BATCH_RECORD_OVERHEAD_BYTES`] of
+/// bookkeeping.
+pub fn batch_buffer_cost(record: &kinesis_core::UserRecord) -> usize {
+    cost(record.data.len(), BATCH_RECORD_OVERHEAD_BYTES) + record.partition_key.len_bytes()
+}
+
+fn cost(data: usize, overhead: usize) -> usize {
+    2 * data + data.div_ceil(3) * 4 + overhead
+}
 
 #[cfg(test)]
 mod tests {

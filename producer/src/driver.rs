@@ -52,8 +52,6 @@ pub(crate) struct Pending {
     pub(crate) record: UserRecord,
     pub(crate) hash: HashKey,
     pub(crate) reply: Reply,
-    /// Its buffer space (`None` for a batch member: the batch holds the space of all).
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
     pub(crate) arrived: Instant,
     pub(crate) attempts: u32,
     pub(crate) last_error: Option<Arc<str>>,
@@ -63,10 +61,11 @@ pub(crate) struct Pending {
 /// Who learns a record's fate.
 #[derive(Debug)]
 pub(crate) enum Reply {
-    /// Its own receipt (`send`, `try_send`).
-    One(oneshot::Sender<Outcome>),
-    /// A member of a batch (`send_batch`): the batch's receipt, at `index`.
-    Batch { id: u64, index: usize },
+    /// Its own receipt (`send`, `try_send`) and buffer space.
+    One(oneshot::Sender<Outcome>, OwnedSemaphorePermit),
+    /// A member of a batch (`send_batch`): the batch's receipt (which holds the buffer space
+    /// of all), at `index`.
+    Batch { id: u64, index: u32 },
 }
 
 /// What the handle hands the driver.
@@ -173,7 +172,9 @@ impl ShardState {
             return;
         };
         if let Some(kr) = agg.finish() {
-            let members = std::mem::take(&mut self.members);
+            // The next aggregate will likely hold as many: sized once, no growth slack.
+            let next = Vec::with_capacity(self.members.len());
+            let members = std::mem::replace(&mut self.members, next);
             let deadline = self.agg_deadline.take().unwrap_or_else(Instant::now);
             self.ready
                 .push_back(Ready::new(key.clone(), kr, members, deadline));
@@ -427,8 +428,11 @@ impl Driver {
                         Pending {
                             record,
                             hash,
-                            reply: Reply::Batch { id, index },
-                            permit: None,
+                            // send_batch keeps batches below 4 GiB of buffer: far fewer records.
+                            reply: Reply::Batch {
+                                id,
+                                index: u32::try_from(index).unwrap_or(u32::MAX),
+                            },
                             arrived: b.arrived,
                             attempts: 0,
                             last_error: None,
@@ -875,7 +879,12 @@ impl Driver {
                 metrics::histogram!("RetriesPerRecord").record(f64::from(m.attempts - 1));
             }
             match m.reply {
-                Reply::One(tx) => {
+                Reply::One(tx, permit) => {
+                    // One release for the whole call instead of one per record.
+                    match permits.as_mut() {
+                        Some(p) => p.merge(permit),
+                        None => permits = Some(permit),
+                    }
                     let _ = tx.send(Ok(Delivered {
                         shard_id: shard.clone(),
                         sequence_number: seq.clone(),
@@ -891,12 +900,6 @@ impl Driver {
                         }
                     }
                 },
-            }
-            // One release for the whole batch instead of one per record.
-            match (permits.as_mut(), m.permit) {
-                (Some(p), Some(mp)) => p.merge(mp),
-                (None, mp) => permits = mp,
-                (Some(_), None) => {}
             }
         }
         if let Some((rid, n)) = run {
@@ -1067,10 +1070,11 @@ impl Driver {
             record: m.record,
         };
         match m.reply {
-            Reply::One(tx) => {
+            Reply::One(tx, _permit) => {
                 let _ = tx.send(Err(Box::new(error)));
             }
             Reply::Batch { id, index } => {
+                let index = index as usize;
                 self.batch_settled(id, 0, Some(BatchFailure { index, error }));
             }
         }

@@ -45,7 +45,10 @@ mod producer;
 mod receipt;
 mod stats;
 
-pub use config::{BATCH_RECORD_OVERHEAD_BYTES, ConfigError, ProducerConfig, RECORD_OVERHEAD_BYTES};
+pub use config::{
+    BATCH_RECORD_OVERHEAD_BYTES, ConfigError, ProducerConfig, RECORD_OVERHEAD_BYTES,
+    batch_buffer_cost, buffer_cost,
+};
 pub use driver::ShutdownReport;
 pub use error::{
     BuildError, FailureReason, PutError, SendBatchError, SendError, TrySendError, TrySendErrorKind,

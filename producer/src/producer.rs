@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::api::KinesisApi;
-use crate::config::{BATCH_RECORD_OVERHEAD_BYTES, ProducerConfig, RECORD_OVERHEAD_BYTES};
+use crate::config::{ProducerConfig, batch_buffer_cost, buffer_cost};
 use crate::driver::{BatchIn, Command, Driver, Incoming, Pending, Reply, ShutdownReport};
 use crate::error::{BuildError, SendBatchError, SendError, TrySendError, TrySendErrorKind};
 use crate::receipt::{BatchOutcome, BatchReceipt, PutReceipt};
@@ -137,9 +137,10 @@ impl Producer {
     }
 
     fn cost(&self, record: &UserRecord) -> Result<u32, SendError> {
-        let size = self.checked_size(record)?;
-        // validate() keeps max_buffered_bytes below 4 GiB, so this fits.
-        Ok(u32::try_from(size + RECORD_OVERHEAD_BYTES).unwrap_or(u32::MAX))
+        self.checked_size(record)?;
+        // validate() keeps max_buffered_bytes below 4 GiB and above the cost of the largest
+        // record, so this fits.
+        Ok(u32::try_from(buffer_cost(record)).unwrap_or(u32::MAX))
     }
 
     fn checked_size(&self, record: &UserRecord) -> Result<usize, SendError> {
@@ -209,8 +210,7 @@ impl Producer {
         let pending = Pending {
             record,
             hash,
-            reply: Reply::One(reply),
-            permit: Some(permit),
+            reply: Reply::One(reply, permit),
             arrived: Instant::now(),
             attempts: 0,
             last_error: None,
@@ -238,8 +238,8 @@ impl Producer {
     /// released when the whole batch is settled.
     ///
     /// A record over `max_record_bytes`, or a batch that needs more than `max_buffered_bytes`
-    /// (data, keys and [`BATCH_RECORD_OVERHEAD_BYTES`] per record), is refused whole and handed
-    /// back.
+    /// (the sum of [`batch_buffer_cost`](crate::batch_buffer_cost)), is refused whole and
+    /// handed back.
     ///
     /// # Cancellation
     /// Cancel-safe: if this future is dropped while waiting for buffer space, the records are
@@ -263,7 +263,7 @@ impl Producer {
         let mut needed = 0usize;
         for (i, r) in records.iter().enumerate() {
             match self.checked_size(r) {
-                Ok(size) => needed = needed.saturating_add(size + BATCH_RECORD_OVERHEAD_BYTES),
+                Ok(_) => needed = needed.saturating_add(batch_buffer_cost(r)),
                 Err(reason) => {
                     return Err(SendBatchError {
                         reason,

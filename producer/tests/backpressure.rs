@@ -69,10 +69,10 @@ async fn stalled_endpoint_bounds_memory_and_hands_records_back() {
     let accepted = receipts.len();
     assert!(refused > 0, "the buffer filled up");
     assert!(
-        accepted * (1000 + 3 + kinesis_producer::RECORD_OVERHEAD_BYTES) <= cap,
+        accepted * kinesis_producer::buffer_cost(&record(0)) <= cap,
         "accepted {accepted} records within {cap} bytes"
     );
-    assert!(p.available_buffer_bytes() < 1000 + 3 + kinesis_producer::RECORD_OVERHEAD_BYTES);
+    assert!(p.available_buffer_bytes() < kinesis_producer::buffer_cost(&record(0)));
     // send() waits for space while stalled...
     let blocked = tokio::spawn({
         let p = p.clone();
