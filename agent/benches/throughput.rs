@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
 
 use std::io::Write as _;
+
+use futures::StreamExt as _;
 use std::time::{Duration, Instant};
 
 use kinesis_agent::config::{AgentConfig, Flow, InitialPosition, PartitionKeyRule};
@@ -110,6 +112,40 @@ fn main() {
         println!("wall {wall:.2} s, CPU {cpu:.2} s (checkpoint written every 1 s: up to 1 s of the wall time is waiting for it)");
         println!("lines/s per core {:.0}; MiB/s per core {:.1}; wall lines/s {:.0}; wall MiB/s {:.1}", lines as f64 / cpu, mib / cpu, lines as f64 / wall, mib / wall);
         println!("RSS idle {idle_rss:.0} MiB; peak under load {peak:.0} MiB");
+        // Baseline in the same run: a naive shipper with the raw SDK (whole file in memory, a
+        // random key per line, 500 lines per PutRecords, 24 calls in flight; no aggregation,
+        // no checkpoints, no rate limit, no retries).
+        let (cpu0, t0) = (cpu_seconds(), Instant::now());
+        let naive_client = kinesis_testkit::kinesis_for(&kinesis_testkit::local_sdk_config(), &ep.url);
+        let data = bytes::Bytes::from(std::fs::read(&log).unwrap());
+        let mut entries = Vec::with_capacity(lines);
+        let mut pos = 0;
+        for end in memchr::memchr_iter(b'\n', &data) {
+            entries.push(
+                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                    .partition_key(format!("{:016x}", fastrand::u64(..)))
+                    .data(aws_sdk_kinesis::primitives::Blob::new(data[pos..end].to_vec()))
+                    .build()
+                    .unwrap(),
+            );
+            pos = end + 1;
+        }
+        let calls: Vec<Vec<_>> = entries.chunks(500).map(<[_]>::to_vec).collect();
+        drop(entries);
+        let mut shipped = 0;
+        let mut stream = futures::stream::iter(calls.into_iter().map(|chunk| {
+            let c = naive_client.clone();
+            async move { c.put_records().stream_name("bench").set_records(Some(chunk)).send().await.unwrap() }
+        }))
+        .buffer_unordered(24);
+        while let Some(out) = futures::StreamExt::next(&mut stream).await {
+            assert_eq!(out.failed_record_count(), Some(0));
+            shipped += out.records().len();
+        }
+        assert_eq!(shipped, lines);
+        let (nwall, ncpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+        println!("baseline, raw SDK shipper: wall {nwall:.2} s, CPU {ncpu:.2} s; MiB/s per core {:.1}", mib / ncpu);
+        println!("ratio agent / raw SDK shipper, MiB per CPU second: {:.2}x", ncpu / cpu);
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
