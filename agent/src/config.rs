@@ -38,7 +38,9 @@ pub enum FileIdentity {
 /// How a record's partition key is chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartitionKeyRule {
-    /// A random key per record (the Kinesis Agent's default): spreads load.
+    /// Random keys (the Kinesis Agent's default): spreads load over the shards. The Kinesis
+    /// Agent draws one per line; here one random key covers a run of lines of about one
+    /// aggregate (50 KiB), so aggregates still land on random shards but carry one key each.
     Random,
     /// MD5 of the record's data, in hex: identical records go to the same shard.
     Deterministic,

@@ -501,3 +501,110 @@ async fn tail_flow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileIdentity, InitialPosition};
+
+    fn flow(rule: PartitionKeyRule, max_record_bytes: usize) -> Flow {
+        Flow {
+            file_pattern: "/nonexistent/*.log".into(),
+            stream: "s".into(),
+            partition_key: rule,
+            initial_position: InitialPosition::StartOfFile,
+            max_buffer_age: Duration::from_secs(1),
+            multi_line_start_pattern: None,
+            skip_header_lines: 0,
+            truncated_record_terminator: "\n".into(),
+            max_record_bytes,
+            partial_line_timeout: Duration::from_secs(5),
+            processors: Vec::new(),
+            identity: FileIdentity::Content,
+        }
+    }
+
+    fn record(len: usize) -> UserRecord {
+        UserRecord::new(
+            PartitionKey::new("0123456789abcdef").unwrap(),
+            None,
+            Bytes::from(vec![b'x'; len]),
+        )
+    }
+
+    #[test]
+    fn batches_respect_the_budget_and_end_where_their_last_record_ends() {
+        let cfg = ProducerConfig {
+            max_buffered_bytes: 8 * 1024 * 1024,
+            ..ProducerConfig::default()
+        };
+        let budget = cfg.max_buffered_bytes / 8;
+        // (record sizes, expected batch lengths)
+        let cases: Vec<(Vec<usize>, Vec<usize>)> = vec![
+            (vec![], vec![]),
+            (vec![100], vec![1]),
+            (vec![100; 1000], vec![1000]),
+            // 100-byte records cost 704 bytes each: 1 MiB holds 1,489.
+            (vec![100; 4000], vec![1489, 1489, 1022]),
+            // One record larger than the budget goes alone, never in an empty batch.
+            (vec![10, 400_000, 10], vec![1, 1, 1]),
+        ];
+        for (sizes, want) in cases {
+            let records: Vec<UserRecord> = sizes.iter().map(|&n| record(n)).collect();
+            let ends: Vec<u64> = (1..=sizes.len() as u64).map(|i| i * 1000).collect();
+            let got = batches(records, &ends, &cfg);
+            let lens: Vec<usize> = got.iter().map(|(b, _)| b.len()).collect();
+            assert_eq!(lens, want, "sizes {:?}...", &sizes[..sizes.len().min(3)]);
+            let mut seen = 0;
+            for (b, end) in &got {
+                seen += b.len();
+                assert_eq!(
+                    *end,
+                    seen as u64 * 1000,
+                    "a batch ends after its last record"
+                );
+                let cost: usize = b.iter().map(kinesis_producer::batch_buffer_cost).sum();
+                assert!(b.len() == 1 || cost <= budget);
+            }
+        }
+    }
+
+    #[test]
+    fn random_keys_change_once_per_aggregate_sized_run() {
+        let f = flow(PartitionKeyRule::Random, 1024 * 1024);
+        let lines: Vec<Bytes> = (0..1000).map(|_| Bytes::from(vec![b'a'; 1000])).collect();
+        let records = records_of(lines, &f);
+        let mut runs = Vec::new();
+        for r in &records {
+            match runs.last_mut() {
+                Some((k, n)) if *k == r.partition_key => *n += 1,
+                _ => runs.push((r.partition_key.clone(), 1)),
+            }
+        }
+        // 50 KiB of 1,000-byte lines: a new key every 52 lines.
+        assert_eq!(runs.len(), 1000usize.div_ceil(52), "{:?}", runs.len());
+        assert!(runs.iter().take(runs.len() - 1).all(|(_, n)| *n == 52));
+        let distinct: std::collections::HashSet<_> = runs.iter().map(|(k, _)| k).collect();
+        assert_eq!(distinct.len(), runs.len(), "each run draws a new key");
+    }
+
+    #[test]
+    fn deterministic_keys_follow_the_data_and_oversized_lines_are_cut() {
+        let f = flow(PartitionKeyRule::Deterministic, 100);
+        let lines = vec![
+            Bytes::from_static(b"same"),
+            Bytes::from_static(b"other"),
+            Bytes::from_static(b"same"),
+            Bytes::from(vec![b'z'; 500]),
+        ];
+        let r = records_of(lines, &f);
+        assert_eq!(r[0].partition_key, r[2].partition_key);
+        assert_ne!(r[0].partition_key, r[1].partition_key);
+        assert_eq!(
+            r[3].size_bytes(),
+            100,
+            "cut to the record limit, key included"
+        );
+        assert_eq!(r[3].data.last(), Some(&b'\n'), "ends with the terminator");
+    }
+}
