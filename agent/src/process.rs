@@ -129,29 +129,43 @@ fn json_out(v: &Value, pretty: bool) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// The record without its one final newline, if it has one.
+fn body(data: &[u8]) -> &[u8] {
+    data.strip_suffix(b"\n").unwrap_or(data)
+}
+
+/// Ends a converted record with a newline, as the Kinesis Agent's converters do.
+fn line(mut out: Vec<u8>) -> Vec<u8> {
+    out.push(b'\n');
+    out
+}
+
 impl Processor {
-    /// Applies the converter.
+    /// Applies the converter. As in the Kinesis Agent, the record's final newline is set aside
+    /// before converting and the result ends with a newline.
     pub fn apply(&self, data: Vec<u8>) -> Vec<u8> {
         match self {
             Self::SingleLine {
                 trim,
                 escape_new_line,
             } => {
-                let text = String::from_utf8_lossy(&data);
+                let text = String::from_utf8_lossy(body(&data));
                 let parts: Vec<&str> = text
                     .split('\n')
                     .map(|l| if *trim { l.trim() } else { l })
                     .collect();
-                parts
-                    .join(if *escape_new_line { "\\n" } else { "" })
-                    .into_bytes()
+                line(
+                    parts
+                        .join(if *escape_new_line { "\\n" } else { "" })
+                        .into_bytes(),
+                )
             }
             Self::CsvToJson {
                 fields,
                 delimiter,
                 pretty,
             } => {
-                let text = String::from_utf8_lossy(&data);
+                let text = String::from_utf8_lossy(body(&data));
                 let cols: Vec<&str> = delimiter.split(&text).collect();
                 let mut m = Map::new();
                 for (i, f) in fields.iter().enumerate() {
@@ -161,7 +175,7 @@ impl Processor {
                             .map_or(Value::Null, |c| Value::String((*c).to_string())),
                     );
                 }
-                json_out(&Value::Object(m), *pretty)
+                line(json_out(&Value::Object(m), *pretty))
             }
             Self::LogToJson {
                 format,
@@ -169,7 +183,7 @@ impl Processor {
                 fields,
                 pretty,
             } => {
-                let text = String::from_utf8_lossy(&data);
+                let text = String::from_utf8_lossy(body(&data));
                 let Some(caps) = pattern.captures(&text) else {
                     metrics::counter!("agent_lines_unparsed_total").increment(1);
                     tracing::debug!(
@@ -186,7 +200,7 @@ impl Processor {
                     };
                     m.insert(f.clone(), v);
                 }
-                json_out(&Value::Object(m), *pretty)
+                line(json_out(&Value::Object(m), *pretty))
             }
             Self::AddMetadata {
                 timestamp,
@@ -199,9 +213,9 @@ impl Processor {
                 m.insert("metadata".into(), (**metadata).clone());
                 m.insert(
                     "data".into(),
-                    Value::String(String::from_utf8_lossy(&data).into_owned()),
+                    Value::String(String::from_utf8_lossy(body(&data)).into_owned()),
                 );
-                json_out(&Value::Object(m), false)
+                line(json_out(&Value::Object(m), false))
             }
         }
     }
@@ -318,10 +332,24 @@ mod tests {
     use serde_json::json;
 
     #[allow(clippy::needless_pass_by_value)] // tests read better with json!(..) passed directly
+    /// Runs the converters on `line` as read from a file (newline included); checks that the
+    /// result ends with a newline and returns it without.
     fn run(opts: Value, line: &str) -> String {
         let ps = parse(&opts, 0).unwrap();
-        let out = ps.iter().fold(line.as_bytes().to_vec(), |d, p| p.apply(d));
-        String::from_utf8(out).unwrap()
+        let out = ps
+            .iter()
+            .fold(format!("{line}\n").into_bytes(), |d, p| p.apply(d));
+        let out = String::from_utf8(out).unwrap();
+        out.strip_suffix('\n')
+            .unwrap_or_else(|| panic!("{out:?} does not end with a newline"))
+            .to_string()
+    }
+
+    #[test]
+    fn a_record_without_newline_gets_one() {
+        let o = json!([{"optionName": "CSVTOJSON", "customFieldNames": ["a"]}]);
+        let ps = parse(&o, 0).unwrap();
+        assert_eq!(ps[0].apply(b"x".to_vec()), b"{\"a\":\"x\"}\n".to_vec());
     }
 
     #[test]

@@ -35,8 +35,9 @@ pub struct Chunk {
     pub fingerprint: Arc<str>,
     /// The file's path when read.
     pub path: Arc<Path>,
-    /// The records, without their final newline (and `\r`). A line read whole is a slice of
-    /// the read buffer, not a copy.
+    /// The records as the file holds them: each ends with its newline (`\r` kept), as the
+    /// Kinesis Agent sends them; a partial line sent after the timeout has none. A line read
+    /// whole is a slice of the read buffer, not a copy.
     pub records: Vec<Bytes>,
     /// For each record, the offset just after it (its newline included): the checkpoint once
     /// it and every record before it are delivered.
@@ -305,18 +306,15 @@ fn split(
 ) {
     let mut pos = 0;
     for end in memchr::memchr_iter(b'\n', buf) {
-        let mut line = if w.partial.is_empty() {
-            buf.slice(pos..end)
+        let line = if w.partial.is_empty() {
+            buf.slice(pos..=end)
         } else {
             // The line began in an earlier read: the one copy.
             let mut joined = std::mem::take(&mut w.partial);
-            joined.extend_from_slice(&buf[pos..end]);
+            joined.extend_from_slice(&buf[pos..=end]);
             Bytes::from(joined)
         };
         w.partial_since = None;
-        if line.last() == Some(&b'\r') {
-            line.truncate(line.len() - 1);
-        }
         let end_offset = start + end as u64 + 1;
         pos = end + 1;
         if w.header_lines_left > 0 {
@@ -345,9 +343,7 @@ fn push_record(
             if p.find(&line).is_some_and(|m| m.start() == 0) && !w.multi.is_empty() {
                 flush_multi(w, out);
             }
-            if !w.multi.is_empty() {
-                w.multi.push(b'\n');
-            }
+            // The lines as they are in the file, newlines included.
             w.multi.extend_from_slice(&line);
             w.multi_end = end_offset;
             w.multi_since = Some(now);

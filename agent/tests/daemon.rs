@@ -60,7 +60,13 @@ fn spawn(config: &Path) -> Child {
 async fn counts(env: &TestEnv, stream: &str) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for r in read_stream(&env.kinesis, stream).await.unwrap().records {
-        *m.entry(String::from_utf8_lossy(&r.data).into_owned())
+        // Each record is the line as the file has it, newline included (the Kinesis Agent's
+        // format).
+        let line = r
+            .data
+            .strip_suffix(b"\n")
+            .expect("records end with their newline");
+        *m.entry(String::from_utf8_lossy(line).into_owned())
             .or_default() += 1;
     }
     m

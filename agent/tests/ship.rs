@@ -81,7 +81,13 @@ fn start(env: &TestEnv, cfg: AgentConfig) -> (oneshot::Sender<()>, tokio::task::
 async fn delivered(env: &TestEnv, stream: &str) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for r in read_stream(&env.kinesis, stream).await.unwrap().records {
-        *m.entry(String::from_utf8_lossy(&r.data).into_owned())
+        // Each record is the line as the file has it, newline included (the Kinesis Agent's
+        // format).
+        let line = r
+            .data
+            .strip_suffix(b"\n")
+            .expect("records end with their newline");
+        *m.entry(String::from_utf8_lossy(line).into_owned())
             .or_default() += 1;
     }
     m
@@ -200,11 +206,12 @@ async fn multi_line_records_partial_lines_and_hostile_input() {
     let data: Vec<Vec<u8>> = records.iter().map(|r| r.data.to_vec()).collect();
     assert_eq!(
         data[0],
-        b"2026-01-01 start of a stack trace\n  at frame 1\n  at frame 2".to_vec()
+        b"2026-01-01 start of a stack trace\n  at frame 1\n  at frame 2\n".to_vec(),
+        "the lines as in the file, newlines included"
     );
     assert_eq!(
         data[1],
-        b"2026-01-02 invalid utf-8: \xff\xfe and NUL \0 bytes".to_vec()
+        b"2026-01-02 invalid utf-8: \xff\xfe and NUL \0 bytes\n".to_vec()
     );
     assert!(
         data[2].len() + 16 <= 2048 && data[2].ends_with("…".as_bytes()),
