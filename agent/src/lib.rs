@@ -152,20 +152,25 @@ fn fit(data: Bytes, key: &PartitionKey, flow: &Flow) -> Bytes {
 /// that several are in flight and none is too large to be taken; each with the offset after
 /// its last record.
 fn batches(
-    records: Vec<UserRecord>,
+    records: impl ExactSizeIterator<Item = UserRecord>,
     ends: &[u64],
     cfg: &ProducerConfig,
 ) -> Vec<(Vec<UserRecord>, u64)> {
     let budget = cfg.max_buffered_bytes / 8;
     let mut out = Vec::new();
-    let mut batch = Vec::new();
+    let mut left = records.len();
+    let mut batch = Vec::with_capacity(left);
     let (mut cost, mut batch_end) = (0, 0);
-    for (record, &end) in records.into_iter().zip(ends) {
+    for (record, &end) in records.zip(ends) {
         let c = kinesis_producer::batch_buffer_cost(&record);
         if !batch.is_empty() && cost + c > budget {
-            out.push((std::mem::take(&mut batch), batch_end));
+            out.push((
+                std::mem::replace(&mut batch, Vec::with_capacity(left)),
+                batch_end,
+            ));
             cost = 0;
         }
+        left -= 1;
         cost += c;
         batch.push(record);
         batch_end = end;
@@ -184,40 +189,37 @@ const RANDOM_KEY_RUN_BYTES: usize = 50 * 1024;
 /// runs of lines of about one aggregate share a random key: aggregates spread over the shards
 /// as evenly as with a key per line, but each carries one key, not one per line, and the key
 /// is hashed once per run.
-fn records_of(lines: Vec<Bytes>, flow: &Flow) -> Vec<UserRecord> {
+fn records_of(lines: Vec<Bytes>, flow: &Flow) -> impl ExactSizeIterator<Item = UserRecord> + '_ {
     let random = matches!(flow.partition_key, PartitionKeyRule::Random);
     let mut run: Option<(PartitionKey, usize)> = None;
-    lines
-        .into_iter()
-        .map(|line| {
-            let data = if flow.processors.is_empty() {
-                line
-            } else {
-                Bytes::from(
-                    flow.processors
-                        .iter()
-                        .fold(Vec::from(line), |d, p| p.apply(d)),
-                )
-            };
-            let key = if random {
-                match &mut run {
-                    Some((k, bytes)) if *bytes < RANDOM_KEY_RUN_BYTES => {
-                        *bytes += data.len();
-                        k.clone()
-                    }
-                    _ => {
-                        let k = partition_key(&flow.partition_key, &[]);
-                        run = Some((k.clone(), data.len()));
-                        k
-                    }
+    lines.into_iter().map(move |line| {
+        let data = if flow.processors.is_empty() {
+            line
+        } else {
+            Bytes::from(
+                flow.processors
+                    .iter()
+                    .fold(Vec::from(line), |d, p| p.apply(d)),
+            )
+        };
+        let key = if random {
+            match &mut run {
+                Some((k, bytes)) if *bytes < RANDOM_KEY_RUN_BYTES => {
+                    *bytes += data.len();
+                    k.clone()
                 }
-            } else {
-                partition_key(&flow.partition_key, &data)
-            };
-            let data = fit(data, &key, flow);
-            UserRecord::new(key, None, data)
-        })
-        .collect()
+                _ => {
+                    let k = partition_key(&flow.partition_key, &[]);
+                    run = Some((k.clone(), data.len()));
+                    k
+                }
+            }
+        } else {
+            partition_key(&flow.partition_key, &data)
+        };
+        let data = fit(data, &key, flow);
+        UserRecord::new(key, None, data)
+    })
 }
 
 /// Runs the agent until `shutdown` resolves, then stops reading, waits up to `drain` for what
@@ -552,7 +554,7 @@ mod tests {
         for (sizes, want) in cases {
             let records: Vec<UserRecord> = sizes.iter().map(|&n| record(n)).collect();
             let ends: Vec<u64> = (1..=sizes.len() as u64).map(|i| i * 1000).collect();
-            let got = batches(records, &ends, &cfg);
+            let got = batches(records.into_iter(), &ends, &cfg);
             let lens: Vec<usize> = got.iter().map(|(b, _)| b.len()).collect();
             assert_eq!(lens, want, "sizes {:?}...", &sizes[..sizes.len().min(3)]);
             let mut seen = 0;
@@ -573,7 +575,7 @@ mod tests {
     fn random_keys_change_once_per_aggregate_sized_run() {
         let f = flow(PartitionKeyRule::Random, 1024 * 1024);
         let lines: Vec<Bytes> = (0..1000).map(|_| Bytes::from(vec![b'a'; 1000])).collect();
-        let records = records_of(lines, &f);
+        let records: Vec<UserRecord> = records_of(lines, &f).collect();
         let mut runs = Vec::new();
         for r in &records {
             match runs.last_mut() {
@@ -597,7 +599,7 @@ mod tests {
             Bytes::from_static(b"same"),
             Bytes::from(vec![b'z'; 500]),
         ];
-        let r = records_of(lines, &f);
+        let r: Vec<UserRecord> = records_of(lines, &f).collect();
         assert_eq!(r[0].partition_key, r[2].partition_key);
         assert_ne!(r[0].partition_key, r[1].partition_key);
         assert_eq!(

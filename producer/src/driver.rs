@@ -75,10 +75,11 @@ pub(crate) enum Incoming {
     Batch(BatchIn),
 }
 
-/// A batch from `send_batch`: records with their hash keys, one receipt and one permit.
+/// A batch from `send_batch`: records and their hash keys, one receipt and one permit.
 #[derive(Debug)]
 pub(crate) struct BatchIn {
-    pub(crate) records: Vec<(UserRecord, HashKey)>,
+    pub(crate) records: Vec<UserRecord>,
+    pub(crate) hashes: Vec<HashKey>,
     pub(crate) arrived: Instant,
     pub(crate) reply: oneshot::Sender<BatchOutcome>,
     pub(crate) permit: OwnedSemaphorePermit,
@@ -422,7 +423,7 @@ impl Driver {
                 );
                 self.current += n;
                 let epoch = self.epoch;
-                for (index, (record, hash)) in b.records.into_iter().enumerate() {
+                for (index, (record, hash)) in b.records.into_iter().zip(b.hashes).enumerate() {
                     f(
                         self,
                         Pending {

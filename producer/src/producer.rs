@@ -260,18 +260,30 @@ impl Producer {
         &self,
         records: Vec<UserRecord>,
     ) -> Result<BatchReceipt, SendBatchError> {
+        // One pass: sizes, buffer cost, and the hash keys (MD5 on the caller's thread, once per
+        // run of records sharing a key).
         let mut needed = 0usize;
+        let mut hashes = Vec::with_capacity(records.len());
+        let mut last: Option<(&kinesis_core::PartitionKey, kinesis_core::HashKey)> = None;
         for (i, r) in records.iter().enumerate() {
-            match self.checked_size(r) {
-                Ok(_) => needed = needed.saturating_add(batch_buffer_cost(r)),
-                Err(reason) => {
-                    return Err(SendBatchError {
-                        reason,
-                        index: Some(i),
-                        records,
-                    });
-                }
+            if let Err(reason) = self.checked_size(r) {
+                return Err(SendBatchError {
+                    reason,
+                    index: Some(i),
+                    records,
+                });
             }
+            needed = needed.saturating_add(batch_buffer_cost(r));
+            let hash = match (&r.explicit_hash_key, last) {
+                (Some(h), _) => *h,
+                (None, Some((k, h))) if *k == r.partition_key => h,
+                (None, _) => {
+                    let h = r.partition_key.hash_key();
+                    last = Some((&r.partition_key, h));
+                    h
+                }
+            };
+            hashes.push(hash);
         }
         let capacity = self.inner.config.max_buffered_bytes;
         if needed > capacity {
@@ -298,25 +310,9 @@ impl Producer {
                 records,
             });
         };
-        // MD5 here, on the caller's thread, once per run of records with the same key.
-        let mut last: Option<(kinesis_core::PartitionKey, kinesis_core::HashKey)> = None;
-        let records: Vec<_> = records
-            .into_iter()
-            .map(|r| {
-                let hash = match (&r.explicit_hash_key, &last) {
-                    (Some(h), _) => *h,
-                    (None, Some((k, h))) if *k == r.partition_key => *h,
-                    (None, _) => {
-                        let h = r.partition_key.hash_key();
-                        last = Some((r.partition_key.clone(), h));
-                        h
-                    }
-                };
-                (r, hash)
-            })
-            .collect();
         let batch = BatchIn {
             records,
+            hashes,
             arrived: Instant::now(),
             reply,
             permit,
@@ -327,7 +323,7 @@ impl Producer {
                 reason: SendError::Closed,
                 index: None,
                 records: match incoming {
-                    Incoming::Batch(b) => b.records.into_iter().map(|(r, _)| r).collect(),
+                    Incoming::Batch(b) => b.records,
                     Incoming::One(p) => vec![p.record],
                 },
             }),
