@@ -254,3 +254,65 @@ async fn health_metrics_and_sighup_reload() {
         .unwrap();
     assert!(agent.wait().unwrap().success());
 }
+
+/// Peak resident memory of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    kib / 1024.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_stream_pauses_reading_and_bounds_memory() {
+    let env = TestEnv::with_options(kinesis_testkit::EmulatorOptions {
+        enforce_limits: true,
+        ..Default::default()
+    })
+    .await;
+    if !env.supports(kinesis_testkit::Capability::WriteThrottling) {
+        eprintln!("skipped: backend cannot throttle");
+        return;
+    }
+    let stream = env.create_stream(1).await;
+    let d = dir();
+    let config = write_config(&d, &env, &stream);
+    // 96 MB waiting for a 1 MB/s shard: reading it all at once would take 96 MB and more.
+    let log = d.join("app.log");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&log).unwrap());
+        let pad = "m".repeat(992);
+        for i in 0..96_000 {
+            writeln!(f, "{i:07} {pad}").unwrap();
+        }
+    }
+    let size = std::fs::metadata(&log).unwrap().len();
+    let mut agent = spawn(&config);
+    let cps = d.join("checkpoints.json");
+    // Two megabytes acknowledged: the agent has run against the throttle for a while.
+    let acked = eventually("2 MB acknowledged", Duration::from_secs(60), || async {
+        kinesis_agent::checkpoint::load(&cps)
+            .ok()
+            .and_then(|c| c.values().map(|f| f.offset).max())
+            .filter(|o| *o >= 2_000_000)
+    })
+    .await;
+    let peak = peak_rss_mib(agent.id());
+    eprintln!("acked {acked} peak {peak:.1}");
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    assert!(
+        acked < size / 4,
+        "the shard's limit, not the file, paces the agent"
+    );
+    assert!(
+        peak < 64.0,
+        "peak RSS {peak:.0} MiB with a {} MB file waiting",
+        size / 1_000_000
+    );
+}

@@ -601,6 +601,9 @@ impl Driver {
             }
         }
         // Backoff holds even during a flush or shutdown: they wait for the retries, not skip them.
+        // Due retries are the oldest records: they go to the front of their shard's queue, not
+        // behind a backlog that may be throttled again before they get their turn.
+        let mut due: HashMap<ShardKey, Vec<Pending>> = HashMap::new();
         while let Some(Reverse(top)) = self.retries.peek() {
             if top.at > now {
                 break;
@@ -608,7 +611,11 @@ impl Driver {
             let Some(Reverse(item)) = self.retries.pop() else {
                 break;
             };
-            self.enqueue(item.pending, now);
+            let key = self.shard_key(item.pending.hash);
+            due.entry(key).or_default().push(item.pending);
+        }
+        for (key, members) in due {
+            self.requeue_front(key, members, now, Duration::ZERO);
         }
         if self.collector_deadline.is_some_and(|d| d <= now) || urgent {
             self.dispatch();
