@@ -270,15 +270,9 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_stream_pauses_reading_and_bounds_memory() {
-    let env = TestEnv::with_options(kinesis_testkit::EmulatorOptions {
-        enforce_limits: true,
-        ..Default::default()
-    })
-    .await;
-    if !env.supports(kinesis_testkit::Capability::WriteThrottling) {
-        eprintln!("skipped: backend cannot throttle");
+    let Some(env) = TestEnv::throttling().await else {
         return;
-    }
+    };
     let stream = env.create_stream(1).await;
     let d = dir();
     let config = write_config(&d, &env, &stream);

@@ -248,15 +248,9 @@ async fn a_thousand_files_under_a_recursive_glob() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_stream_loses_nothing() {
-    let env = TestEnv::with_options(kinesis_testkit::EmulatorOptions {
-        enforce_limits: true,
-        ..Default::default()
-    })
-    .await;
-    if !env.supports(kinesis_testkit::Capability::WriteThrottling) {
-        eprintln!("skipped: backend cannot throttle");
+    let Some(env) = TestEnv::throttling().await else {
         return;
-    }
+    };
     let stream = env.create_stream(1).await;
     let d = dir();
     let log = d.join("big.log");

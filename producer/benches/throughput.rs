@@ -198,12 +198,14 @@ async fn run_naive(url: &str, n: usize) -> Run {
     }
 }
 
-/// Runs in a fresh process, so its peak RSS is its own.
-async fn stalled_rss(url: &str) -> (f64, f64, usize, usize) {
-    stalled_rss_sized(url, RECORD_BYTES).await
-}
-
-async fn stalled_rss_sized(url: &str, record_bytes: usize) -> (f64, f64, usize, usize) {
+/// Fills the default buffer against an endpoint that never answers, with `record_bytes`
+/// records through `try_send` (`batch` = None) or `send_batch` of `batch` records, and reads the
+/// peak RSS. Runs in a fresh process, so its peak RSS is its own.
+async fn stalled_rss(
+    url: &str,
+    record_bytes: usize,
+    batch: Option<usize>,
+) -> (f64, f64, usize, usize) {
     let cfg = ProducerConfig::default();
     let cap = cfg.max_buffered_bytes;
     let p = Producer::builder(client(url), "bench")
@@ -212,24 +214,37 @@ async fn stalled_rss_sized(url: &str, record_bytes: usize) -> (f64, f64, usize, 
         .await
         .unwrap();
     let before = peak_rss_mib();
-    let mut accepted = 0;
-    let mut receipts = Vec::new();
     let keys: Vec<PartitionKey> = (0..KEYS)
         .map(|k| PartitionKey::new(format!("key-{k}")).unwrap())
         .collect();
-    for i in 0..10_000_000usize {
-        let r = UserRecord::new(
+    let record = |i: usize| {
+        UserRecord::new(
             keys[i % KEYS].clone(),
             None,
             Bytes::from(vec![(i % 251) as u8; record_bytes]),
-        );
-        match p.try_send(r) {
-            Ok(rc) => {
+        )
+    };
+    let mut accepted = 0;
+    let mut receipts = Vec::new();
+    let mut batches = Vec::new();
+    match batch {
+        None => {
+            while let Ok(rc) = p.try_send(record(accepted)) {
                 receipts.push(rc);
                 accepted += 1;
             }
-            Err(_) => break,
         }
+        Some(n) => loop {
+            let b: Vec<UserRecord> = (accepted..accepted + n).map(record).collect();
+            // The buffer is full once a batch waits: the endpoint never answers.
+            match tokio::time::timeout(Duration::from_millis(500), p.send_batch(b)).await {
+                Ok(r) => {
+                    batches.push(r.unwrap());
+                    accepted += n;
+                }
+                Err(_) => break,
+            }
+        },
     }
     // Measure once the driver has taken everything queued.
     let until = Instant::now() + Duration::from_secs(10);
@@ -239,50 +254,7 @@ async fn stalled_rss_sized(url: &str, record_bytes: usize) -> (f64, f64, usize, 
     let rss = peak_rss_mib();
     drop(p);
     drop(receipts);
-    (before, rss, accepted, cap)
-}
-
-/// As [`stalled_rss`], with batches of 1,000 through `send_batch`.
-async fn stalled_rss_batches(url: &str) -> (f64, f64, usize, usize) {
-    let cfg = ProducerConfig::default();
-    let cap = cfg.max_buffered_bytes;
-    let p = Producer::builder(client(url), "bench")
-        .config(cfg)
-        .build()
-        .await
-        .unwrap();
-    let before = peak_rss_mib();
-    let mut accepted = 0;
-    let mut receipts = Vec::new();
-    let keys: Vec<PartitionKey> = (0..KEYS)
-        .map(|k| PartitionKey::new(format!("key-{k}")).unwrap())
-        .collect();
-    for b in 0..10_000usize {
-        let batch: Vec<UserRecord> = (b * 1000..(b + 1) * 1000)
-            .map(|i| {
-                UserRecord::new(
-                    keys[i % KEYS].clone(),
-                    None,
-                    Bytes::from(vec![(i % 251) as u8; RECORD_BYTES]),
-                )
-            })
-            .collect();
-        // The buffer is full once a batch waits: the endpoint never answers.
-        match tokio::time::timeout(Duration::from_millis(500), p.send_batch(batch)).await {
-            Ok(r) => {
-                receipts.push(r.unwrap());
-                accepted += 1000;
-            }
-            Err(_) => break,
-        }
-    }
-    let until = Instant::now() + Duration::from_secs(10);
-    while p.stats().user_records_received < accepted as u64 && Instant::now() < until {
-        tokio::task::yield_now().await;
-    }
-    let rss = peak_rss_mib();
-    drop(p);
-    drop(receipts);
+    drop(batches);
     (before, rss, accepted, cap)
 }
 
@@ -297,14 +269,17 @@ fn main() {
             .build()
             .unwrap();
         let (what, (before, rss, accepted, cap)) = match mode {
-            "rss" => ("send, 100 B", rt.block_on(stalled_rss(&args[2]))),
+            "rss" => (
+                "send, 100 B",
+                rt.block_on(stalled_rss(&args[2], RECORD_BYTES, None)),
+            ),
             "rss-batch" => (
                 "send_batch, 100 B",
-                rt.block_on(stalled_rss_batches(&args[2])),
+                rt.block_on(stalled_rss(&args[2], RECORD_BYTES, Some(1000))),
             ),
             _ => (
                 "send, 10,000 B",
-                rt.block_on(stalled_rss_sized(&args[2], 10_000)),
+                rt.block_on(stalled_rss(&args[2], 10_000, None)),
             ),
         };
         let per_record = (rss - before) * 1024.0 * 1024.0 / accepted as f64;

@@ -129,22 +129,7 @@ async fn a_deleted_stream_fails_each_record_with_its_index() {
         .build()
         .await
         .unwrap();
-    env.kinesis
-        .delete_stream()
-        .stream_name(&stream)
-        .send()
-        .await
-        .unwrap();
-    kinesis_testkit::eventually("stream gone", Duration::from_secs(10), || async {
-        env.kinesis
-            .describe_stream_summary()
-            .stream_name(&stream)
-            .send()
-            .await
-            .is_err()
-            .then_some(())
-    })
-    .await;
+    env.delete_stream(&stream).await;
     let b = batch(5, 300);
     let o = p.send_batch(b.clone()).await.unwrap().await.unwrap();
     assert_eq!(o.delivered, 0);

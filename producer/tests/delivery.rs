@@ -15,7 +15,7 @@ use kinesis_core::{ErrorKind, HashKey, PartitionKey, UserRecord};
 use kinesis_producer::{
     BuildError, FailureReason, Producer, ProducerConfig, ReceiptError, SendError, TrySendErrorKind,
 };
-use kinesis_testkit::{Capability, EmulatorOptions, TestEnv, read_stream};
+use kinesis_testkit::{TestEnv, read_stream};
 
 fn record(key: usize, i: usize) -> UserRecord {
     UserRecord::new(
@@ -114,15 +114,9 @@ async fn preserve_order_keeps_per_key_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_stream_delivers_everything_with_retries() {
-    let env = TestEnv::with_options(EmulatorOptions {
-        enforce_limits: true,
-        ..Default::default()
-    })
-    .await;
-    if !env.supports(Capability::WriteThrottling) {
-        eprintln!("skipped: backend cannot throttle");
+    let Some(env) = TestEnv::throttling().await else {
         return;
-    }
+    };
     let stream = env.create_stream(1).await;
     // 3x the shard's limit from the client side, so the emulator must throttle and we must retry.
     let cfg = ProducerConfig {
@@ -306,22 +300,7 @@ async fn deleted_stream_fails_fast_instead_of_retrying_until_ttl() {
         .build()
         .await
         .unwrap();
-    env.kinesis
-        .delete_stream()
-        .stream_name(&stream)
-        .send()
-        .await
-        .unwrap();
-    kinesis_testkit::eventually("stream gone", Duration::from_secs(10), || async {
-        env.kinesis
-            .describe_stream_summary()
-            .stream_name(&stream)
-            .send()
-            .await
-            .is_err()
-            .then_some(())
-    })
-    .await;
+    env.delete_stream(&stream).await;
     let started = tokio::time::Instant::now();
     let receipt = p.send(record(1, 1)).await.unwrap();
     let err = receipt.await.unwrap_err();
@@ -342,15 +321,9 @@ async fn deleted_stream_fails_fast_instead_of_retrying_until_ttl() {
 
 #[tokio::test]
 async fn records_expire_with_the_record_handed_back() {
-    let env = TestEnv::with_options(EmulatorOptions {
-        enforce_limits: true,
-        ..Default::default()
-    })
-    .await;
-    if !env.supports(Capability::WriteThrottling) {
-        eprintln!("skipped: backend cannot throttle");
+    let Some(env) = TestEnv::throttling().await else {
         return;
-    }
+    };
     let stream = env.create_stream(1).await;
     // Far over the shard's limit with a short TTL and throttling failing entries: some expire.
     let cfg = ProducerConfig {
@@ -443,15 +416,9 @@ async fn records_held_by_the_rate_limit_go_in_few_large_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_producer_at_150_percent_adapts_to_a_throttling_shard() {
-    let env = TestEnv::with_options(EmulatorOptions {
-        enforce_limits: true,
-        ..Default::default()
-    })
-    .await;
-    if !env.supports(Capability::WriteThrottling) {
-        eprintln!("skipped: backend cannot throttle");
+    let Some(env) = TestEnv::throttling().await else {
         return;
-    }
+    };
     let stream = env.create_stream(1).await;
     // The KPL's default 150 %: half again the shard's 1 MB/s.
     let p = Producer::builder(env.kinesis.clone(), &stream)

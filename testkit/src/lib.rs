@@ -173,6 +173,47 @@ impl TestEnv {
         }
     }
 
+    /// A backend whose streams throttle writes over the shard limits (the embedded emulator
+    /// with its limits enforced), or `None`, with a note on stderr, when this backend cannot:
+    /// `let Some(env) = TestEnv::throttling().await else { return };`
+    pub async fn throttling() -> Option<Self> {
+        let env = Self::with_options(EmulatorOptions {
+            enforce_limits: true,
+            ..Default::default()
+        })
+        .await;
+        if env.supports(Capability::WriteThrottling) {
+            Some(env)
+        } else {
+            eprintln!("skipped: backend cannot throttle");
+            None
+        }
+    }
+
+    /// Deletes `stream` and waits until it is gone.
+    ///
+    /// # Panics
+    /// When DeleteStream fails or the stream is still there after 10 s.
+    pub async fn delete_stream(&self, stream: &str) {
+        #[allow(clippy::expect_used)]
+        self.kinesis
+            .delete_stream()
+            .stream_name(stream)
+            .send()
+            .await
+            .expect("DeleteStream");
+        eventually("stream gone", Duration::from_secs(10), || async {
+            self.kinesis
+                .describe_stream_summary()
+                .stream_name(stream)
+                .send()
+                .await
+                .is_err()
+                .then_some(())
+        })
+        .await;
+    }
+
     /// Creates a provisioned stream with a unique name and waits until it is ACTIVE.
     ///
     /// # Panics
