@@ -1,13 +1,14 @@
 //! The driver task: owns every buffered record and every decision about it.
 //!
 //! ```text
-//!  Command::Send ─► predict shard ─► ShardState.aggregator ──(full | deadline | flush)──┐
-//!                                                                                      ▼
+//!  Incoming::{One,Batch} ─► predict shard ─► ShardState.aggregator ──(full | deadline | flush)─┐
+//!                                                                                             ▼
 //!                       ShardState.ready ─(token buckets per shard)─► collector (≤500, ≤5 MiB)
-//!                                                                                      │
-//!   receipts ◄─ settle ◄─ result per entry ◄─ PutRecords in flight (≤ max_in_flight) ◄─┘
-//!                  │
-//!                  └─ failed entry / retryable error ─► retry queue (backoff + jitter) ─► shard again
+//!                                                                                             │
+//!   receipts ◄─ settle ◄─ result per entry ◄─ PutRecords in flight (≤ max_in_flight) ◄───────┘
+//!   (one per record, or     │      └─ throttled ─► the shard's buckets empty, its rate × 0.75
+//!    one per batch)         └─ failed entry / retryable error ─► retry queue (backoff + jitter)
+//!                                                  ─► front of its shard's ready queue
 //! ```
 //!
 //! One task and no locks: the handle sends commands; this loop reacts to commands, responses,

@@ -1,17 +1,20 @@
 //! A KPL-class producer for Amazon Kinesis Data Streams.
 //!
 //! ```text
-//!   send(UserRecord) ─► buffer (bounded: max_buffered_bytes) ─► aggregate per predicted shard
-//!        │                                                        │ (KPL format, ≤ 50 KiB)
-//!        ▼                                                        ▼
-//!   PutReceipt ◄── Delivered { shard, sequence, sub-sequence } ◄─ rate limit per shard
-//!              ◄── PutError { reason, record }                    ─► PutRecords (≤ 500, ≤ 5 MiB)
-//!                                                                 ─► retry failed entries with
-//!                                                                    backoff until record_ttl
+//!   send(UserRecord) ──────► buffer (bounded: max_buffered_bytes) ─► aggregate per predicted shard
+//!   send_batch(Vec<..>) ──┘       │                                   │ (KPL format, ≤ 50 KiB)
+//!        │                                                            ▼
+//!        ▼                                                  rate limit per shard (slows down
+//!   PutReceipt ◄── Delivered { shard, sequence, sub-sequence }  when the shard throttles)
+//!              ◄── PutError { reason, record }                ─► PutRecords (≤ 500, ≤ 5 MiB)
+//!   BatchReceipt ◄── BatchOutcome { delivered, failed[index] } ─► retry failed entries with
+//!                                                                backoff until record_ttl
 //! ```
 //!
 //! What it does that the KPL does not: bounded memory with real backpressure (`send` waits,
-//! `try_send` hands the record back); retries with exponential backoff and jitter; fast failure
+//! `try_send` hands the record back; every record is counted with the copies it really takes,
+//! see [`buffer_cost`]); a batch path (`send_batch`: one reservation and one receipt for many
+//! records); retries with exponential backoff and jitter; fast failure
 //! of errors retrying cannot fix (missing stream, access denied, invalid request); optional
 //! per-key order (`preserve_order`); every failed record is handed back to the caller. No native
 //! daemon, no threads of its own: one Tokio task per producer.
