@@ -12,6 +12,12 @@
 //! processor is slower than the stream, reading stops and memory stays at N events (the KCL's
 //! open issue #1699 is unbounded growth here). The event stream is not read meanwhile, so the
 //! transport's own flow control holds the service back.
+//!
+//! A closed shard's subscription should end with its child shards. An endpoint that keeps it
+//! open with empty events instead (kinesis-mock does) would hold the children back forever, so
+//! while events come without records the task looks at the shard with ListShards now and then
+//! (after 10 s, then 20 s, ... at most every 5 min); once the shard is closed it reads what is
+//! left with GetRecords, which ends with the child shards.
 
 use std::time::Duration;
 
@@ -123,6 +129,10 @@ pub(crate) async fn deregister(
         .map_err(|e| AwsError::new("DeregisterStreamConsumer", e))
 }
 
+/// First look at an idle subscription's shard, and the longest gap between looks.
+const CLOSED_CHECK_FIRST: Duration = Duration::from_secs(10);
+const CLOSED_CHECK_MAX: Duration = Duration::from_secs(300);
+
 pub(crate) struct Subscription {
     pub(crate) kinesis: aws_sdk_kinesis::Client,
     pub(crate) stream: StreamRef,
@@ -176,10 +186,87 @@ impl Subscription {
         }
     }
 
+    /// Whether ListShards says the shard is closed (or gone).
+    async fn closed(&self) -> bool {
+        match list_shards(&self.kinesis, &self.stream).await {
+            Ok(shards) => shards
+                .iter()
+                .find(|s| s.shard_id == self.shard)
+                .is_none_or(|s| s.ending_sequence_number.is_some()),
+            Err(_) => false,
+        }
+    }
+
+    /// Reads a closed shard from after `last` to its end with GetRecords and sends it on, the
+    /// last event with the child shards. `false` if reading failed (the caller subscribes
+    /// again and will look again).
+    async fn drain(&self, last: &mut Option<SequenceNumber>, tx: &mpsc::Sender<Event>) -> bool {
+        let Ok(position) = self.position(last.as_ref()) else {
+            return false;
+        };
+        let mut req = self
+            .kinesis
+            .get_shard_iterator()
+            .shard_id(self.shard.as_str())
+            .shard_iterator_type(position.r#type().clone())
+            .set_starting_sequence_number(position.sequence_number().map(str::to_owned))
+            .set_timestamp(position.timestamp().copied());
+        req = kinesis_core::with_stream!(req, &self.stream);
+        let mut iterator = match req.send().await {
+            Ok(o) => o.shard_iterator().map(str::to_owned),
+            Err(e) => {
+                warn!(message = "GetShardIterator failed on a closed shard.", shard_id = %self.shard, error = ?e);
+                return false;
+            }
+        };
+        debug!(message = "Shard closed under an open subscription; reading its end with GetRecords.", shard_id = %self.shard);
+        while let Some(it) = iterator {
+            let out = match self.kinesis.get_records().shard_iterator(&it).send().await {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(message = "GetRecords failed on a closed shard.", shard_id = %self.shard, error = ?e);
+                    return false;
+                }
+            };
+            let children: Vec<String> = out
+                .child_shards()
+                .iter()
+                .map(|c| c.shard_id().to_string())
+                .collect();
+            iterator = out.next_shard_iterator().map(str::to_owned);
+            let behind = out.millis_behind_latest();
+            let mut records = convert(&self.shard, out.records, self.range);
+            if let Some(l) = last.as_ref() {
+                records.retain(|r| &r.sequence_number > l);
+            }
+            if let Some(r) = records.last() {
+                *last = Some(r.sequence_number.clone());
+            }
+            let end = iterator.is_none().then_some(children);
+            if records.is_empty() && end.is_none() {
+                // At most five reads a second per shard (the API's limit).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let event = Event {
+                records,
+                millis_behind_latest: behind,
+                end,
+            };
+            if tx.send(event).await.is_err() {
+                return true;
+            }
+        }
+        true
+    }
+
     /// Runs until the shard ends or the receiver is dropped.
     pub(crate) async fn run(self, tx: mpsc::Sender<Event>) {
         let mut last: Option<SequenceNumber> = None;
         let mut backoff = Duration::from_secs(1);
+        // While events come without records: when to look whether the shard is closed.
+        let mut idle_since = tokio::time::Instant::now();
+        let mut check_after = CLOSED_CHECK_FIRST;
         loop {
             if tx.is_closed() {
                 return;
@@ -244,8 +331,20 @@ impl Subscription {
                         let end = (!children.is_empty()).then_some(children);
                         let ended = end.is_some();
                         if records.is_empty() && !ended {
+                            if idle_since.elapsed() >= check_after {
+                                check_after = (check_after * 2).min(CLOSED_CHECK_MAX);
+                                idle_since = tokio::time::Instant::now();
+                                if self.closed().await {
+                                    if self.drain(&mut last, &tx).await {
+                                        return;
+                                    }
+                                    break;
+                                }
+                            }
                             continue;
                         }
+                        idle_since = tokio::time::Instant::now();
+                        check_after = CLOSED_CHECK_FIRST;
                         let event = Event {
                             records,
                             millis_behind_latest: Some(ev.millis_behind_latest),

@@ -27,13 +27,10 @@ fn record(i: usize) -> UserRecord {
 async fn stalled_setup(cap: usize) -> (TestEnv, StallProxy, Producer, String) {
     let env = TestEnv::start().await;
     let stream = env.create_stream(2).await;
-    let proxy = StallProxy::start(
-        env.emulators()
-            .expect("in-process emulators")
-            .kinesis_addr(),
-    )
-    .await
-    .unwrap();
+    let addr = env
+        .kinesis_addr()
+        .expect("an endpoint to put a proxy in front of (not real AWS)");
+    let proxy = StallProxy::start(addr).await.unwrap();
     let client = kinesis_for(&env.sdk, &proxy.endpoint());
     let cfg = ProducerConfig {
         max_buffered_bytes: cap,

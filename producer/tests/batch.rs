@@ -149,9 +149,11 @@ async fn a_deleted_stream_fails_each_record_with_its_index() {
 async fn a_stalled_endpoint_holds_batches_back_and_shutdown_settles_them() {
     let env = TestEnv::start().await;
     let stream = env.create_stream(2).await;
-    let proxy = StallProxy::start(env.emulators().expect("in-process").kinesis_addr())
-        .await
-        .unwrap();
+    let Some(addr) = env.kinesis_addr() else {
+        eprintln!("skipped: no endpoint to put a proxy in front of");
+        return;
+    };
+    let proxy = StallProxy::start(addr).await.unwrap();
     let cap = 256 * 1024;
     let cfg = ProducerConfig {
         max_buffered_bytes: cap,

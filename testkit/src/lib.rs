@@ -173,6 +173,37 @@ impl TestEnv {
         }
     }
 
+    /// The Kinesis endpoint URL to hand to another process (the agent daemon, the CLI): the
+    /// embedded emulator's, or `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL` for an external
+    /// backend. `None` on real AWS (the standard chain finds it).
+    pub fn kinesis_endpoint(&self) -> Option<String> {
+        match &self.emulators {
+            Some(emu) => Some(emu.kinesis_endpoint()),
+            None if self.backend == Backend::External => std::env::var("AWS_ENDPOINT_URL_KINESIS")
+                .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+                .ok(),
+            None => None,
+        }
+    }
+
+    /// Where the Kinesis endpoint listens, for tests that put a [`StallProxy`] in front of it:
+    /// the embedded emulator's address, or the host and port of `AWS_ENDPOINT_URL_KINESIS`
+    /// (or `AWS_ENDPOINT_URL`) for an external backend on plain HTTP. `None` on real AWS.
+    pub fn kinesis_addr(&self) -> Option<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs as _;
+        if let Some(emu) = &self.emulators {
+            return Some(emu.kinesis_addr());
+        }
+        if self.backend != Backend::External {
+            return None;
+        }
+        let url = std::env::var("AWS_ENDPOINT_URL_KINESIS")
+            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+            .ok()?;
+        let host_port = url.strip_prefix("http://")?.trim_end_matches('/');
+        host_port.to_socket_addrs().ok()?.next()
+    }
+
     /// A backend whose streams throttle writes over the shard limits (the embedded emulator
     /// with its limits enforced), or `None`, with a note on stderr, when this backend cannot:
     /// `let Some(env) = TestEnv::throttling().await else { return };`
