@@ -560,27 +560,24 @@ pub(crate) fn convert(
             .and_then(|t| std::time::SystemTime::try_from(t).ok());
         let data = Bytes::from(r.data.into_inner());
         let pk = r.partition_key.as_deref().unwrap_or_default();
-        let users = match kinesis_core::agg::deaggregate_for_shard(pk, data, range) {
-            Ok(u) => u,
-            Err(outside) => {
-                // The KCL drops such aggregates silently; we drop them too (a KPL-class producer
-                // re-sends their records), but say so.
-                warn!(message = "Dropping an aggregate with keys outside this shard (written during a reshard).", shard_id = %shard, sequence_number = %seq, user_records = outside.records.len());
-                metrics::counter!("AggregatesOutsideShard").increment(1);
-                continue;
-            }
-        };
-        out.reserve(users.len());
-        for u in users {
-            out.push(ConsumerRecord {
-                sequence_number: seq.clone(),
-                sub_sequence_number: u.sub_sequence_number,
-                partition_key: u.partition_key,
-                explicit_hash_key: u.explicit_hash_key,
-                data: u.data,
-                approximate_arrival_timestamp: arrival,
-                aggregated: u.aggregated,
+        // Straight into the batch: no vector per Kinesis record.
+        let decoded =
+            kinesis_core::agg::deaggregate_for_shard_into(pk, data, range, &mut out, |u| {
+                ConsumerRecord {
+                    sequence_number: seq.clone(),
+                    sub_sequence_number: u.sub_sequence_number,
+                    partition_key: u.partition_key,
+                    explicit_hash_key: u.explicit_hash_key,
+                    data: u.data,
+                    approximate_arrival_timestamp: arrival,
+                    aggregated: u.aggregated,
+                }
             });
+        if let Err(outside) = decoded {
+            // The KCL drops such aggregates silently; we drop them too (a KPL-class producer
+            // re-sends their records), but say so.
+            warn!(message = "Dropping an aggregate with keys outside this shard (written during a reshard).", shard_id = %shard, sequence_number = %seq, user_records = outside.records.len());
+            metrics::counter!("AggregatesOutsideShard").increment(1);
         }
     }
     out

@@ -209,11 +209,30 @@ fn hash_range_rule_on_reference_aggregate() {
         2
     );
     let only_low = HashKeyRange::new(HashKey::MIN, lo).unwrap();
-    let err = agg::deaggregate_for_shard("alpha", data, only_low).unwrap_err();
+    let err = agg::deaggregate_for_shard("alpha", data.clone(), only_low).unwrap_err();
     assert_eq!(err.hash_key, hi);
     assert_eq!(
         err.records.len(),
         2,
         "the records are handed back, not lost"
     );
+    // Into a caller's vector: the same rule, and a refused aggregate leaves it as it was.
+    let mut out = vec![99u64];
+    let err = agg::deaggregate_for_shard_into("alpha", data.clone(), only_low, &mut out, |r| {
+        r.sub_sequence_number
+    })
+    .unwrap_err();
+    assert_eq!((err.hash_key, err.records.len()), (hi, 2));
+    assert_eq!(out, [99], "nothing of the refused aggregate stays");
+    agg::deaggregate_for_shard_into("alpha", data.clone(), all, &mut out, |r| {
+        r.sub_sequence_number
+    })
+    .unwrap();
+    assert_eq!(out, [99, 0, 1]);
+    // The full range (a stream's only shard) takes every aggregate.
+    agg::deaggregate_for_shard_into("alpha", data, HashKeyRange::FULL, &mut out, |r| {
+        r.sub_sequence_number
+    })
+    .unwrap();
+    assert_eq!(out, [99, 0, 1, 0, 1]);
 }

@@ -154,6 +154,44 @@ pub fn deaggregate_for_shard(
     }
 }
 
+/// [`deaggregate_for_shard`] into the caller's vector: each user record goes through `map` and
+/// is pushed onto `out` (no intermediate vector). On `Err`, `out` is left as it was.
+///
+/// ```
+/// use bytes::Bytes;
+/// use kinesis_core::HashKeyRange;
+/// let mut out: Vec<(u64, usize)> = Vec::new();
+/// kinesis_core::agg::deaggregate_for_shard_into("pk", Bytes::from("plain"), HashKeyRange::FULL,
+///     &mut out, |r| (r.sub_sequence_number, r.data.len())).unwrap();
+/// assert_eq!(out, [(0, 5)]);
+/// ```
+pub fn deaggregate_for_shard_into<T>(
+    partition_key: &str,
+    data: Bytes,
+    range: HashKeyRange,
+    out: &mut Vec<T>,
+    mut map: impl FnMut(DeaggregatedRecord) -> T,
+) -> Result<(), OutsideShard> {
+    match parse_into(&data, Some(range), out, &mut map) {
+        Ok(()) => Ok(()),
+        Err(Failure::Outside {
+            hash_key,
+            sub_sequence_number,
+        }) => {
+            let records = parse(&data, None).unwrap_or_default();
+            Err(OutsideShard {
+                hash_key,
+                sub_sequence_number,
+                records,
+            })
+        }
+        Err(Failure::Not(_)) => {
+            out.push(map(plain(partition_key, data)));
+            Ok(())
+        }
+    }
+}
+
 fn plain(partition_key: &str, data: Bytes) -> DeaggregatedRecord {
     DeaggregatedRecord {
         partition_key: partition_key.into(),
@@ -179,6 +217,35 @@ impl From<NotAggregated> for Failure {
 }
 
 fn parse(data: &Bytes, range: Option<HashKeyRange>) -> Result<Vec<DeaggregatedRecord>, Failure> {
+    let mut out = Vec::new();
+    parse_into(data, range, &mut out, &mut |r| r)?;
+    Ok(out)
+}
+
+/// Decodes into `out` through `map`; on failure `out` is as it was.
+fn parse_into<T>(
+    data: &Bytes,
+    range: Option<HashKeyRange>,
+    out: &mut Vec<T>,
+    map: &mut impl FnMut(DeaggregatedRecord) -> T,
+) -> Result<(), Failure> {
+    let start = out.len();
+    let result = parse_each(data, range, out, map);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn parse_each<T>(
+    data: &Bytes,
+    range: Option<HashKeyRange>,
+    out: &mut Vec<T>,
+    map: &mut impl FnMut(DeaggregatedRecord) -> T,
+) -> Result<(), Failure> {
+    // Every key hashes into the full range (a stream's only shard): nothing to check, and no
+    // MD5 of each partition key.
+    let range = range.filter(|r| *r != HashKeyRange::FULL);
     if !data.starts_with(&MAGIC) {
         return Err(NotAggregated::NoMagic.into());
     }
@@ -217,7 +284,7 @@ fn parse(data: &Bytes, range: Option<HashKeyRange>) -> Result<Vec<DeaggregatedRe
 
     // Offsets from the reader are into `body`, which starts after the magic.
     let offset = MAGIC.len();
-    let mut out = Vec::with_capacity(msg.records.len());
+    out.reserve(msg.records.len());
     for (i, rec_range) in msg.records.into_iter().enumerate() {
         let r = wire::read_record(body, rec_range).map_err(bad)?;
         let pk_idx = r
@@ -248,15 +315,15 @@ fn parse(data: &Bytes, range: Option<HashKeyRange>) -> Result<Vec<DeaggregatedRe
                 });
             }
         }
-        out.push(DeaggregatedRecord {
+        out.push(map(DeaggregatedRecord {
             partition_key: Arc::clone(pk),
             explicit_hash_key: ehk,
             data: data.slice(data_range.start + offset..data_range.end + offset),
             sub_sequence_number,
             aggregated: true,
-        });
+        }));
     }
-    Ok(out)
+    Ok(())
 }
 
 fn index<'a, T>(

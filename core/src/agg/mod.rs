@@ -37,7 +37,7 @@ mod wire;
 
 pub use decode::{
     DeaggregatedRecord, NotAggregated, OutsideShard, deaggregate, deaggregate_for_shard,
-    has_aggregate_prefix, parse_aggregate,
+    deaggregate_for_shard_into, has_aggregate_prefix, parse_aggregate,
 };
 pub use encode::{
     AggregateError, Aggregator, DEFAULT_MAX_RECORD_BYTES, MAX_RECORD_BYTES_LIMIT, TryAdd,
