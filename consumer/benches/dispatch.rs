@@ -27,9 +27,14 @@ use kinesis_core::agg::{Aggregator, TryAdd};
 use kinesis_core::{HashKeyRange, PartitionKey, ShardId, UserRecord};
 use md5::{Digest, Md5};
 
-fn kinesis_records(users: usize, max: usize) -> Vec<Record> {
-    let keys: Vec<PartitionKey> = (0..1000)
+/// Aggregates of `users` 100-byte records over 1,000 keys; with `half`, only keys that hash into
+/// the lower half of the key space (a shard of a two-shard stream).
+fn kinesis_records(users: usize, max: usize, half: bool) -> Vec<Record> {
+    let half_range = self::half;
+    let keys: Vec<PartitionKey> = (0..)
         .map(|k| PartitionKey::new(format!("key-{k}")).unwrap())
+        .filter(|k| !half || half_range().contains(k.hash_key()))
+        .take(1000)
         .collect();
     let mut agg = Aggregator::new(max).unwrap();
     let mut out = Vec::new();
@@ -61,6 +66,15 @@ fn kinesis_records(users: usize, max: usize) -> Vec<Record> {
     out
 }
 
+/// The lower half of the hash-key space.
+fn half() -> HashKeyRange {
+    HashKeyRange::new(
+        kinesis_core::HashKey(0),
+        kinesis_core::HashKey(u128::MAX / 2),
+    )
+    .unwrap()
+}
+
 fn median(v: &mut [Duration]) -> f64 {
     v.sort();
     v[v.len() / 2].as_secs_f64()
@@ -72,19 +86,32 @@ fn dispatch_bench() {
         "1. de-aggregation + dispatch, one thread, {USERS} user records of 100 B, 1,000 keys; median of interleaved rounds"
     );
     println!(
-        "{:<10} {:>16} {:>16} {:>10}",
-        "aggregate", "records/s (core)", "MD5 records/s", "vs MD5"
+        "{:<34} {:>16} {:>16} {:>10}",
+        "aggregate, shard range", "records/s (core)", "MD5 records/s", "vs MD5"
     );
     let shard = ShardId::new("shardId-000000000000").unwrap();
-    for max in [51_200usize, 1024 * 1024] {
-        let records = kinesis_records(USERS, max);
+    // (aggregate size, shard range, key cache kept across reads like a shard reader's)
+    let cases = [
+        (51_200usize, HashKeyRange::FULL, true),
+        (1024 * 1024, HashKeyRange::FULL, true),
+        (51_200, half(), true),
+        (51_200, half(), false),
+    ];
+    let mut keys = kinesis_core::agg::KeyCache::new();
+    for (max, range, keep) in cases {
+        let records = kinesis_records(USERS, max, range != HashKeyRange::FULL);
         let (mut t_conv, mut t_md5) = (Vec::new(), Vec::new());
         let until = Instant::now() + Duration::from_secs(4);
         while Instant::now() < until || t_conv.len() < 10 {
             // Copying the input (what the SDK hands over) is the harness's work: untimed.
             let input = records.clone();
             let t = Instant::now();
-            let users = kinesis_consumer::__bench_convert(&shard, input, HashKeyRange::FULL);
+            let users = kinesis_consumer::__bench_convert(
+                &shard,
+                input,
+                range,
+                if keep { Some(&mut keys) } else { None },
+            );
             let batch = RecordBatch {
                 shard_id: shard.clone(),
                 records: users,
@@ -103,9 +130,19 @@ fn dispatch_bench() {
             t_md5.push(t.elapsed());
         }
         let (c, m) = (median(&mut t_conv), median(&mut t_md5));
+        let what = format!(
+            "{} KiB, {} range{}",
+            max / 1024,
+            if range == HashKeyRange::FULL {
+                "full"
+            } else {
+                "half"
+            },
+            if keep { "" } else { ", no key cache" }
+        );
         println!(
-            "{:<10} {:>16.0} {:>16.0} {:>9.0}%",
-            max,
+            "{:<34} {:>16.0} {:>16.0} {:>9.0}%",
+            what,
             USERS as f64 / c,
             USERS as f64 / m,
             m / c * 100.0

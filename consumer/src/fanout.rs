@@ -200,7 +200,12 @@ impl Subscription {
     /// Reads a closed shard from after `last` to its end with GetRecords and sends it on, the
     /// last event with the child shards. `false` if reading failed (the caller subscribes
     /// again and will look again).
-    async fn drain(&self, last: &mut Option<SequenceNumber>, tx: &mpsc::Sender<Event>) -> bool {
+    async fn drain(
+        &self,
+        last: &mut Option<SequenceNumber>,
+        keys: &mut kinesis_core::agg::KeyCache,
+        tx: &mpsc::Sender<Event>,
+    ) -> bool {
         let Ok(position) = self.position(last.as_ref()) else {
             return false;
         };
@@ -235,7 +240,7 @@ impl Subscription {
                 .collect();
             iterator = out.next_shard_iterator().map(str::to_owned);
             let behind = out.millis_behind_latest();
-            let mut records = convert(&self.shard, out.records, self.range);
+            let mut records = convert(&self.shard, out.records, self.range, keys);
             if let Some(l) = last.as_ref() {
                 records.retain(|r| &r.sequence_number > l);
             }
@@ -267,6 +272,7 @@ impl Subscription {
         // While events come without records: when to look whether the shard is closed.
         let mut idle_since = tokio::time::Instant::now();
         let mut check_after = CLOSED_CHECK_FIRST;
+        let mut keys = kinesis_core::agg::KeyCache::new();
         loop {
             if tx.is_closed() {
                 return;
@@ -319,7 +325,7 @@ impl Subscription {
                             .iter()
                             .map(|c| c.shard_id().to_string())
                             .collect();
-                        let mut records = convert(&self.shard, ev.records, self.range);
+                        let mut records = convert(&self.shard, ev.records, self.range, &mut keys);
                         // Never repeat: the emulators and AWS differ on what the continuation
                         // means, so filter on what was delivered.
                         if let Some(l) = &last {
@@ -335,7 +341,7 @@ impl Subscription {
                                 check_after = (check_after * 2).min(CLOSED_CHECK_MAX);
                                 idle_since = tokio::time::Instant::now();
                                 if self.closed().await {
-                                    if self.drain(&mut last, &tx).await {
+                                    if self.drain(&mut last, &mut keys, &tx).await {
                                         return;
                                     }
                                     break;

@@ -51,12 +51,27 @@ pub use simple::{FnProcessor, with_fn};
 pub use store::{LEASE_OWNER_INDEX, LeaseStore, StoreError};
 pub use taker::{LeaseView, TakePlan, plan_take};
 
-/// For the dispatch benchmark only: the read path's conversion of Kinesis records to user records.
+/// For the dispatch benchmark only: the read path's conversion of Kinesis records to user records,
+/// with the shard reader's key cache (`None`: a fresh cache per Kinesis record, as without one).
 #[doc(hidden)]
 pub fn __bench_convert(
     shard: &kinesis_core::ShardId,
     records: Vec<aws_sdk_kinesis::types::Record>,
     range: kinesis_core::HashKeyRange,
+    keys: Option<&mut kinesis_core::agg::KeyCache>,
 ) -> Vec<ConsumerRecord> {
-    shard_worker::convert(shard, records, range)
+    match keys {
+        Some(k) => shard_worker::convert(shard, records, range, k),
+        None => records
+            .into_iter()
+            .flat_map(|r| {
+                shard_worker::convert(
+                    shard,
+                    vec![r],
+                    range,
+                    &mut kinesis_core::agg::KeyCache::new(),
+                )
+            })
+            .collect(),
+    }
 }

@@ -205,11 +205,12 @@ impl<P: ShardProcessor> ShardWorker<P> {
             return self.finish(&mut cp, &shard_id, Vec::new()).await;
         };
         let mut backoff = Duration::from_millis(100);
+        let mut keys = kinesis_core::agg::KeyCache::new();
         loop {
             if let Some(ended) = self.check_stop(&mut cp).await {
                 return ended;
             }
-            let read = match self.read(&shard_id, &iterator, range).await {
+            let read = match self.read(&shard_id, &iterator, range, &mut keys).await {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(message = "GetRecords failed; backing off.", shard_id = %shard_id, error = %e);
@@ -422,6 +423,7 @@ impl<P: ShardProcessor> ShardWorker<P> {
         shard: &ShardId,
         iterator: &str,
         range: HashKeyRange,
+        keys: &mut kinesis_core::agg::KeyCache,
     ) -> Result<Read, kinesis_core::AwsError> {
         let out = match self
             .kinesis
@@ -446,7 +448,7 @@ impl<P: ShardProcessor> ShardWorker<P> {
             .collect();
         let next = out.next_shard_iterator().map(str::to_owned);
         let behind = out.millis_behind_latest();
-        let records = convert(shard, out.records, range);
+        let records = convert(shard, out.records, range, keys);
         Ok(Read::Batch {
             records,
             next,
@@ -549,6 +551,7 @@ pub(crate) fn convert(
     shard: &ShardId,
     records: Vec<aws_sdk_kinesis::types::Record>,
     range: HashKeyRange,
+    keys: &mut kinesis_core::agg::KeyCache,
 ) -> Vec<ConsumerRecord> {
     let mut out = Vec::with_capacity(records.len());
     for r in records {
@@ -562,7 +565,7 @@ pub(crate) fn convert(
         let pk = r.partition_key.as_deref().unwrap_or_default();
         // Straight into the batch: no vector per Kinesis record.
         let decoded =
-            kinesis_core::agg::deaggregate_for_shard_into(pk, data, range, &mut out, |u| {
+            kinesis_core::agg::deaggregate_for_shard_into(pk, data, range, keys, &mut out, |u| {
                 ConsumerRecord {
                     sequence_number: seq.clone(),
                     sub_sequence_number: u.sub_sequence_number,

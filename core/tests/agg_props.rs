@@ -91,6 +91,42 @@ proptest! {
     }
 
     #[test]
+    fn decoding_into_with_a_key_cache_matches_the_plain_decoder(
+        batches in proptest::collection::vec(proptest::collection::vec(record(), 1..40), 1..6),
+        bounds in (any::<u128>(), any::<u128>()),
+    ) {
+        // Several aggregates through one cache (keys and their hashes carried over), under a
+        // random shard range: the same records, or the same refusal, as without the cache.
+        let range = kinesis_core::HashKeyRange::new(
+            HashKey(bounds.0.min(bounds.1)),
+            HashKey(bounds.0.max(bounds.1)),
+        )
+        .unwrap();
+        let mut keys = agg::KeyCache::new();
+        for records in batches {
+            let mut a = Aggregator::new(1024 * 1024).unwrap();
+            for r in records {
+                prop_assert!(matches!(a.try_add(r).unwrap(), TryAdd::Added));
+            }
+            let kr = a.finish().unwrap();
+            let plain = agg::deaggregate_for_shard(kr.partition_key.as_str(), kr.data.clone(), range);
+            let mut out = Vec::new();
+            let into = agg::deaggregate_for_shard_into(
+                kr.partition_key.as_str(), kr.data, range, &mut keys, &mut out, |r| r,
+            );
+            match (plain, into) {
+                (Ok(p), Ok(())) => prop_assert_eq!(p, out),
+                (Err(p), Err(i)) => {
+                    prop_assert_eq!(p.hash_key, i.hash_key);
+                    prop_assert_eq!(p.records, i.records);
+                    prop_assert!(out.is_empty());
+                }
+                (p, i) => prop_assert!(false, "differ: {:?} vs {:?}", p.is_ok(), i.is_ok()),
+            }
+        }
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic_or_lose_data(data in proptest::collection::vec(any::<u8>(), 0..400)) {
         let data = Bytes::from(data);
         let out = agg::deaggregate("k", data.clone());

@@ -218,21 +218,29 @@ fn hash_range_rule_on_reference_aggregate() {
     );
     // Into a caller's vector: the same rule, and a refused aggregate leaves it as it was.
     let mut out = vec![99u64];
-    let err = agg::deaggregate_for_shard_into("alpha", data.clone(), only_low, &mut out, |r| {
-        r.sub_sequence_number
-    })
-    .unwrap_err();
+    let mut keys = agg::KeyCache::new();
+    let sub = |r: agg::DeaggregatedRecord| r.sub_sequence_number;
+    let err =
+        agg::deaggregate_for_shard_into("alpha", data.clone(), only_low, &mut keys, &mut out, sub)
+            .unwrap_err();
     assert_eq!((err.hash_key, err.records.len()), (hi, 2));
     assert_eq!(out, [99], "nothing of the refused aggregate stays");
-    agg::deaggregate_for_shard_into("alpha", data.clone(), all, &mut out, |r| {
-        r.sub_sequence_number
-    })
-    .unwrap();
+    agg::deaggregate_for_shard_into("alpha", data.clone(), all, &mut keys, &mut out, sub).unwrap();
     assert_eq!(out, [99, 0, 1]);
     // The full range (a stream's only shard) takes every aggregate.
-    agg::deaggregate_for_shard_into("alpha", data, HashKeyRange::FULL, &mut out, |r| {
-        r.sub_sequence_number
-    })
+    agg::deaggregate_for_shard_into(
+        "alpha",
+        data.clone(),
+        HashKeyRange::FULL,
+        &mut keys,
+        &mut out,
+        sub,
+    )
     .unwrap();
     assert_eq!(out, [99, 0, 1, 0, 1]);
+    // The cache remembers the keys' hashes: the rule still holds on the next aggregate.
+    let err = agg::deaggregate_for_shard_into("alpha", data, only_low, &mut keys, &mut out, sub)
+        .unwrap_err();
+    assert_eq!(err.hash_key, hi);
+    assert_eq!(out.len(), 5);
 }

@@ -1,5 +1,6 @@
 //! The KPL aggregation decoder, with the KCL's semantics.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::wire;
@@ -7,6 +8,47 @@ use super::{DIGEST_LEN, MAGIC};
 use crate::hash::{hash_key, md5_digest};
 use crate::types::{HashKey, HashKeyRange};
 use bytes::Bytes;
+
+/// Partition keys already decoded, with their hash keys once computed: user records that share
+/// a key across aggregates share one `Arc<str>`, the key is copied and checked once, and its
+/// MD5 (for the shard-range rule) is computed once, not once per aggregate. Keep one per shard
+/// reader. Bounded: emptied when it holds [`KeyCache::CAPACITY`] keys.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    keys: HashMap<Box<[u8]>, CachedKey, foldhash::fast::RandomState>,
+}
+
+/// A decoded key and, once computed, its hash key.
+type CachedKey = (Arc<str>, Option<HashKey>);
+
+impl KeyCache {
+    /// Most keys held; the cache starts over beyond this.
+    pub const CAPACITY: usize = 4096;
+
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The key for these bytes (valid UTF-8, checked by the reader), and its hash if known.
+    fn get(&mut self, bytes: &[u8]) -> (Arc<str>, Option<HashKey>) {
+        if let Some((k, h)) = self.keys.get(bytes) {
+            return (Arc::clone(k), *h);
+        }
+        if self.keys.len() >= Self::CAPACITY {
+            self.keys.clear();
+        }
+        let key: Arc<str> = Arc::from(std::str::from_utf8(bytes).unwrap_or_default());
+        self.keys.insert(bytes.into(), (Arc::clone(&key), None));
+        (key, None)
+    }
+
+    fn set_hash(&mut self, bytes: &[u8], hash: HashKey) {
+        if let Some(entry) = self.keys.get_mut(bytes) {
+            entry.1 = Some(hash);
+        }
+    }
+}
 
 /// A user record taken out of a Kinesis record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,24 +197,26 @@ pub fn deaggregate_for_shard(
 }
 
 /// [`deaggregate_for_shard`] into the caller's vector: each user record goes through `map` and
-/// is pushed onto `out` (no intermediate vector). On `Err`, `out` is left as it was.
+/// is pushed onto `out` (no intermediate vector), with partition keys shared through `keys`.
+/// On `Err`, `out` is left as it was.
 ///
 /// ```
 /// use bytes::Bytes;
-/// use kinesis_core::HashKeyRange;
-/// let mut out: Vec<(u64, usize)> = Vec::new();
+/// use kinesis_core::{agg::KeyCache, HashKeyRange};
+/// let (mut keys, mut out) = (KeyCache::new(), Vec::new());
 /// kinesis_core::agg::deaggregate_for_shard_into("pk", Bytes::from("plain"), HashKeyRange::FULL,
-///     &mut out, |r| (r.sub_sequence_number, r.data.len())).unwrap();
+///     &mut keys, &mut out, |r| (r.sub_sequence_number, r.data.len())).unwrap();
 /// assert_eq!(out, [(0, 5)]);
 /// ```
 pub fn deaggregate_for_shard_into<T>(
     partition_key: &str,
     data: Bytes,
     range: HashKeyRange,
+    keys: &mut KeyCache,
     out: &mut Vec<T>,
     mut map: impl FnMut(DeaggregatedRecord) -> T,
 ) -> Result<(), OutsideShard> {
-    match parse_into(&data, Some(range), out, &mut map) {
+    match parse_into(&data, Some(range), Some(keys), out, &mut map) {
         Ok(()) => Ok(()),
         Err(Failure::Outside {
             hash_key,
@@ -218,7 +262,7 @@ impl From<NotAggregated> for Failure {
 
 fn parse(data: &Bytes, range: Option<HashKeyRange>) -> Result<Vec<DeaggregatedRecord>, Failure> {
     let mut out = Vec::new();
-    parse_into(data, range, &mut out, &mut |r| r)?;
+    parse_into(data, range, None, &mut out, &mut |r| r)?;
     Ok(out)
 }
 
@@ -226,11 +270,12 @@ fn parse(data: &Bytes, range: Option<HashKeyRange>) -> Result<Vec<DeaggregatedRe
 fn parse_into<T>(
     data: &Bytes,
     range: Option<HashKeyRange>,
+    cache: Option<&mut KeyCache>,
     out: &mut Vec<T>,
     map: &mut impl FnMut(DeaggregatedRecord) -> T,
 ) -> Result<(), Failure> {
     let start = out.len();
-    let result = parse_each(data, range, out, map);
+    let result = parse_each(data, range, cache, out, map);
     if result.is_err() {
         out.truncate(start);
     }
@@ -240,6 +285,7 @@ fn parse_into<T>(
 fn parse_each<T>(
     data: &Bytes,
     range: Option<HashKeyRange>,
+    mut cache: Option<&mut KeyCache>,
     out: &mut Vec<T>,
     map: &mut impl FnMut(DeaggregatedRecord) -> T,
 ) -> Result<(), Failure> {
@@ -265,11 +311,17 @@ fn parse_each<T>(
     // read_message checked the strings are UTF-8.
     let text =
         |r: &std::ops::Range<usize>| std::str::from_utf8(&body[r.clone()]).unwrap_or_default();
-    let pks: Vec<Arc<str>> = msg
-        .partition_keys
-        .iter()
-        .map(|r| Arc::from(text(r)))
-        .collect();
+    // Keys, and their hashes when the cache knows them.
+    let mut pks: Vec<Arc<str>> = Vec::with_capacity(msg.partition_keys.len());
+    let mut known: Vec<Option<HashKey>> = Vec::with_capacity(msg.partition_keys.len());
+    for r in &msg.partition_keys {
+        let (k, h) = match cache.as_deref_mut() {
+            Some(c) => c.get(&body[r.clone()]),
+            None => (Arc::from(text(r)), None),
+        };
+        pks.push(k);
+        known.push(h);
+    }
     let ehks = msg
         .explicit_hash_keys
         .iter()
@@ -278,9 +330,9 @@ fn parse_each<T>(
                 .map_err(|_| NotAggregated::BadExplicitHashKey(text(r).to_owned()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    // Hash of each partition-key table entry, computed once per entry and only when checking.
-    let mut pk_hashes: Vec<Option<HashKey>> =
-        vec![None; if range.is_some() { pks.len() } else { 0 }];
+    // Hash of each partition-key table entry, computed once per entry (or once per cache) and
+    // only when checking.
+    let mut pk_hashes = known;
 
     // Offsets from the reader are into `body`, which starts after the magic.
     let offset = MAGIC.len();
@@ -304,7 +356,17 @@ fn parse_each<T>(
             let h = match ehk {
                 Some(h) => h,
                 None => match pk_hashes.get_mut(pk_pos) {
-                    Some(slot) => *slot.get_or_insert_with(|| hash_key(pk)),
+                    Some(Some(h)) => *h,
+                    Some(slot) => {
+                        let h = hash_key(pk);
+                        *slot = Some(h);
+                        if let (Some(c), Some(r)) =
+                            (cache.as_deref_mut(), msg.partition_keys.get(pk_pos))
+                        {
+                            c.set_hash(&body[r.clone()], h);
+                        }
+                        h
+                    }
                     None => hash_key(pk),
                 },
             };

@@ -36,7 +36,7 @@ mod proto;
 mod wire;
 
 pub use decode::{
-    DeaggregatedRecord, NotAggregated, OutsideShard, deaggregate, deaggregate_for_shard,
+    DeaggregatedRecord, KeyCache, NotAggregated, OutsideShard, deaggregate, deaggregate_for_shard,
     deaggregate_for_shard_into, has_aggregate_prefix, parse_aggregate,
 };
 pub use encode::{
