@@ -163,7 +163,7 @@ impl ProducerConfig {
 /// Bookkeeping bytes counted per record from `send` / `try_send` on top of its data copies and
 /// key: its entry, receipt channel, aggregation entry and allocator slack, measured with the
 /// throughput bench's stalled-endpoint run (peak RSS per record held, minus data and key).
-pub const RECORD_OVERHEAD_BYTES: usize = 544;
+pub const RECORD_OVERHEAD_BYTES: usize = 416;
 
 /// Bookkeeping bytes counted per record of a batch given to `send_batch` (no receipt channel of
 /// its own), measured the same way.

@@ -72,7 +72,7 @@ pub(crate) enum Reply {
 /// What the handle hands the driver.
 #[derive(Debug)]
 pub(crate) enum Incoming {
-    One(Box<Pending>),
+    One(Pending),
     Batch(BatchIn),
 }
 
@@ -397,8 +397,7 @@ impl Driver {
     /// Opens a batch's account and hands each record (stamped with the current epoch) to `f`.
     fn unpack(&mut self, incoming: Incoming, mut f: impl FnMut(&mut Self, Pending)) -> u64 {
         match incoming {
-            Incoming::One(p) => {
-                let mut p = *p;
+            Incoming::One(mut p) => {
                 p.epoch = self.epoch;
                 self.current += 1;
                 f(self, p);

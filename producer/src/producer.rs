@@ -216,7 +216,7 @@ impl Producer {
             last_error: None,
             epoch: 0,
         };
-        match self.inner.records.send(Incoming::One(Box::new(pending))) {
+        match self.inner.records.send(Incoming::One(pending)) {
             Ok(()) => Ok(PutReceipt::new(rx)),
             Err(mpsc::error::SendError(Incoming::One(p))) => Err(p.record),
             // Proven invariant: the channel hands back what was sent.
