@@ -179,21 +179,9 @@ pub fn deaggregate_for_shard(
     data: Bytes,
     range: HashKeyRange,
 ) -> Result<Vec<DeaggregatedRecord>, OutsideShard> {
-    match parse(&data, Some(range)) {
-        Ok(records) => Ok(records),
-        Err(Failure::Outside {
-            hash_key,
-            sub_sequence_number,
-        }) => {
-            let records = parse(&data, None).unwrap_or_default();
-            Err(OutsideShard {
-                hash_key,
-                sub_sequence_number,
-                records,
-            })
-        }
-        Err(Failure::Not(_)) => Ok(vec![plain(partition_key, data)]),
-    }
+    let mut out = Vec::new();
+    shard_into(partition_key, data, range, None, &mut out, &mut |r| r)?;
+    Ok(out)
 }
 
 /// [`deaggregate_for_shard`] into the caller's vector: each user record goes through `map` and
@@ -216,7 +204,18 @@ pub fn deaggregate_for_shard_into<T>(
     out: &mut Vec<T>,
     mut map: impl FnMut(DeaggregatedRecord) -> T,
 ) -> Result<(), OutsideShard> {
-    match parse_into(&data, Some(range), Some(keys), out, &mut map) {
+    shard_into(partition_key, data, range, Some(keys), out, &mut map)
+}
+
+fn shard_into<T>(
+    partition_key: &str,
+    data: Bytes,
+    range: HashKeyRange,
+    keys: Option<&mut KeyCache>,
+    out: &mut Vec<T>,
+    map: &mut impl FnMut(DeaggregatedRecord) -> T,
+) -> Result<(), OutsideShard> {
+    match parse_into(&data, Some(range), keys, out, map) {
         Ok(()) => Ok(()),
         Err(Failure::Outside {
             hash_key,
