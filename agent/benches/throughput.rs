@@ -63,6 +63,7 @@ fn main() {
             multi_line_start_pattern: None,
             skip_header_lines: 0,
             truncated_record_terminator: "\n".into(),
+            oversized: kinesis_agent::config::Oversized::Truncate,
             max_record_bytes: 1024 * 1024,
             partial_line_timeout: Duration::from_secs(5),
             processors: Vec::new(),

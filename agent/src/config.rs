@@ -48,6 +48,18 @@ pub enum PartitionKeyRule {
     JsonField(String),
 }
 
+/// What happens to a record over the size limit (`oversizedRecords`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Oversized {
+    /// Cut to the limit and end with `truncatedRecordTerminator` (the Kinesis Agent's way).
+    #[default]
+    Truncate,
+    /// Sent whole, as consecutive records of at most the limit each (same partition key, in
+    /// order within their aggregate); the file's checkpoint passes the line only when every
+    /// part is delivered.
+    Split,
+}
+
 /// One file pattern shipped to one stream.
 #[derive(Debug, Clone)]
 pub struct Flow {
@@ -68,6 +80,9 @@ pub struct Flow {
     pub skip_header_lines: usize,
     /// Appended to a record truncated to the size limit (`truncatedRecordTerminator`).
     pub truncated_record_terminator: String,
+    /// Records over `max_record_bytes`: truncated (default) or split (`oversizedRecords`:
+    /// TRUNCATE or SPLIT).
+    pub oversized: Oversized,
     /// Largest record, data + partition key (1 MiB, the API's default limit).
     pub max_record_bytes: usize,
     /// A partial last line waits this long for its newline, then is sent as is.
@@ -178,6 +193,7 @@ const FLOW_KEYS: &[&str] = &[
     "partialLineTimeoutMillis",
     "maxRecordBytes",
     "fileIdentity",
+    "oversizedRecords",
 ];
 
 /// A number, accepting the strings users write (`"1000"`).
@@ -396,6 +412,20 @@ fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigE
             ));
         }
     };
+    let oversized = match obj
+        .get("oversizedRecords")
+        .map(|v| string(v, &p("oversizedRecords")))
+        .transpose()?
+    {
+        None | Some("TRUNCATE") => Oversized::Truncate,
+        Some("SPLIT") => Oversized::Split,
+        Some(other) => {
+            return Err(err(
+                p("oversizedRecords"),
+                format!("{other:?}: expected TRUNCATE or SPLIT"),
+            ));
+        }
+    };
     let processors = match obj.get("dataProcessingOptions") {
         Some(dp) => crate::process::parse(dp, i)?,
         None => Vec::new(),
@@ -409,6 +439,7 @@ fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigE
         multi_line_start_pattern,
         skip_header_lines,
         truncated_record_terminator,
+        oversized,
         max_record_bytes,
         partial_line_timeout,
         processors,
@@ -484,6 +515,10 @@ mod tests {
             (
                 r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "partitionKeyOption": "X"}]}"#,
                 "flows[0].partitionKeyOption",
+            ),
+            (
+                r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "oversizedRecords": "DROP"}]}"#,
+                "flows[0].oversizedRecords",
             ),
             (
                 r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "multiLineStartPattern": "("}]}"#,

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::checkpoint::{Checkpoints, FileCheckpoint};
-use crate::config::{AgentConfig, Flow, PartitionKeyRule};
+use crate::config::{AgentConfig, Flow, Oversized, PartitionKeyRule};
 use crate::tail::{Chunk, Tailer};
 
 /// Running the agent failed.
@@ -62,14 +62,20 @@ struct Sent {
     fingerprint: Arc<str>,
     path: Arc<Path>,
     seq: u64,
-    end_offset: u64,
+    /// Where the file's checkpoint may go once this batch and all before it are delivered;
+    /// `None` for a batch that holds only leading parts of a split line.
+    end_offset: Option<u64>,
 }
+
+/// One file's acknowledgements: the next batch expected, and the delivered batches after a gap
+/// (seq → end offset).
+type FileAcks = (u64, BTreeMap<u64, Option<u64>>);
 
 /// Acknowledged offsets per file, advanced only over contiguous delivered lines.
 #[derive(Default)]
 struct Acks {
     /// fingerprint → (next seq expected, delivered seqs not yet contiguous: seq → end offset)
-    files: HashMap<Arc<str>, (u64, BTreeMap<u64, u64>)>,
+    files: HashMap<Arc<str>, FileAcks>,
 }
 
 impl Acks {
@@ -82,7 +88,8 @@ impl Acks {
         let mut advanced = None;
         while let Some(end) = entry.1.remove(&entry.0) {
             entry.0 += 1;
-            advanced = Some(end);
+            // A batch of leading parts of a split line moves the order on, not the offset.
+            advanced = end.or(advanced);
         }
         if let Some(offset) = advanced
             && let Ok(mut c) = checkpoints.lock()
@@ -150,30 +157,25 @@ fn fit(data: Bytes, key: &PartitionKey, flow: &Flow) -> Bytes {
 
 /// Cuts a chunk's records into batches of at most an eighth of the producer's buffer each, so
 /// that several are in flight and none is too large to be taken; each with the offset after
-/// its last record.
+/// its last complete line (`None` if it holds only leading parts of a split line).
 fn batches(
-    records: impl ExactSizeIterator<Item = UserRecord>,
-    ends: &[u64],
+    records: impl Iterator<Item = (UserRecord, Option<u64>)>,
     cfg: &ProducerConfig,
-) -> Vec<(Vec<UserRecord>, u64)> {
+) -> Vec<(Vec<UserRecord>, Option<u64>)> {
     let budget = cfg.max_buffered_bytes / 8;
     let mut out = Vec::new();
-    let mut left = records.len();
-    let mut batch = Vec::with_capacity(left);
-    let (mut cost, mut batch_end) = (0, 0);
-    for (record, &end) in records.zip(ends) {
+    let mut batch = Vec::with_capacity(records.size_hint().0);
+    let (mut cost, mut batch_end) = (0, None);
+    for (record, end) in records {
         let c = kinesis_producer::batch_buffer_cost(&record);
         if !batch.is_empty() && cost + c > budget {
-            out.push((
-                std::mem::replace(&mut batch, Vec::with_capacity(left)),
-                batch_end,
-            ));
+            let next = Vec::with_capacity(batch.capacity().saturating_sub(batch.len()));
+            out.push((std::mem::replace(&mut batch, next), batch_end.take()));
             cost = 0;
         }
-        left -= 1;
         cost += c;
         batch.push(record);
-        batch_end = end;
+        batch_end = end.or(batch_end);
     }
     if !batch.is_empty() {
         out.push((batch, batch_end));
@@ -181,18 +183,66 @@ fn batches(
     out
 }
 
+/// The records one line becomes: one, or the parts of a split line.
+enum Parts {
+    One(Option<(UserRecord, Option<u64>)>),
+    Split(std::vec::IntoIter<(UserRecord, Option<u64>)>),
+}
+
+impl Iterator for Parts {
+    type Item = (UserRecord, Option<u64>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::One(r) => r.take(),
+            Self::Split(it) => it.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Self::One(r) => (usize::from(r.is_some()), Some(usize::from(r.is_some()))),
+            Self::Split(it) => it.size_hint(),
+        }
+    }
+}
+
+/// A record over the limit as consecutive parts of at most the limit (zero-copy slices); only
+/// the last carries the line's end, so the checkpoint passes the line once every part is in.
+fn split(data: &Bytes, key: &PartitionKey, end: u64, flow: &Flow) -> Parts {
+    let limit = flow.max_record_bytes.saturating_sub(key.len_bytes()).max(1);
+    let n = data.len().div_ceil(limit);
+    let parts: Vec<_> = (0..n)
+        .map(|i| {
+            let part = data.slice(i * limit..((i + 1) * limit).min(data.len()));
+            let last = i + 1 == n;
+            (
+                UserRecord::new(key.clone(), None, part),
+                last.then_some(end),
+            )
+        })
+        .collect();
+    metrics::counter!("agent_records_split_total").increment(1);
+    Parts::Split(parts.into_iter())
+}
+
 /// Lines of data that share one RANDOM partition key: about one aggregate's worth (the KPL's
 /// 50 KiB aggregation limit), so each aggregate goes to a random shard.
 const RANDOM_KEY_RUN_BYTES: usize = 50 * 1024;
 
-/// Turns a chunk's lines into records: processors, partition key, size limit. With RANDOM keys,
-/// runs of lines of about one aggregate share a random key: aggregates spread over the shards
-/// as evenly as with a key per line, but each carries one key, not one per line, and the key
-/// is hashed once per run.
-fn records_of(lines: Vec<Bytes>, flow: &Flow) -> impl ExactSizeIterator<Item = UserRecord> + '_ {
+/// Turns a chunk's lines into records, each with the offset the checkpoint may take once it is
+/// delivered: processors, partition key, size limit (truncate or split). With RANDOM keys, runs
+/// of lines of about one aggregate share a random key: aggregates spread over the shards as
+/// evenly as with a key per line, but each carries one key, not one per line, and the key is
+/// hashed once per run.
+fn records_of<'a>(
+    lines: Vec<Bytes>,
+    ends: &'a [u64],
+    flow: &'a Flow,
+) -> impl Iterator<Item = (UserRecord, Option<u64>)> + 'a {
     let random = matches!(flow.partition_key, PartitionKeyRule::Random);
     let mut run: Option<(PartitionKey, usize)> = None;
-    lines.into_iter().map(move |line| {
+    lines.into_iter().zip(ends).flat_map(move |(line, &end)| {
         let data = if flow.processors.is_empty() {
             line
         } else {
@@ -217,8 +267,12 @@ fn records_of(lines: Vec<Bytes>, flow: &Flow) -> impl ExactSizeIterator<Item = U
         } else {
             partition_key(&flow.partition_key, &data)
         };
+        let over = data.len() + key.len_bytes() > flow.max_record_bytes;
+        if over && flow.oversized == Oversized::Split {
+            return split(&data, &key, end, flow);
+        }
         let data = fit(data, &key, flow);
-        UserRecord::new(key, None, data)
+        Parts::One(Some((UserRecord::new(key, None, data), Some(end))))
     })
 }
 
@@ -448,8 +502,8 @@ async fn tail_flow(
         let chunks: Vec<Chunk> = tailer.read(256 * 1024, now);
         let idle = chunks.is_empty();
         let parts = chunks.into_iter().flat_map(|c| {
-            let records = records_of(c.records, &flow);
-            batches(records, &c.ends, producer.config())
+            let records = records_of(c.records, &c.ends, &flow);
+            batches(records, producer.config())
                 .into_iter()
                 .map(move |(records, end)| {
                     (
@@ -519,6 +573,7 @@ mod tests {
             multi_line_start_pattern: None,
             skip_header_lines: 0,
             truncated_record_terminator: "\n".into(),
+            oversized: crate::config::Oversized::Truncate,
             max_record_bytes,
             partial_line_timeout: Duration::from_secs(5),
             processors: Vec::new(),
@@ -552,9 +607,11 @@ mod tests {
             (vec![10, 400_000, 10], vec![1, 1, 1]),
         ];
         for (sizes, want) in cases {
-            let records: Vec<UserRecord> = sizes.iter().map(|&n| record(n)).collect();
-            let ends: Vec<u64> = (1..=sizes.len() as u64).map(|i| i * 1000).collect();
-            let got = batches(records.into_iter(), &ends, &cfg);
+            let records = sizes
+                .iter()
+                .zip(1u64..)
+                .map(|(&n, i)| (record(n), Some(i * 1000)));
+            let got = batches(records, &cfg);
             let lens: Vec<usize> = got.iter().map(|(b, _)| b.len()).collect();
             assert_eq!(lens, want, "sizes {:?}...", &sizes[..sizes.len().min(3)]);
             let mut seen = 0;
@@ -562,7 +619,7 @@ mod tests {
                 seen += b.len();
                 assert_eq!(
                     *end,
-                    seen as u64 * 1000,
+                    Some(seen as u64 * 1000),
                     "a batch ends after its last record"
                 );
                 let cost: usize = b.iter().map(kinesis_producer::batch_buffer_cost).sum();
@@ -575,7 +632,8 @@ mod tests {
     fn random_keys_change_once_per_aggregate_sized_run() {
         let f = flow(PartitionKeyRule::Random, 1024 * 1024);
         let lines: Vec<Bytes> = (0..1000).map(|_| Bytes::from(vec![b'a'; 1000])).collect();
-        let records: Vec<UserRecord> = records_of(lines, &f).collect();
+        let ends: Vec<u64> = (1..=1000).collect();
+        let records: Vec<UserRecord> = records_of(lines, &ends, &f).map(|(r, _)| r).collect();
         let mut runs = Vec::new();
         for r in &records {
             match runs.last_mut() {
@@ -591,6 +649,72 @@ mod tests {
     }
 
     #[test]
+    fn split_lines_come_whole_in_parts_and_only_the_last_part_moves_the_checkpoint() {
+        let mut f = flow(PartitionKeyRule::Deterministic, 132);
+        f.oversized = crate::config::Oversized::Split;
+        // A 32-character key leaves 100 bytes of data per record.
+        let long = Bytes::from((0..250u8).collect::<Vec<u8>>());
+        let lines = vec![
+            Bytes::from_static(b"short\n"),
+            long.clone(),
+            Bytes::from_static(b"x\n"),
+        ];
+        let got: Vec<(UserRecord, Option<u64>)> = records_of(lines, &[6, 256, 258], &f).collect();
+        let sizes: Vec<usize> = got.iter().map(|(r, _)| r.data.len()).collect();
+        assert_eq!(sizes, [6, 100, 100, 50, 2]);
+        let ends: Vec<Option<u64>> = got.iter().map(|(_, e)| *e).collect();
+        assert_eq!(ends, [Some(6), None, None, Some(256), Some(258)]);
+        let joined: Vec<u8> = got[1..4]
+            .iter()
+            .flat_map(|(r, _)| r.data.to_vec())
+            .collect();
+        assert_eq!(joined, long.to_vec(), "nothing cut, nothing added");
+        assert!(
+            got[1..4]
+                .iter()
+                .all(|(r, _)| r.partition_key == got[1].0.partition_key)
+        );
+        assert!(got.iter().all(|(r, _)| r.size_bytes() <= 132));
+        // Batches of one part each: those holding only leading parts move no checkpoint.
+        let part = kinesis_producer::batch_buffer_cost(&got[1].0);
+        let cfg = ProducerConfig {
+            max_buffered_bytes: part * 8,
+            ..ProducerConfig::default()
+        };
+        let ends: Vec<Option<u64>> = batches(got.into_iter(), &cfg)
+            .iter()
+            .map(|(_, e)| *e)
+            .collect();
+        assert_eq!(ends, [Some(6), None, None, Some(256), Some(258)]);
+    }
+
+    #[test]
+    fn checkpoints_pass_only_contiguous_batches_and_parts_do_not_move_them() {
+        let cps = Mutex::new(Checkpoints::new());
+        let mut acks = Acks::default();
+        let fp: Arc<str> = "crc32:1".into();
+        let sent = |seq, end_offset| Sent {
+            fingerprint: Arc::clone(&fp),
+            path: Path::new("a.log").into(),
+            seq,
+            end_offset,
+        };
+        let offset = |c: &Mutex<Checkpoints>| c.lock().unwrap().get("crc32:1").map(|c| c.offset);
+        // (seq delivered, its end, checkpoint after)
+        let steps = [
+            (2, Some(256), None),
+            (1, None, None),
+            (0, Some(6), Some(256)),
+            (4, Some(300), Some(256)),
+            (3, None, Some(300)),
+        ];
+        for (seq, end, want) in steps {
+            acks.delivered(&sent(seq, end), &cps);
+            assert_eq!(offset(&cps), want, "after seq {seq}");
+        }
+    }
+
+    #[test]
     fn deterministic_keys_follow_the_data_and_oversized_lines_are_cut() {
         let f = flow(PartitionKeyRule::Deterministic, 100);
         let lines = vec![
@@ -599,7 +723,9 @@ mod tests {
             Bytes::from_static(b"same"),
             Bytes::from(vec![b'z'; 500]),
         ];
-        let r: Vec<UserRecord> = records_of(lines, &f).collect();
+        let r: Vec<UserRecord> = records_of(lines, &[1, 2, 3, 4], &f)
+            .map(|(r, _)| r)
+            .collect();
         assert_eq!(r[0].partition_key, r[2].partition_key);
         assert_ne!(r[0].partition_key, r[1].partition_key);
         assert_eq!(

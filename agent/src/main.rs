@@ -108,12 +108,14 @@ fn main() -> ExitCode {
                 );
                 for f in &cfg.flows {
                     println!(
-                        "- {} -> {} (key {:?}, start {:?}, buffer {:?}{})",
+                        "- {} -> {} (key {:?}, start {:?}, buffer {:?}, records over {} bytes: {:?}{})",
                         f.file_pattern,
                         f.stream,
                         f.partition_key,
                         f.initial_position,
                         f.max_buffer_age,
+                        f.max_record_bytes,
+                        f.oversized,
                         f.multi_line_start_pattern
                             .as_deref()
                             .map(|p| format!(", multi-line start {p:?}"))

@@ -29,6 +29,7 @@ fn flow(pattern: &Path, stream: &str) -> Flow {
         multi_line_start_pattern: None,
         skip_header_lines: 0,
         truncated_record_terminator: "\n".into(),
+        oversized: kinesis_agent::config::Oversized::Truncate,
         max_record_bytes: 1024 * 1024,
         partial_line_timeout: Duration::from_millis(300),
         processors: Vec::new(),
@@ -222,6 +223,52 @@ async fn multi_line_records_partial_lines_and_hostile_input() {
         b"2026-01-04 a last line without newline".to_vec(),
         "sent after the partial-line timeout"
     );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_lines_can_be_split_instead_of_cut() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let d = dir();
+    let log = d.join("big.log");
+    let mut f = flow(&log, &stream);
+    f.partition_key = PartitionKeyRule::Deterministic;
+    f.oversized = kinesis_agent::config::Oversized::Split;
+    f.max_record_bytes = 2048;
+    let big: String = (0..10_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    append(
+        &log,
+        ["before".to_string(), big.clone(), "after".to_string()],
+    );
+    let (stop, task) = start(&env, config(&d, vec![f]));
+    let records = eventually("every part", Duration::from_secs(30), || async {
+        let r = read_stream(&env.kinesis, &stream).await.unwrap().records;
+        let bytes: usize = r.iter().map(|r| r.data.len()).sum();
+        (bytes == "before\n".len() + big.len() + 1 + "after\n".len()).then_some(r)
+    })
+    .await;
+    let mut records = records;
+    records.sort_by(|a, b| {
+        (&a.sequence_number, a.sub_sequence_number)
+            .cmp(&(&b.sequence_number, b.sub_sequence_number))
+    });
+    assert!(
+        records
+            .iter()
+            .all(|r| r.data.len() + r.partition_key.len() <= 2048)
+    );
+    let all: Vec<u8> = records.iter().flat_map(|r| r.data.to_vec()).collect();
+    assert_eq!(
+        String::from_utf8(all).unwrap(),
+        format!("before\n{big}\nafter\n"),
+        "the line arrives whole, in order, in {} records",
+        records.len()
+    );
+    assert!(records.len() >= 2 + 10_001usize.div_ceil(2048));
     stop.send(()).unwrap();
     task.await.unwrap();
 }
