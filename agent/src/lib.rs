@@ -158,29 +158,56 @@ fn fit(data: Bytes, key: &PartitionKey, flow: &Flow) -> Bytes {
 /// Cuts a chunk's records into batches of at most an eighth of the producer's buffer each, so
 /// that several are in flight and none is too large to be taken; each with the offset after
 /// its last complete line (`None` if it holds only leading parts of a split line).
+struct Batcher {
+    budget: usize,
+    out: Vec<(Vec<UserRecord>, Option<u64>)>,
+    batch: Vec<UserRecord>,
+    cost: usize,
+    end: Option<u64>,
+}
+
+impl Batcher {
+    fn new(cfg: &ProducerConfig, expected: usize) -> Self {
+        Self {
+            budget: cfg.max_buffered_bytes / 8,
+            out: Vec::new(),
+            batch: Vec::with_capacity(expected),
+            cost: 0,
+            end: None,
+        }
+    }
+
+    fn push(&mut self, record: UserRecord, end: Option<u64>) {
+        let c = kinesis_producer::batch_buffer_cost(&record);
+        if !self.batch.is_empty() && self.cost + c > self.budget {
+            let next = Vec::with_capacity(self.batch.capacity().saturating_sub(self.batch.len()));
+            self.out
+                .push((std::mem::replace(&mut self.batch, next), self.end.take()));
+            self.cost = 0;
+        }
+        self.cost += c;
+        self.batch.push(record);
+        self.end = end.or(self.end);
+    }
+
+    fn finish(mut self) -> Vec<(Vec<UserRecord>, Option<u64>)> {
+        if !self.batch.is_empty() {
+            self.out.push((self.batch, self.end));
+        }
+        self.out
+    }
+}
+
+#[cfg(test)]
 fn batches(
     records: impl Iterator<Item = (UserRecord, Option<u64>)>,
     cfg: &ProducerConfig,
 ) -> Vec<(Vec<UserRecord>, Option<u64>)> {
-    let budget = cfg.max_buffered_bytes / 8;
-    let mut out = Vec::new();
-    let mut batch = Vec::with_capacity(records.size_hint().0);
-    let (mut cost, mut batch_end) = (0, None);
-    for (record, end) in records {
-        let c = kinesis_producer::batch_buffer_cost(&record);
-        if !batch.is_empty() && cost + c > budget {
-            let next = Vec::with_capacity(batch.capacity().saturating_sub(batch.len()));
-            out.push((std::mem::replace(&mut batch, next), batch_end.take()));
-            cost = 0;
-        }
-        cost += c;
-        batch.push(record);
-        batch_end = end.or(batch_end);
+    let mut b = Batcher::new(cfg, records.size_hint().0);
+    for (r, end) in records {
+        b.push(r, end);
     }
-    if !batch.is_empty() {
-        out.push((batch, batch_end));
-    }
-    out
+    b.finish()
 }
 
 /// The records one line becomes: one, or the parts of a split line.
@@ -230,19 +257,28 @@ fn split(data: &Bytes, key: &PartitionKey, end: u64, flow: &Flow) -> Parts {
 /// 50 KiB aggregation limit), so each aggregate goes to a random shard.
 const RANDOM_KEY_RUN_BYTES: usize = 50 * 1024;
 
-/// Turns a chunk's lines into records, each with the offset the checkpoint may take once it is
+/// Turns lines into records, each with the offset the checkpoint may take once it is
 /// delivered: processors, partition key, size limit (truncate or split). With RANDOM keys, runs
 /// of lines of about one aggregate share a random key: aggregates spread over the shards as
 /// evenly as with a key per line, but each carries one key, not one per line, and the key is
 /// hashed once per run.
-fn records_of<'a>(
-    lines: Vec<Bytes>,
-    ends: &'a [u64],
+struct LineRecords<'a> {
     flow: &'a Flow,
-) -> impl Iterator<Item = (UserRecord, Option<u64>)> + 'a {
-    let random = matches!(flow.partition_key, PartitionKeyRule::Random);
-    let mut run: Option<(PartitionKey, usize)> = None;
-    lines.into_iter().zip(ends).flat_map(move |(line, &end)| {
+    random: bool,
+    run: Option<(PartitionKey, usize)>,
+}
+
+impl<'a> LineRecords<'a> {
+    fn new(flow: &'a Flow) -> Self {
+        Self {
+            flow,
+            random: matches!(flow.partition_key, PartitionKeyRule::Random),
+            run: None,
+        }
+    }
+
+    fn convert(&mut self, line: Bytes, end: u64) -> Parts {
+        let flow = self.flow;
         let data = if flow.processors.is_empty() {
             line
         } else {
@@ -252,15 +288,15 @@ fn records_of<'a>(
                     .fold(Vec::from(line), |d, p| p.apply(d)),
             )
         };
-        let key = if random {
-            match &mut run {
+        let key = if self.random {
+            match &mut self.run {
                 Some((k, bytes)) if *bytes < RANDOM_KEY_RUN_BYTES => {
                     *bytes += data.len();
                     k.clone()
                 }
                 _ => {
                     let k = partition_key(&flow.partition_key, &[]);
-                    run = Some((k.clone(), data.len()));
+                    self.run = Some((k.clone(), data.len()));
                     k
                 }
             }
@@ -273,7 +309,42 @@ fn records_of<'a>(
         }
         let data = fit(data, &key, flow);
         Parts::One(Some((UserRecord::new(key, None, data), Some(end))))
-    })
+    }
+}
+
+/// A chunk's lines as producer batches, in one pass.
+fn batch_lines(
+    lines: Vec<Bytes>,
+    ends: &[u64],
+    flow: &Flow,
+    cfg: &ProducerConfig,
+) -> Vec<(Vec<UserRecord>, Option<u64>)> {
+    let mut conv = LineRecords::new(flow);
+    let mut b = Batcher::new(cfg, lines.len());
+    for (line, &end) in lines.into_iter().zip(ends) {
+        match conv.convert(line, end) {
+            Parts::One(Some((r, e))) => b.push(r, e),
+            parts => {
+                for (r, e) in parts {
+                    b.push(r, e);
+                }
+            }
+        }
+    }
+    b.finish()
+}
+
+#[cfg(test)]
+fn records_of<'a>(
+    lines: Vec<Bytes>,
+    ends: &'a [u64],
+    flow: &'a Flow,
+) -> impl Iterator<Item = (UserRecord, Option<u64>)> + 'a {
+    let mut conv = LineRecords::new(flow);
+    lines
+        .into_iter()
+        .zip(ends)
+        .flat_map(move |(line, &end)| conv.convert(line, end))
 }
 
 /// Runs the agent until `shutdown` resolves, then stops reading, waits up to `drain` for what
@@ -502,8 +573,7 @@ async fn tail_flow(
         let chunks: Vec<Chunk> = tailer.read(256 * 1024, now);
         let idle = chunks.is_empty();
         let parts = chunks.into_iter().flat_map(|c| {
-            let records = records_of(c.records, &c.ends, &flow);
-            batches(records, producer.config())
+            batch_lines(c.records, &c.ends, &flow, producer.config())
                 .into_iter()
                 .map(move |(records, end)| {
                     (
