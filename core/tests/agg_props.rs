@@ -40,6 +40,46 @@ fn with_md5(body: &[u8]) -> Bytes {
     Bytes::from(v)
 }
 
+#[test]
+fn a_key_cache_facing_random_keys_steps_aside_and_decodes_the_same() {
+    // 200 aggregates of 100 records with keys that never repeat, then some that do: the cache
+    // steps aside after its first window of misses, and every result equals the plain decoder's.
+    let range = kinesis_core::HashKeyRange::new(HashKey(0), HashKey(u128::MAX / 2)).unwrap();
+    let mut keys = agg::KeyCache::new();
+    for a in 0..300usize {
+        let mut agg = Aggregator::new(1024 * 1024).unwrap();
+        for i in 0..100usize {
+            let key = if a < 200 {
+                format!("k-{a}-{i}")
+            } else {
+                format!("k-{}", i % 10)
+            };
+            let r = UserRecord::new(
+                PartitionKey::new(key).unwrap(),
+                None,
+                Bytes::from(vec![1u8; 10]),
+            );
+            assert!(matches!(agg.try_add(r).unwrap(), TryAdd::Added));
+        }
+        let kr = agg.finish().unwrap();
+        let plain = agg::deaggregate_for_shard(kr.partition_key.as_str(), kr.data.clone(), range);
+        let mut out = Vec::new();
+        let into = agg::deaggregate_for_shard_into(
+            kr.partition_key.as_str(),
+            kr.data,
+            range,
+            &mut keys,
+            &mut out,
+            |r| r,
+        );
+        match (plain, into) {
+            (Ok(p), Ok(())) => assert_eq!(p, out),
+            (Err(p), Err(i)) => assert_eq!((p.hash_key, p.records), (i.hash_key, i.records)),
+            (p, i) => panic!("aggregate {a} differs: {:?} vs {:?}", p.is_ok(), i.is_ok()),
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 

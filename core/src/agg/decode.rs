@@ -13,9 +13,17 @@ use bytes::Bytes;
 /// a key across aggregates share one `Arc<str>`, the key is copied and checked once, and its
 /// MD5 (for the shard-range rule) is computed once, not once per aggregate. Keep one per shard
 /// reader. Bounded: emptied when it holds [`KeyCache::CAPACITY`] keys.
+///
+/// When keys rarely repeat (random keys: fewer than one lookup in eight hits), the cache steps
+/// aside for a while rather than pay for keys it will never see again.
 #[derive(Debug, Default)]
 pub struct KeyCache {
     keys: HashMap<Box<[u8]>, CachedKey, foldhash::fast::RandomState>,
+    /// Lookups and hits since the last look at the hit rate.
+    lookups: u32,
+    hits: u32,
+    /// Keys still to pass without the cache.
+    bypass: u32,
 }
 
 /// A decoded key and, once computed, its hash key.
@@ -30,9 +38,30 @@ impl KeyCache {
         Self::default()
     }
 
+    /// Lookups between looks at the hit rate, and how many keys pass by after a poor one.
+    const WINDOW: u32 = 4096;
+    const BYPASS: u32 = 65_536;
+
     /// The key for these bytes (valid UTF-8, checked by the reader), and its hash if known.
     fn get(&mut self, bytes: &[u8]) -> (Arc<str>, Option<HashKey>) {
+        if self.bypass > 0 {
+            self.bypass -= 1;
+            return (
+                Arc::from(std::str::from_utf8(bytes).unwrap_or_default()),
+                None,
+            );
+        }
+        self.lookups += 1;
+        if self.lookups >= Self::WINDOW {
+            if self.hits < self.lookups / 8 {
+                self.bypass = Self::BYPASS;
+                self.keys.clear();
+            }
+            self.lookups = 0;
+            self.hits = 0;
+        }
         if let Some((k, h)) = self.keys.get(bytes) {
+            self.hits += 1;
             return (Arc::clone(k), *h);
         }
         if self.keys.len() >= Self::CAPACITY {
