@@ -140,9 +140,14 @@ fn partition_key(rule: &PartitionKeyRule, data: &[u8]) -> PartitionKey {
     PartitionKey::new(key).expect("partition keys built above are 1..=256 characters")
 }
 
+/// Most data bytes a record with `key` may carry (the limit counts data + key).
+fn data_limit(key: &PartitionKey, flow: &Flow) -> usize {
+    flow.max_record_bytes.saturating_sub(key.len_bytes())
+}
+
 /// Cuts a record to the size limit (data + key), ending it with the terminator.
 fn fit(data: Bytes, key: &PartitionKey, flow: &Flow) -> Bytes {
-    let limit = flow.max_record_bytes.saturating_sub(key.len_bytes());
+    let limit = data_limit(key, flow);
     if data.len() <= limit {
         return data;
     }
@@ -237,7 +242,7 @@ impl Iterator for Parts {
 /// A record over the limit as consecutive parts of at most the limit (zero-copy slices); only
 /// the last carries the line's end, so the checkpoint passes the line once every part is in.
 fn split(data: &Bytes, key: &PartitionKey, end: u64, flow: &Flow) -> Parts {
-    let limit = flow.max_record_bytes.saturating_sub(key.len_bytes()).max(1);
+    let limit = data_limit(key, flow).max(1);
     let n = data.len().div_ceil(limit);
     let parts: Vec<_> = (0..n)
         .map(|i| {
@@ -303,8 +308,7 @@ impl<'a> LineRecords<'a> {
         } else {
             partition_key(&flow.partition_key, &data)
         };
-        let over = data.len() + key.len_bytes() > flow.max_record_bytes;
-        if over && flow.oversized == Oversized::Split {
+        if data.len() > data_limit(&key, flow) && flow.oversized == Oversized::Split {
             return split(&data, &key, end, flow);
         }
         let data = fit(data, &key, flow);

@@ -233,20 +233,10 @@ impl Subscription {
                     return false;
                 }
             };
-            let children: Vec<String> = out
-                .child_shards()
-                .iter()
-                .map(|c| c.shard_id().to_string())
-                .collect();
+            let children = shard_ids(out.child_shards());
             iterator = out.next_shard_iterator().map(str::to_owned);
             let behind = out.millis_behind_latest();
-            let mut records = convert(&self.shard, out.records, self.range, keys);
-            if let Some(l) = last.as_ref() {
-                records.retain(|r| &r.sequence_number > l);
-            }
-            if let Some(r) = records.last() {
-                *last = Some(r.sequence_number.clone());
-            }
+            let records = after(convert(&self.shard, out.records, self.range, keys), last);
             let end = iterator.is_none().then_some(children);
             if records.is_empty() && end.is_none() {
                 // At most five reads a second per shard (the API's limit).
@@ -318,22 +308,11 @@ impl Subscription {
                 match out.event_stream.recv().await {
                     Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(ev))) => {
                         backoff = Duration::from_secs(1);
-                        let children: Vec<String> = ev
-                            .child_shards
-                            .as_deref()
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|c| c.shard_id().to_string())
-                            .collect();
-                        let mut records = convert(&self.shard, ev.records, self.range, &mut keys);
-                        // Never repeat: the emulators and AWS differ on what the continuation
-                        // means, so filter on what was delivered.
-                        if let Some(l) = &last {
-                            records.retain(|r| &r.sequence_number > l);
-                        }
-                        if let Some(r) = records.last() {
-                            last = Some(r.sequence_number.clone());
-                        }
+                        let children = shard_ids(ev.child_shards.as_deref().unwrap_or_default());
+                        let records = after(
+                            convert(&self.shard, ev.records, self.range, &mut keys),
+                            &mut last,
+                        );
                         let end = (!children.is_empty()).then_some(children);
                         let ended = end.is_some();
                         if records.is_empty() && !ended {
@@ -395,4 +374,24 @@ impl Subscription {
             }
         }
     }
+}
+
+/// The ids of child shards, as the events and GetRecords name them.
+fn shard_ids(children: &[aws_sdk_kinesis::types::ChildShard]) -> Vec<String> {
+    children.iter().map(|c| c.shard_id().to_string()).collect()
+}
+
+/// Never repeat: drops the records at or before `last` (the emulators and AWS differ on what a
+/// continuation means, so the filter is on what was delivered) and moves `last` on.
+fn after(
+    mut records: Vec<ConsumerRecord>,
+    last: &mut Option<SequenceNumber>,
+) -> Vec<ConsumerRecord> {
+    if let Some(l) = last.as_ref() {
+        records.retain(|r| &r.sequence_number > l);
+    }
+    if let Some(r) = records.last() {
+        *last = Some(r.sequence_number.clone());
+    }
+    records
 }

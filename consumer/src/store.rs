@@ -275,13 +275,10 @@ impl LeaseStore {
     /// Heartbeat: bumps the counter if `lease` is still ours at the counter we know. Returns the
     /// new counter.
     pub async fn renew(&self, lease: &Lease, me: &str) -> Result<u64, StoreError> {
-        let next = lease.lease_counter + 1;
         self.fenced_update(lease, me)
             .update_expression("SET #c = :next")
-            .send()
+            .send_fenced(lease)
             .await
-            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))
-            .map(|_| next)
     }
 
     /// Takes (or steals) `lease` as seen at its counter. Returns the lease as now stored.
@@ -311,9 +308,7 @@ impl LeaseStore {
                 .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
                 .expression_attribute_values(":one", n(1));
         }
-        req.send()
-            .await
-            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
+        req.send_fenced(lease).await?;
         let mut taken = lease.clone();
         taken.lease_owner = Some(me.to_string());
         taken.lease_counter = next;
@@ -329,10 +324,9 @@ impl LeaseStore {
     pub async fn release(&self, lease: &Lease, me: &str) -> Result<(), StoreError> {
         self.fenced_update(lease, me)
             .update_expression("SET #c = :next REMOVE #o")
-            .send()
+            .send_fenced(lease)
             .await
-            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
-        Ok(())
+            .map(|_| ())
     }
 
     /// Records a checkpoint, fenced by owner and counter (a worker that lost the lease gets
@@ -344,7 +338,6 @@ impl LeaseStore {
         me: &str,
         at: &Checkpoint,
     ) -> Result<u64, StoreError> {
-        let next = lease.lease_counter + 1;
         self.fenced_update(lease, me)
             .update_expression(
                 "SET #cp = :cp, #cps = :cps, #sw = :zero, #c = :next REMOVE #p, #ps, #pst",
@@ -358,10 +351,8 @@ impl LeaseStore {
             .expression_attribute_values(":cp", s(at.as_str()))
             .expression_attribute_values(":cps", n(at.sub_sequence_number()))
             .expression_attribute_values(":zero", n(0))
-            .send()
+            .send_fenced(lease)
             .await
-            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))
-            .map(|_| next)
     }
 
     /// Stores a prepared checkpoint (and optional application state) without moving the
@@ -373,7 +364,6 @@ impl LeaseStore {
         at: &Checkpoint,
         state: Option<&[u8]>,
     ) -> Result<u64, StoreError> {
-        let next = lease.lease_counter + 1;
         let mut update = "SET #p = :p, #ps = :ps, #c = :next".to_string();
         let mut req = self.fenced_update(lease, me);
         if let Some(st) = state {
@@ -387,10 +377,8 @@ impl LeaseStore {
             .expression_attribute_names("#ps", attr::PENDING_CHECKPOINT_SUB)
             .expression_attribute_values(":p", s(at.as_str()))
             .expression_attribute_values(":ps", n(at.sub_sequence_number()))
-            .send()
+            .send_fenced(lease)
             .await
-            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))
-            .map(|_| next)
     }
 
     /// Records a finished shard's children (fenced like a checkpoint). Returns the new counter.
@@ -403,15 +391,12 @@ impl LeaseStore {
         if children.is_empty() {
             return Ok(lease.lease_counter);
         }
-        let next = lease.lease_counter + 1;
         self.fenced_update(lease, me)
             .update_expression("SET #ch = :ch, #c = :next")
             .expression_attribute_names("#ch", attr::CHILD_SHARD_IDS)
             .expression_attribute_values(":ch", AttributeValue::Ss(children.to_vec()))
-            .send()
+            .send_fenced(lease)
             .await
-            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))
-            .map(|_| next)
     }
 
     /// Deletes a finished lease (checkpoint SHARD_END); `Ok(false)` if it was not finished.
@@ -471,4 +456,19 @@ fn def(name: &str) -> Result<AttributeDefinition, StoreError> {
         .attribute_type(ScalarAttributeType::S)
         .build()
         .map_err(|e| AwsError::other("CreateTable", ErrorKind::Invalid, e).into())
+}
+
+/// The end of every fenced write: a failed condition is `Conflict` (the lease moved on), and
+/// success yields the lease's new counter.
+trait SendFenced {
+    async fn send_fenced(self, lease: &Lease) -> Result<u64, StoreError>;
+}
+
+impl SendFenced for aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+    async fn send_fenced(self, lease: &Lease) -> Result<u64, StoreError> {
+        self.send()
+            .await
+            .map_err(|e| conditional("UpdateItem", &lease.lease_key, e))?;
+        Ok(lease.lease_counter + 1)
+    }
 }

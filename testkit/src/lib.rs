@@ -194,12 +194,7 @@ impl TestEnv {
         if let Some(emu) = &self.emulators {
             return Some(emu.kinesis_addr());
         }
-        if self.backend != Backend::External {
-            return None;
-        }
-        let url = std::env::var("AWS_ENDPOINT_URL_KINESIS")
-            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-            .ok()?;
+        let url = self.kinesis_endpoint()?;
         let host_port = url.strip_prefix("http://")?.trim_end_matches('/');
         host_port.to_socket_addrs().ok()?.next()
     }
