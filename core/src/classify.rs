@@ -8,13 +8,36 @@
 //!
 //! Every retry loop in the suite asks this module, so the same error is treated the same way
 //! by the producer, the consumer, the agent and the CLI. [`AwsError`] carries the class, the
-//! service's error code and message, and the original error as its `source`, without SDK
-//! generics in its type.
+//! service's error code and message, whether the request may have been applied
+//! ([`outcome_unknown`]), and the original error as its `source`, without SDK generics in its
+//! type.
+//!
+//! Failures before an answer, by how they surface in the SDK (`aws-smithy-runtime-api`'s
+//! `SdkError` and `ConnectorError`):
+//!
+//! | failure | surfaces as | kind | outcome unknown |
+//! |---|---|---|---|
+//! | request cannot be built (missing or bad parameter) | `ConstructionFailure` | `Invalid` | no |
+//! | connection refused, DNS failure, TLS handshake | `DispatchFailure`, io (connect) | `Transient` | no |
+//! | reset / closed after the request went out ("connection closed before message completed") | `DispatchFailure`, io or other(transient) | `Transient` | yes |
+//! | attempt or connect timeout | `TimeoutError`, `DispatchFailure` timeout | `Transient` | yes |
+//! | credentials: IMDS, ECS, STS web identity unreachable or failing, chain found none | `DispatchFailure`, other, source `CredentialsError` | `Transient` | no |
+//! | credentials provider misconfigured (`InvalidConfiguration`) | the same | `AccessDenied` | no |
+//! | request refused by the HTTP client itself (hyper user error) | `DispatchFailure`, user | `Invalid` | no |
+//! | anything else before the answer (signing, endpoint, client-side rate limits) | `DispatchFailure`, other | `Transient` | yes |
+//! | body cut or unreadable | `ResponseError` | `Transient` | yes |
+//! | an answer: error code, else HTTP status | `ServiceError` | by code / status | yes for 5xx |
+//!
+//! Credential failures are transient because that is how an IMDS or ECS endpoint hiccup looks
+//! (the chain reports `CredentialsNotLoaded` when IMDS does not answer); a process that has no
+//! credentials at all fails at its first call anyway (the producer's and consumer's builders do
+//! not retry).
 
 use std::error::Error as StdError;
 use std::fmt;
 
-use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_kinesis::error::{ConnectorError, ProvideErrorMetadata, SdkError};
 
 /// What kind of failure an error is, and so whether to retry it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,13 +159,21 @@ where
         SdkError::ConstructionFailure(_) => ErrorKind::Invalid,
         SdkError::TimeoutError(_) => ErrorKind::Transient,
         SdkError::DispatchFailure(d) => {
-            if d.is_io() || d.is_timeout() {
-                ErrorKind::Transient
-            } else if d.is_user() {
+            if let Some(c) = d
+                .as_connector_error()
+                .and_then(find_source::<CredentialsError>)
+            {
+                return match c {
+                    CredentialsError::InvalidConfiguration(_) => ErrorKind::AccessDenied,
+                    _ => ErrorKind::Transient,
+                };
+            }
+            if d.is_user() {
                 ErrorKind::Invalid
             } else {
-                // Credential resolution failures and other client-side problems land here.
-                ErrorKind::Other
+                // Io, timeout, other(transient) ("connection closed before message completed"),
+                // and whatever else failed before an answer: the next attempt may pass.
+                ErrorKind::Transient
             }
         }
         // The response could not be read (connection cut mid-body, bad framing).
@@ -156,6 +187,43 @@ where
         }
         _ => ErrorKind::Other,
     }
+}
+
+/// Whether a failed request may have been applied by the service all the same: it may have
+/// reached it (a connection lost after the request was sent, a timeout, an unreadable answer)
+/// or the service failed while handling it (5xx). Retrying such a request can apply it twice.
+/// `false` when it is known not to have been applied: refused before sending (no connection,
+/// no credentials, bad request) or answered with a 4xx error.
+pub fn outcome_unknown<E>(err: &SdkError<E>) -> bool {
+    match err {
+        SdkError::ConstructionFailure(_) => false,
+        SdkError::DispatchFailure(d) => !d.as_connector_error().is_some_and(never_sent),
+        SdkError::ServiceError(s) => s.raw().status().is_server_error(),
+        // TimeoutError, ResponseError, and any new kind.
+        _ => true,
+    }
+}
+
+/// A dispatch failure that certainly happened before the request left: credentials could not
+/// be resolved, the connection was never made (refused, DNS, TLS), or the HTTP client refused
+/// the request. Anything else may have been sent.
+fn never_sent(c: &ConnectorError) -> bool {
+    c.is_user()
+        || find_source::<CredentialsError>(c).is_some()
+        || find_source::<hyper_util::client::legacy::Error>(c).is_some_and(|e| e.is_connect())
+}
+
+/// The first error of type `T` in `err`'s chain of sources (itself included).
+fn find_source<T: StdError + 'static>(err: &ConnectorError) -> Option<&T> {
+    let err: &(dyn StdError + 'static) = err;
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 fn classify_status(status: u16) -> ErrorKind {
@@ -176,6 +244,7 @@ pub struct AwsError {
     kind: ErrorKind,
     code: Option<String>,
     message: Option<String>,
+    outcome_unknown: bool,
     source: Box<dyn StdError + Send + Sync>,
 }
 
@@ -186,6 +255,7 @@ impl AwsError {
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     {
         let kind = classify(&err);
+        let outcome_unknown = outcome_unknown(&err);
         let (code, message) = match err.as_service_error() {
             Some(e) => (e.code().map(str::to_owned), e.message().map(str::to_owned)),
             None => (None, None),
@@ -195,11 +265,13 @@ impl AwsError {
             kind,
             code,
             message,
+            outcome_unknown,
             source: Box::new(err),
         }
     }
 
-    /// An error that did not come from the SDK (e.g. a malformed response), with its class.
+    /// An error that did not come from the SDK (e.g. a malformed response), with its class. Its
+    /// outcome counts as known (not applied); see [`with_outcome_unknown`](Self::with_outcome_unknown).
     pub fn other(
         operation: &'static str,
         kind: ErrorKind,
@@ -210,8 +282,22 @@ impl AwsError {
             kind,
             code: None,
             message: None,
+            outcome_unknown: false,
             source: source.into(),
         }
+    }
+
+    /// Marks the request as possibly applied (e.g. the service answered, but not as expected).
+    #[must_use]
+    pub fn with_outcome_unknown(mut self) -> Self {
+        self.outcome_unknown = true;
+        self
+    }
+
+    /// Whether the failed request may have been applied all the same (see [`outcome_unknown`]):
+    /// retrying it can apply it twice.
+    pub fn outcome_unknown(&self) -> bool {
+        self.outcome_unknown
     }
 
     /// The API operation that failed.
@@ -317,6 +403,55 @@ mod tests {
             assert_eq!(kind.is_retryable(), retry, "{code}");
         }
         assert_eq!(classify_code("SomethingNew"), None);
+    }
+
+    #[test]
+    fn failures_before_an_answer() {
+        use aws_sdk_kinesis::operation::put_records::PutRecordsError;
+        use aws_smithy_types::retry::ErrorKind as Retry;
+        type E = SdkError<PutRecordsError>;
+        let boxed = || -> Box<dyn StdError + Send + Sync> { "x".into() };
+        let cases: Vec<(E, ErrorKind, bool)> = vec![
+            (E::construction_failure(boxed()), ErrorKind::Invalid, false),
+            (E::timeout_error(boxed()), ErrorKind::Transient, true),
+            (
+                E::dispatch_failure(ConnectorError::user(boxed())),
+                ErrorKind::Invalid,
+                false,
+            ),
+            (
+                E::dispatch_failure(ConnectorError::io(boxed())),
+                ErrorKind::Transient,
+                true,
+            ),
+            (
+                E::dispatch_failure(ConnectorError::timeout(boxed())),
+                ErrorKind::Transient,
+                true,
+            ),
+            (
+                E::dispatch_failure(ConnectorError::other(boxed(), Some(Retry::TransientError))),
+                ErrorKind::Transient,
+                true,
+            ),
+            (
+                E::dispatch_failure(ConnectorError::other(boxed(), None)),
+                ErrorKind::Transient,
+                true,
+            ),
+            (
+                E::dispatch_failure(ConnectorError::other(
+                    Box::new(CredentialsError::provider_error("IMDS")),
+                    None,
+                )),
+                ErrorKind::Transient,
+                false,
+            ),
+        ];
+        for (err, kind, unknown) in cases {
+            assert_eq!(classify(&err), kind, "{err:?}");
+            assert_eq!(outcome_unknown(&err), unknown, "{err:?}");
+        }
     }
 
     #[test]
