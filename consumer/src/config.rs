@@ -126,6 +126,20 @@ impl ConsumerConfig {
                 "the table name must be 3–255 characters of [a-zA-Z0-9_.-]",
             );
         }
+        // Every duration must be positive: a zero would panic in `tokio::time::interval` or
+        // spin a loop; each is named so the error says which.
+        for (field, d) in [
+            ("failover_time", self.failover_time),
+            ("renew_interval", self.renew_interval),
+            ("taker_interval", self.taker_interval),
+            ("shard_sync_interval", self.shard_sync_interval),
+            ("idle_time_between_reads", self.idle_time_between_reads),
+            ("parent_poll_interval", self.parent_poll_interval),
+        ] {
+            if d.is_zero() {
+                return err(field, "must be positive");
+            }
+        }
         if self.renew_interval >= self.failover_time {
             return err("renew_interval", "must be shorter than failover_time");
         }
@@ -135,8 +149,8 @@ impl ConsumerConfig {
         if self.max_leases == 0 {
             return err("max_leases", "must be at least 1");
         }
-        if self.taker_interval.is_zero() || self.shard_sync_interval.is_zero() {
-            return err("taker_interval", "intervals must be positive");
+        if self.fan_out_max_buffered_events == 0 {
+            return err("fan_out_max_buffered_events", "must be at least 1");
         }
         Ok(())
     }
@@ -150,4 +164,53 @@ pub struct ConfigError {
     pub field: &'static str,
     /// What is wrong.
     pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_zero_duration_is_refused_by_name() {
+        type Set = fn(&mut ConsumerConfig);
+        let cases: [(&str, Set); 6] = [
+            ("failover_time", |c| c.failover_time = Duration::ZERO),
+            ("renew_interval", |c| c.renew_interval = Duration::ZERO),
+            ("taker_interval", |c| c.taker_interval = Duration::ZERO),
+            ("shard_sync_interval", |c| {
+                c.shard_sync_interval = Duration::ZERO
+            }),
+            ("idle_time_between_reads", |c| {
+                c.idle_time_between_reads = Duration::ZERO;
+            }),
+            ("parent_poll_interval", |c| {
+                c.parent_poll_interval = Duration::ZERO
+            }),
+        ];
+        for (field, set) in cases {
+            let mut c = ConsumerConfig::new("app-name");
+            set(&mut c);
+            let e = c.validate().expect_err(field);
+            assert_eq!(e.field, field);
+        }
+    }
+
+    #[test]
+    fn other_ranges() {
+        let mut c = ConsumerConfig::new("app-name");
+        assert!(c.validate().is_ok());
+        c.renew_interval = c.failover_time;
+        assert_eq!(c.validate().unwrap_err().field, "renew_interval");
+        let mut c = ConsumerConfig::new("app-name");
+        c.fan_out_max_buffered_events = 0;
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "fan_out_max_buffered_events"
+        );
+        let mut c = ConsumerConfig::new("ab");
+        assert_eq!(c.validate().unwrap_err().field, "application_name");
+        c.application_name = "app".into();
+        c.max_records = 0;
+        assert_eq!(c.validate().unwrap_err().field, "max_records");
+    }
 }

@@ -3,12 +3,14 @@
 //!
 //! ```text
 //!   Consumer (handle) ──stop──► coordinator task
-//!                                 ├─ every renew_interval: renew held leases (lost → stop that shard)
+//!                                 ├─ renewer task (its own timer: never starved by the others)
 //!                                 ├─ every taker_interval: list leases, judge expiry by local
 //!                                 │    observation of counter changes, plan_take, take/steal
 //!                                 ├─ every shard_sync_interval: create leases for new shards,
 //!                                 │    delete finished ones whose children have started
-//!                                 └─ JoinSet of ShardWorker tasks (dropped ⇒ aborted)
+//!                                 └─ JoinSet of ShardWorker tasks (dropped ⇒ aborted), each
+//!                                    task id mapped to its lease: however a worker ends
+//!                                    (returned, panicked), its lease stops being renewed
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use kinesis_core::shard_map::list_shards;
 use kinesis_core::{Checkpoint, ShardId, StreamRef};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -26,6 +28,7 @@ use tracing::{info, warn};
 use crate::config::{ConfigError, ConsumerConfig, Retrieval};
 use crate::lease::Lease;
 use crate::processor::{HeldLease, ShardProcessor};
+use crate::renewer::{Renewer, valid_until};
 use crate::shard_sync::leases_to_create;
 use crate::shard_worker::{Ended, ShardWorker, Stop};
 use crate::store::{LeaseStore, StoreError};
@@ -172,6 +175,12 @@ where
         };
         let (stop, stop_rx) = watch::channel(None);
         let held = Arc::new(StdMutex::new(Vec::new()));
+        let renewer = Renewer::start(
+            store.clone(),
+            Arc::clone(&worker_id),
+            self.config.renew_interval,
+            self.config.failover_time,
+        );
         let high_water = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let coordinator = Coordinator {
             cfg: Arc::new(self.config),
@@ -185,6 +194,8 @@ where
             running: HashMap::new(),
             observed: HashMap::new(),
             tasks: JoinSet::new(),
+            task_keys: HashMap::new(),
+            renewer,
             held_view: Arc::clone(&held),
         };
         let task = tokio::spawn(coordinator.run(stop_rx));
@@ -201,7 +212,6 @@ where
 struct Running {
     held: Arc<HeldLease>,
     stop: watch::Sender<Stop>,
-    last_renewed: Instant,
 }
 
 struct Coordinator<F> {
@@ -216,7 +226,10 @@ struct Coordinator<F> {
     running: HashMap<String, Running>,
     /// Lease key → (counter, when this worker first saw that counter).
     observed: HashMap<String, (u64, Instant)>,
-    tasks: JoinSet<(String, Ended)>,
+    tasks: JoinSet<Ended>,
+    /// Which lease each worker task runs: a task that panics still says whose lease it had.
+    task_keys: HashMap<tokio::task::Id, String>,
+    renewer: Renewer,
     held_view: Arc<StdMutex<Vec<String>>>,
 }
 
@@ -226,10 +239,9 @@ where
     P: ShardProcessor,
 {
     async fn run(mut self, mut stop: watch::Receiver<Option<Instant>>) {
-        let mut renew = tokio::time::interval(self.cfg.renew_interval);
         let mut take = tokio::time::interval(self.cfg.taker_interval);
         let mut sync = tokio::time::interval(self.cfg.shard_sync_interval);
-        for i in [&mut renew, &mut take, &mut sync] {
+        for i in [&mut take, &mut sync] {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         // First shard sync before the first take, so a fresh table gets leases at once.
@@ -238,15 +250,10 @@ where
         let mut deadline: Option<Instant> = None;
         loop {
             tokio::select! {
-                _ = renew.tick() => self.renew_all().await,
                 _ = take.tick(), if deadline.is_none() => self.take_round().await,
                 _ = sync.tick(), if deadline.is_none() => self.shard_sync().await,
-                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    if let Ok((key, ended)) = joined {
-                        info!(message = "Shard worker ended.", lease_key = %key, how = ?ended);
-                        self.running.remove(&key);
-                        self.publish();
-                    }
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.worker_ended(joined).await;
                 }
                 changed = stop.changed(), if deadline.is_none() => {
                     let d = match changed {
@@ -294,51 +301,46 @@ where
         }
     }
 
-    async fn renew_all(&mut self) {
-        let now = Instant::now();
-        let failover = self.cfg.failover_time;
-        let renewals = self.running.iter().map(|(key, r)| {
-            let store = self.store.clone();
-            let me = Arc::clone(&self.me);
-            let held = Arc::clone(&r.held);
-            let key = key.clone();
-            async move {
-                if held.lost.load(Ordering::SeqCst) {
-                    return (key, Err(None));
-                }
-                let mut lease = held.lease.lock().await;
-                match store.renew(&lease, &me).await {
-                    Ok(c) => {
-                        lease.lease_counter = c;
-                        (key, Ok(()))
-                    }
-                    Err(e) => (key, Err(Some(e))),
-                }
-            }
-        });
-        let results = futures::future::join_all(renewals).await;
-        for (key, res) in results {
-            let Some(r) = self.running.get_mut(&key) else {
-                continue;
-            };
-            match res {
-                Ok(()) => r.last_renewed = now,
-                Err(Some(StoreError::Conflict(_))) | Err(None) => {
-                    warn!(message = "Lease lost.", lease_key = %key, worker = %self.me);
-                    metrics::counter!("LeasesLost").increment(1);
-                    r.held.lost.store(true, Ordering::SeqCst);
-                    let _ = r.stop.send(Stop::LeaseLost);
-                }
-                Err(Some(e)) => {
-                    warn!(message = "Lease renewal failed.", lease_key = %key, error = %e);
-                    if now.duration_since(r.last_renewed) > failover {
-                        // Others may already consider it expired: stop before they take it.
-                        r.held.lost.store(true, Ordering::SeqCst);
-                        let _ = r.stop.send(Stop::LeaseLost);
+    /// A worker task ended, by returning or by panicking: its lease is no longer run here, so
+    /// it stops being renewed; a worker that panicked still holds its lease, which is released
+    /// so another worker (or this one, next round) takes it at once.
+    async fn worker_ended(
+        &mut self,
+        joined: Result<(tokio::task::Id, Ended), tokio::task::JoinError>,
+    ) {
+        let (id, ended) = match joined {
+            Ok((id, ended)) => (id, Some(ended)),
+            Err(e) => (e.id(), None),
+        };
+        let Some(key) = self.task_keys.remove(&id) else {
+            return;
+        };
+        self.renewer.remove(key.clone());
+        let Some(running) = self.running.remove(&key) else {
+            return;
+        };
+        match ended {
+            Some(how) => info!(message = "Shard worker ended.", lease_key = %key, how = ?how),
+            None => {
+                warn!(message = "Shard worker panicked; releasing its lease.", lease_key = %key);
+                metrics::counter!("ProcessorErrors", "shard_id" => key.clone()).increment(1);
+                if !running.held.is_lost() {
+                    running.held.mark_lost();
+                    let lease = running.held.lease.lock().await.clone();
+                    let release = self.store.release(&lease, &self.me);
+                    match tokio::time::timeout(self.cfg.renew_interval, release).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            warn!(message = "Could not release the lease; it will expire instead.", lease_key = %key, error = %e);
+                        }
+                        Err(_) => {
+                            warn!(message = "Releasing the lease timed out; it will expire instead.", lease_key = %key);
+                        }
                     }
                 }
             }
         }
+        self.publish();
     }
 
     async fn take_round(&mut self) {
@@ -384,11 +386,12 @@ where
                 continue;
             };
             let stolen = plan.steal.contains(key);
+            let sent = Instant::now();
             match self.store.take(lease, &self.me).await {
                 Ok(taken) => {
                     info!(message = "Lease taken.", lease_key = %key, stolen, worker = %self.me);
                     metrics::counter!("LeasesTaken").increment(1);
-                    self.start(taken);
+                    self.start(taken, sent);
                 }
                 Err(StoreError::Conflict(_)) => {}
                 Err(e) => warn!(message = "Lease take failed.", lease_key = %key, error = %e),
@@ -397,15 +400,16 @@ where
         self.publish();
     }
 
-    fn start(&mut self, lease: Lease) {
+    /// Runs a shard worker for a lease taken by a write sent at `sent`.
+    fn start(&mut self, lease: Lease, sent: Instant) {
         let key = lease.lease_key.clone();
         let Ok(shard_id) = ShardId::new(key.as_str()) else {
             return;
         };
-        let held = Arc::new(HeldLease {
-            lease: Mutex::new(lease),
-            lost: std::sync::atomic::AtomicBool::new(false),
-        });
+        let held = Arc::new(HeldLease::new(
+            lease,
+            valid_until(sent, self.cfg.failover_time),
+        ));
         let (stop, stop_rx) = watch::channel(Stop::Running);
         let worker = ShardWorker {
             cfg: Arc::clone(&self.cfg),
@@ -419,16 +423,10 @@ where
             processor: (self.factory)(&shard_id),
             stop: stop_rx,
         };
-        let k = key.clone();
-        self.tasks.spawn(async move { (k, worker.run().await) });
-        self.running.insert(
-            key,
-            Running {
-                held,
-                stop,
-                last_renewed: Instant::now(),
-            },
-        );
+        let task = self.tasks.spawn(worker.run());
+        self.task_keys.insert(task.id(), key.clone());
+        self.renewer.add(key.clone(), Arc::clone(&held));
+        self.running.insert(key, Running { held, stop });
     }
 
     async fn shard_sync(&mut self) {
@@ -447,14 +445,23 @@ where
             }
         };
         let existing: HashSet<String> = leases.iter().map(|l| l.lease_key.clone()).collect();
+        // Parents come before children. A lease that could not be created makes its
+        // descendants wait for the next pass: a child whose parent has no lease would count the
+        // parent as done and start before it.
+        let mut failed: HashSet<String> = HashSet::new();
         for lease in leases_to_create(&shards, &existing, self.cfg.initial_position) {
+            if lease.parent_shard_ids.iter().any(|p| failed.contains(p)) {
+                failed.insert(lease.lease_key.clone());
+                continue;
+            }
             match self.store.create_if_not_exists(&lease).await {
                 Ok(true) => {
                     info!(message = "Lease created.", lease_key = %lease.lease_key, checkpoint = %lease.checkpoint);
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    warn!(message = "Cannot create a lease.", lease_key = %lease.lease_key, error = %e);
+                    warn!(message = "Cannot create a lease; its descendants wait for the next shard sync.", lease_key = %lease.lease_key, error = %e);
+                    failed.insert(lease.lease_key.clone());
                 }
             }
         }

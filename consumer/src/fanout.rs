@@ -5,8 +5,16 @@
 //!   register (describe → register if missing → wait ACTIVE) ─► consumer ARN
 //!   subscription task ─ SubscribeToShard(from) ─► event ─► bounded channel (N events) ─► ShardWorker
 //!        ▲        │ session ends (5 min) / error / ResourceInUse: back off, resubscribe
-//!        └────────┘ AFTER_SEQUENCE_NUMBER of the last record delivered (never a gap, never a repeat)
+//!        └────────┘ AFTER_SEQUENCE_NUMBER of the last record delivered (never a gap, never a repeat);
+//!                   before any record: AT the last ContinuationSequenceNumber the service gave,
+//!                   or, before any event, AT_TIMESTAMP of when reading from LATEST began
 //! ```
+//!
+//! Re-subscribing at LATEST would skip whatever arrived between two sessions: a shard that starts
+//! at LATEST keeps the position the service last reported (the continuation, read AT, so it
+//! means the same whether a service gives the last record read or the next one to read), and
+//! before the first event the time its reading began (less a margin for clock skew: a few
+//! records from before the start may come, none after it is skipped).
 //!
 //! Flow control: the task reads the next event only when the channel has room, so when the
 //! processor is slower than the stream, reading stops and memory stays at N events (the KCL's
@@ -25,6 +33,7 @@ use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::types::{
     ConsumerStatus, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
 };
+use kinesis_core::backoff::BackoffConfig;
 use kinesis_core::classify::{classify, classify_code};
 use kinesis_core::shard_map::list_shards;
 use kinesis_core::{
@@ -68,8 +77,9 @@ pub(crate) async fn register(
                 })?
         }
     };
-    let until = tokio::time::Instant::now() + wait;
-    let mut pause = Duration::from_millis(50);
+    let mut pauses = BackoffConfig::new(Duration::from_millis(50), Duration::from_secs(1))
+        .with_deadline(wait)
+        .build();
     let mut registered = false;
     loop {
         let described = kinesis
@@ -97,21 +107,23 @@ pub(crate) async fn register(
                     Ok(_) => registered = true,
                     // Another worker registered it first.
                     Err(e) if classify(&e) == ErrorKind::ResourceInUse => registered = true,
+                    Err(e) if classify(&e).is_retryable() => {}
                     Err(e) => return Err(AwsError::new("RegisterStreamConsumer", e)),
                 }
             }
             Err(e) if classify(&e).is_retryable() || classify(&e) == ErrorKind::NotFound => {}
             Err(e) => return Err(AwsError::new("DescribeStreamConsumer", e)),
         }
-        if tokio::time::Instant::now() >= until {
-            return Err(AwsError::other(
-                "DescribeStreamConsumer",
-                ErrorKind::Transient,
-                format!("stream consumer {name} not ACTIVE after {wait:?}"),
-            ));
+        match pauses.next_delay() {
+            Some(p) => tokio::time::sleep(p).await,
+            None => {
+                return Err(AwsError::other(
+                    "DescribeStreamConsumer",
+                    ErrorKind::Transient,
+                    format!("stream consumer {name} not ACTIVE after {wait:?}"),
+                ));
+            }
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -128,6 +140,10 @@ pub(crate) async fn deregister(
         .map(|_| ())
         .map_err(|e| AwsError::new("DeregisterStreamConsumer", e))
 }
+
+/// SubscribeToShard failures: 1 s (the API's one call per second per shard), doubling to 30 s.
+const SUBSCRIBE_BACKOFF: BackoffConfig =
+    BackoffConfig::new(Duration::from_secs(1), Duration::from_secs(30));
 
 /// First look at an idle subscription's shard, and the longest gap between looks.
 const CLOSED_CHECK_FIRST: Duration = Duration::from_secs(10);
@@ -146,13 +162,33 @@ pub(crate) struct Subscription {
     pub(crate) high_water: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// Where the service says a subscription stands, for the next one to go on from.
+#[derive(Debug, Default)]
+struct Resume {
+    /// The last record delivered.
+    last: Option<SequenceNumber>,
+    /// The last continuation the service gave.
+    continuation: Option<SequenceNumber>,
+    /// When reading from LATEST began (less the skew margin).
+    latest_since: Option<std::time::SystemTime>,
+}
+
+/// How far before "now" a LATEST start is pinned, for clocks that disagree with the service's.
+pub(crate) const LATEST_SKEW_MARGIN: Duration = Duration::from_secs(30);
+
 impl Subscription {
-    fn position(&self, last: Option<&SequenceNumber>) -> Result<StartingPosition, AwsError> {
+    fn position(&self, resume: &Resume) -> Result<StartingPosition, AwsError> {
         let b = StartingPosition::builder();
-        let b = match (last, &self.start) {
+        let b = match (&resume.last, &self.start) {
             (Some(seq), _) => b
                 .r#type(ShardIteratorType::AfterSequenceNumber)
                 .sequence_number(seq.as_str()),
+            (None, _) if resume.continuation.is_some() => b
+                .r#type(ShardIteratorType::AtSequenceNumber)
+                .set_sequence_number(resume.continuation.as_ref().map(|c| c.as_str().to_owned())),
+            (None, Checkpoint::Latest) if resume.latest_since.is_some() => b
+                .r#type(ShardIteratorType::AtTimestamp)
+                .set_timestamp(resume.latest_since.map(Into::into)),
             (
                 None,
                 Checkpoint::Sequence {
@@ -202,11 +238,11 @@ impl Subscription {
     /// again and will look again).
     async fn drain(
         &self,
-        last: &mut Option<SequenceNumber>,
+        resume: &mut Resume,
         keys: &mut kinesis_core::agg::KeyCache,
         tx: &mpsc::Sender<Event>,
     ) -> bool {
-        let Ok(position) = self.position(last.as_ref()) else {
+        let Ok(position) = self.position(resume) else {
             return false;
         };
         let mut req = self
@@ -236,7 +272,10 @@ impl Subscription {
             let children = shard_ids(out.child_shards());
             iterator = out.next_shard_iterator().map(str::to_owned);
             let behind = out.millis_behind_latest();
-            let records = after(convert(&self.shard, out.records, self.range, keys), last);
+            let records = after(
+                convert(&self.shard, out.records, self.range, keys),
+                &mut resume.last,
+            );
             let end = iterator.is_none().then_some(children);
             if records.is_empty() && end.is_none() {
                 // At most five reads a second per shard (the API's limit).
@@ -257,8 +296,15 @@ impl Subscription {
 
     /// Runs until the shard ends or the receiver is dropped.
     pub(crate) async fn run(self, tx: mpsc::Sender<Event>) {
-        let mut last: Option<SequenceNumber> = None;
-        let mut backoff = Duration::from_secs(1);
+        let mut resume = Resume {
+            latest_since: matches!(self.start, Checkpoint::Latest)
+                .then(|| std::time::SystemTime::now() - LATEST_SKEW_MARGIN),
+            ..Resume::default()
+        };
+        // Session errors: 1 s doubling to 30 s, with jitter; a healthy session resets it. At
+        // most one SubscribeToShard per second per shard (the API's limit) either way.
+        let mut backoff = SUBSCRIBE_BACKOFF.build();
+        let mut pause = SUBSCRIBE_BACKOFF.initial;
         // While events come without records: when to look whether the shard is closed.
         let mut idle_since = tokio::time::Instant::now();
         let mut check_after = CLOSED_CHECK_FIRST;
@@ -267,7 +313,7 @@ impl Subscription {
             if tx.is_closed() {
                 return;
             }
-            let position = match self.position(last.as_ref()) {
+            let position = match self.position(&resume) {
                 Ok(p) => p,
                 Err(e) => {
                     warn!(message = "Bad starting position.", shard_id = %self.shard, error = %e);
@@ -287,7 +333,7 @@ impl Subscription {
                 Ok(o) => o,
                 Err(e) => {
                     let kind = classify(&e);
-                    if kind == ErrorKind::NotFound && self.finished(last.as_ref()).await {
+                    if kind == ErrorKind::NotFound && self.finished(resume.last.as_ref()).await {
                         let _ = tx
                             .send(Event {
                                 records: Vec::new(),
@@ -297,9 +343,11 @@ impl Subscription {
                             .await;
                         return;
                     }
-                    warn!(message = "SubscribeToShard failed; backing off.", shard_id = %self.shard, kind = %kind, error = ?e);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    pause = backoff
+                        .next_delay_for(kind)
+                        .unwrap_or(SUBSCRIBE_BACKOFF.max);
+                    warn!(message = "SubscribeToShard failed; backing off.", shard_id = %self.shard, kind = %kind, error = ?e, retry_in = ?pause);
+                    tokio::time::sleep(pause.max(SUBSCRIBE_BACKOFF.initial)).await;
                     continue;
                 }
             };
@@ -307,12 +355,16 @@ impl Subscription {
             loop {
                 match out.event_stream.recv().await {
                     Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(ev))) => {
-                        backoff = Duration::from_secs(1);
+                        backoff.reset();
+                        pause = SUBSCRIBE_BACKOFF.initial;
                         let children = shard_ids(ev.child_shards.as_deref().unwrap_or_default());
                         let records = after(
                             convert(&self.shard, ev.records, self.range, &mut keys),
-                            &mut last,
+                            &mut resume.last,
                         );
+                        if let Ok(c) = SequenceNumber::parse(&ev.continuation_sequence_number) {
+                            resume.continuation = Some(c);
+                        }
                         let end = (!children.is_empty()).then_some(children);
                         let ended = end.is_some();
                         if records.is_empty() && !ended {
@@ -320,7 +372,7 @@ impl Subscription {
                                 check_after = (check_after * 2).min(CLOSED_CHECK_MAX);
                                 idle_since = tokio::time::Instant::now();
                                 if self.closed().await {
-                                    if self.drain(&mut last, &mut keys, &tx).await {
+                                    if self.drain(&mut resume, &mut keys, &tx).await {
                                         return;
                                     }
                                     break;
@@ -352,12 +404,15 @@ impl Subscription {
                     Err(e) => {
                         let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("");
                         let kind = classify_code(code).unwrap_or(ErrorKind::Transient);
-                        warn!(message = "Subscription failed; resubscribing.", shard_id = %self.shard, code, kind = %kind);
+                        pause = backoff
+                            .next_delay_for(kind)
+                            .unwrap_or(SUBSCRIBE_BACKOFF.max);
+                        warn!(message = "Subscription failed; resubscribing.", shard_id = %self.shard, code, kind = %kind, retry_in = ?pause);
                         break;
                     }
                 }
             }
-            if self.finished(last.as_ref()).await {
+            if self.finished(resume.last.as_ref()).await {
                 let _ = tx
                     .send(Event {
                         records: Vec::new(),
@@ -368,9 +423,10 @@ impl Subscription {
                 return;
             }
             // At most one SubscribeToShard per second per shard (AWS limit); more after errors.
+            let wait = pause.max(SUBSCRIBE_BACKOFF.initial);
             let since = started.elapsed();
-            if since < backoff {
-                tokio::time::sleep(backoff - since).await;
+            if since < wait {
+                tokio::time::sleep(wait - since).await;
             }
         }
     }

@@ -34,6 +34,7 @@ mod consumer;
 mod fanout;
 pub mod lease;
 mod processor;
+mod renewer;
 mod shard_sync;
 mod shard_worker;
 mod simple;

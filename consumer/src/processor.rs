@@ -78,10 +78,58 @@ pub enum CheckpointError {
 }
 
 /// The lease of a shard this worker holds, shared by its renewer and its checkpointer.
+///
+/// Held means: not marked lost, and before `valid_until`. The renewer moves `valid_until` on
+/// after each renewal (to the renewal's send time + failover time − a margin), so a worker
+/// whose renewals fail stops processing the shard before any other worker may judge the lease
+/// expired, however slow its DynamoDB calls are.
 #[derive(Debug)]
 pub(crate) struct HeldLease {
     pub(crate) lease: Mutex<Lease>,
     pub(crate) lost: std::sync::atomic::AtomicBool,
+    valid_until: std::sync::Mutex<tokio::time::Instant>,
+    /// Wakes the shard worker when the lease is lost.
+    pub(crate) wake: tokio::sync::Notify,
+}
+
+impl HeldLease {
+    pub(crate) fn new(lease: Lease, valid_until: tokio::time::Instant) -> Self {
+        Self {
+            lease: Mutex::new(lease),
+            lost: std::sync::atomic::AtomicBool::new(false),
+            valid_until: std::sync::Mutex::new(valid_until),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Whether this worker may no longer act on the lease.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+            || tokio::time::Instant::now() >= self.valid_until()
+    }
+
+    pub(crate) fn valid_until(&self) -> tokio::time::Instant {
+        match self.valid_until.lock() {
+            Ok(v) => *v,
+            // A poisoned lock: treat the lease as expired rather than guess.
+            Err(_) => tokio::time::Instant::now(),
+        }
+    }
+
+    /// A renewal succeeded: the lease is ours until `until`.
+    pub(crate) fn renewed(&self, until: tokio::time::Instant) {
+        if let Ok(mut v) = self.valid_until.lock()
+            && until > *v
+        {
+            *v = until;
+        }
+    }
+
+    /// Marks the lease lost and wakes its worker.
+    pub(crate) fn mark_lost(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
 }
 
 /// Records progress for one shard. Every write is fenced by owner and lease counter, so a worker
@@ -166,9 +214,7 @@ impl Checkpointer {
     }
 
     fn fence(&self, lease: &Lease) -> Result<(), CheckpointError> {
-        if self.held.lost.load(std::sync::atomic::Ordering::SeqCst)
-            || lease.lease_owner.as_deref() != Some(&*self.me)
-        {
+        if self.held.is_lost() || lease.lease_owner.as_deref() != Some(&*self.me) {
             return Err(CheckpointError::LeaseLost(self.shard_id.to_string()));
         }
         Ok(())
@@ -177,9 +223,7 @@ impl Checkpointer {
     fn lost_or(&self, e: StoreError) -> CheckpointError {
         match e {
             StoreError::Conflict(_) => {
-                self.held
-                    .lost
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                self.held.mark_lost();
                 CheckpointError::LeaseLost(self.shard_id.to_string())
             }
             other => CheckpointError::Store(other),

@@ -7,14 +7,20 @@
 //!                                       └─ shard end ─► child leases ─► shard_ended ─► release
 //!   stop signal: Shutdown ─► shutdown_requested ─► release   |   LeaseLost ─► lease_lost
 //! ```
+//!
+//! Only a shard read to its real end (GetRecords without a next iterator, a fan-out event with
+//! child shards, or a shard ListShards no longer has) is checkpointed at SHARD_END. A stop
+//! requested while an iterator is being fetched is a stop, not an end; a reader that fails in a
+//! way it cannot recover from releases the lease (`Ended::Failed`) without checkpointing.
+//! Every processor callback runs under `catch_unwind`: a panic is an error of that callback.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
 use futures::FutureExt as _;
+use kinesis_core::backoff::BackoffConfig;
 use kinesis_core::classify::classify;
 use kinesis_core::shard_map::list_shards;
 use kinesis_core::{Checkpoint, ErrorKind, HashKeyRange, SequenceNumber, ShardId, StreamRef};
@@ -28,6 +34,13 @@ use crate::store::LeaseStore;
 
 /// Shortest pause between two GetRecords calls on one shard (KCL's enforced minimum).
 const MIN_READ_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Failed GetRecords / GetShardIterator calls: 100 ms, doubling to 10 s, with jitter.
+const READ_BACKOFF: BackoffConfig =
+    BackoffConfig::new(Duration::from_millis(100), Duration::from_secs(10));
+/// A failing processor (or `shard_ended`): 200 ms, doubling to 30 s, with jitter.
+const PROCESSOR_BACKOFF: BackoffConfig =
+    BackoffConfig::new(Duration::from_millis(200), Duration::from_secs(30));
 
 /// Why a shard worker must stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +58,19 @@ pub(crate) enum Ended {
     ShardEnd,
     Shutdown,
     LeaseLost,
+    /// Could not go on (the processor's `initialize` panicked, the subscription stopped without
+    /// an end): the lease was released unchanged for a fresh start.
+    Failed,
+}
+
+/// Why no shard iterator came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoIterator {
+    /// A stop was requested while retrying.
+    Stopped,
+    /// The shard is no longer listed: trimmed away after it closed (or its stream was
+    /// deleted and re-created).
+    Gone,
 }
 
 pub(crate) struct ShardWorker<P> {
@@ -74,15 +100,26 @@ enum Read {
 
 impl<P: ShardProcessor> ShardWorker<P> {
     fn stopping(&self) -> Stop {
-        if self.held.lost.load(Ordering::SeqCst) {
+        if self.held.is_lost() {
             return Stop::LeaseLost;
         }
         *self.stop.borrow()
     }
 
-    /// Sleeps, waking early on a stop signal. Returns the stop state.
+    /// Sleeps, waking early on a stop signal or when the lease is lost (or its validity ends).
+    /// Returns the stop state.
     async fn pause(&mut self, d: Duration) -> Stop {
-        let _ = tokio::time::timeout(d, self.stop.changed()).await;
+        if self.stopping() != Stop::Running {
+            return self.stopping();
+        }
+        let until = tokio::time::Instant::now() + d;
+        let valid = self.held.valid_until();
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = self.stop.changed() => {}
+            () = self.held.wake.notified() => {}
+            () = tokio::time::sleep_until(valid) => {}
+        }
         self.stopping()
     }
 
@@ -118,9 +155,15 @@ impl<P: ShardProcessor> ShardWorker<P> {
             last: lease.checkpoint.clone(),
             at_shard_end: false,
         };
-        self.processor
-            .initialize(&shard_id, &lease.checkpoint)
-            .await;
+        let init =
+            std::panic::AssertUnwindSafe(self.processor.initialize(&shard_id, &lease.checkpoint))
+                .catch_unwind()
+                .await;
+        if let Err(panic) = init {
+            warn!(message = "Processor initialize panicked; releasing the lease.", shard_id = %shard_id, panic = %panic_message(&panic));
+            metrics::counter!("ProcessorErrors", "shard_id" => shard_id.to_string()).increment(1);
+            return self.release(Ended::Failed).await;
+        }
         let range = lease.hash_key_range.unwrap_or(HashKeyRange::FULL);
         match self.fanout.clone() {
             Some(consumer_arn) => {
@@ -139,13 +182,43 @@ impl<P: ShardProcessor> ShardWorker<P> {
         match self.stopping() {
             Stop::Running => None,
             Stop::Shutdown => {
-                self.processor.shutdown_requested(cp).await;
+                let called = std::panic::AssertUnwindSafe(self.processor.shutdown_requested(cp))
+                    .catch_unwind()
+                    .await;
+                if let Err(panic) = called {
+                    warn!(message = "Processor shutdown_requested panicked; releasing the lease.", shard_id = %cp.shard_id, panic = %panic_message(&panic));
+                }
                 Some(self.release(Ended::Shutdown).await)
             }
-            Stop::LeaseLost => {
-                self.processor.lease_lost().await;
-                Some(Ended::LeaseLost)
-            }
+            Stop::LeaseLost => Some(self.lost().await),
+        }
+    }
+
+    /// The lease is lost: tell the processor (a panic there changes nothing).
+    async fn lost(&mut self) -> Ended {
+        let called = std::panic::AssertUnwindSafe(self.processor.lease_lost())
+            .catch_unwind()
+            .await;
+        if let Err(panic) = called {
+            warn!(message = "Processor lease_lost panicked.", panic = %panic_message(&panic));
+        }
+        Ended::LeaseLost
+    }
+
+    /// No iterator: a stop ends the worker as asked; a shard that is gone is finished.
+    async fn no_iterator(
+        &mut self,
+        why: NoIterator,
+        cp: &mut Checkpointer,
+        shard: &ShardId,
+    ) -> Ended {
+        match why {
+            NoIterator::Gone => self.finish(cp, shard, Vec::new()).await,
+            NoIterator::Stopped => match self.check_stop(cp).await {
+                Some(ended) => ended,
+                // Only a stop makes `iterator` give up; stay on the safe side regardless.
+                None => self.release(Ended::Failed).await,
+            },
         }
     }
 
@@ -201,25 +274,31 @@ impl<P: ShardProcessor> ShardWorker<P> {
         range: HashKeyRange,
         start: Checkpoint,
     ) -> Ended {
-        let Some(mut iterator) = self.iterator(&shard_id, &start, None).await else {
-            return self.finish(&mut cp, &shard_id, Vec::new()).await;
+        // Reading from LATEST: pin the start time, so that a new iterator after an expired one
+        // (before any record) resumes there rather than at a later LATEST.
+        let mut latest_since = matches!(start, Checkpoint::Latest)
+            .then(|| SystemTime::now() - crate::fanout::LATEST_SKEW_MARGIN);
+        let mut iterator = match self.iterator(&shard_id, &start, None).await {
+            Ok(it) => it,
+            Err(why) => return self.no_iterator(why, &mut cp, &shard_id).await,
         };
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = READ_BACKOFF.build();
         let mut keys = kinesis_core::agg::KeyCache::new();
         loop {
             if let Some(ended) = self.check_stop(&mut cp).await {
                 return ended;
             }
+            let read_at = SystemTime::now();
             let read = match self.read(&shard_id, &iterator, range, &mut keys).await {
                 Ok(r) => r,
                 Err(e) => {
-                    warn!(message = "GetRecords failed; backing off.", shard_id = %shard_id, error = %e);
-                    self.pause(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    let wait = backoff.next_delay_for(e.kind()).unwrap_or(READ_BACKOFF.max);
+                    warn!(message = "GetRecords failed; backing off.", shard_id = %shard_id, error = %e, retry_in = ?wait);
+                    self.pause(wait).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             let (records, next, behind, children) = match read {
                 Read::Batch {
                     records,
@@ -229,14 +308,19 @@ impl<P: ShardProcessor> ShardWorker<P> {
                 } => (records, next, behind, child_shards),
                 Read::Expired => {
                     let from = cp.largest.clone().unwrap_or_else(|| cp.last.clone());
-                    match self.iterator(&shard_id, &from, cp.largest.as_ref()).await {
-                        Some(it) => iterator = it,
-                        None => return self.finish(&mut cp, &shard_id, Vec::new()).await,
+                    let since = latest_since.filter(|_| cp.largest.is_none());
+                    match self.iterator(&shard_id, &from, since).await {
+                        Ok(it) => iterator = it,
+                        Err(why) => return self.no_iterator(why, &mut cp, &shard_id).await,
                     }
                     continue;
                 }
             };
             let caught_up = records.is_empty();
+            if caught_up && behind == Some(0) && latest_since.is_some() {
+                // Everything that arrived before this read was read.
+                latest_since = Some(read_at - crate::fanout::LATEST_SKEW_MARGIN);
+            }
             if !self.handle(&shard_id, records, behind, &mut cp).await {
                 continue;
             }
@@ -286,15 +370,19 @@ impl<P: ShardProcessor> ShardWorker<P> {
                 drop(task);
                 return ended;
             }
+            let valid = self.held.valid_until();
             let event = tokio::select! {
                 e = rx.recv() => e,
                 _ = self.stop.changed() => continue,
+                () = self.held.wake.notified() => continue,
+                () = tokio::time::sleep_until(valid) => continue,
             };
             let Some(event) = event else {
-                // The subscription task stopped without an end event: treat as the shard's end,
-                // confirmed by ListShards in finish().
+                // The subscription task stopped without an end event: that is not the shard's
+                // end. Hand the lease back unchanged for a fresh start.
                 drop(task);
-                return self.finish(&mut cp, &shard_id, Vec::new()).await;
+                warn!(message = "Subscription stopped without reaching the shard's end; releasing the lease.", shard_id = %shard_id);
+                return self.release(Ended::Failed).await;
             };
             if !self
                 .handle(
@@ -317,7 +405,7 @@ impl<P: ShardProcessor> ShardWorker<P> {
     /// Hands a batch to the processor, retrying (or skipping) on error. Returns false if a stop
     /// came while retrying.
     async fn deliver(&mut self, batch: RecordBatch, cp: &mut Checkpointer) -> bool {
-        let mut wait = Duration::from_millis(200);
+        let mut backoff = PROCESSOR_BACKOFF.build();
         loop {
             // A panic in the processor is caught and handled like an error (the task, the lease
             // and the other shards carry on).
@@ -335,16 +423,15 @@ impl<P: ShardProcessor> ShardWorker<P> {
                             warn!(message = "Processor failed; skipping the batch as configured.", shard_id = %batch.shard_id, records = batch.records.len(), error = %e);
                             return true;
                         }
-                        OnProcessorError::Retry => {
-                            warn!(message = "Processor failed; retrying the batch.", shard_id = %batch.shard_id, records = batch.records.len(), error = %e, retry_in = ?wait);
-                        }
+                        OnProcessorError::Retry => {}
+                    }
+                    let wait = backoff.next_delay().unwrap_or(PROCESSOR_BACKOFF.max);
+                    warn!(message = "Processor failed; retrying the batch.", shard_id = %batch.shard_id, records = batch.records.len(), error = %e, retry_in = ?wait);
+                    if self.pause(wait).await != Stop::Running {
+                        return false;
                     }
                 }
             }
-            if self.pause(wait).await != Stop::Running {
-                return false;
-            }
-            wait = (wait * 2).min(Duration::from_secs(30));
         }
     }
 
@@ -363,27 +450,21 @@ impl<P: ShardProcessor> ShardWorker<P> {
         true
     }
 
-    /// A shard iterator for `from`; `after` set means resume after that record. `None` when the
-    /// shard no longer exists (trimmed or deleted): treated as finished.
+    /// A shard iterator for `from` (at a record: the records before it within an aggregate are
+    /// filtered out later). `latest_since` turns a LATEST `from` into AT_TIMESTAMP: resuming
+    /// there never skips what arrived since reading began. Retries until it gets one, a stop is
+    /// requested, or ListShards confirms the shard is gone.
     async fn iterator(
         &mut self,
         shard: &ShardId,
         from: &Checkpoint,
-        after: Option<&Checkpoint>,
-    ) -> Option<String> {
-        let mut wait = Duration::from_millis(100);
+        latest_since: Option<SystemTime>,
+    ) -> Result<String, NoIterator> {
+        let mut backoff = READ_BACKOFF.build();
         loop {
             let req = self.kinesis.get_shard_iterator().shard_id(shard.as_str());
             let mut req = kinesis_core::with_stream!(req, &self.stream);
-            req = match (after, from) {
-                (
-                    Some(Checkpoint::Sequence {
-                        sequence_number, ..
-                    }),
-                    _,
-                ) => req
-                    .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                    .starting_sequence_number(sequence_number.as_str()),
+            req = match (latest_since, from) {
                 (
                     _,
                     Checkpoint::Sequence {
@@ -392,7 +473,10 @@ impl<P: ShardProcessor> ShardWorker<P> {
                 ) => req
                     .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
                     .starting_sequence_number(sequence_number.as_str()),
-                (_, Checkpoint::Latest) => req.shard_iterator_type(ShardIteratorType::Latest),
+                (Some(t), Checkpoint::Latest) => req
+                    .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                    .timestamp(aws_smithy_types_from(t)),
+                (None, Checkpoint::Latest) => req.shard_iterator_type(ShardIteratorType::Latest),
                 (_, Checkpoint::AtTimestamp) => match self.cfg.initial_position {
                     InitialPosition::AtTimestamp(t) => req
                         .shard_iterator_type(ShardIteratorType::AtTimestamp)
@@ -401,20 +485,36 @@ impl<P: ShardProcessor> ShardWorker<P> {
                 },
                 _ => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
             };
-            match req.send().await {
-                Ok(out) => return out.shard_iterator,
+            let kind = match req.send().await {
+                Ok(out) => match out.shard_iterator {
+                    Some(it) => return Ok(it),
+                    None => {
+                        warn!(message = "GetShardIterator returned no iterator; retrying.", shard_id = %shard);
+                        ErrorKind::Transient
+                    }
+                },
                 Err(e) => {
                     let kind = classify(&e);
-                    if kind == ErrorKind::NotFound {
-                        return None;
+                    if kind == ErrorKind::NotFound && self.shard_gone(shard).await {
+                        return Err(NoIterator::Gone);
                     }
                     warn!(message = "GetShardIterator failed; retrying.", shard_id = %shard, error = ?e);
-                    if self.pause(wait).await != Stop::Running {
-                        return None;
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(10));
+                    kind
                 }
+            };
+            let wait = backoff.next_delay_for(kind).unwrap_or(READ_BACKOFF.max);
+            if self.pause(wait).await != Stop::Running {
+                return Err(NoIterator::Stopped);
             }
+        }
+    }
+
+    /// Whether a successful ListShards of the stream no longer has `shard` (trimmed after it
+    /// closed). A failed listing, or a missing stream, is not proof.
+    async fn shard_gone(&self, shard: &ShardId) -> bool {
+        match list_shards(&self.kinesis, &self.stream).await {
+            Ok(all) => !all.iter().any(|s| &s.shard_id == shard),
+            Err(_) => false,
         }
     }
 
@@ -490,9 +590,13 @@ impl<P: ShardProcessor> ShardWorker<P> {
             }
         }
         cp.at_shard_end = true;
-        let mut wait = Duration::from_millis(200);
+        let mut backoff = PROCESSOR_BACKOFF.build();
         loop {
-            match self.processor.shard_ended(cp).await {
+            let called = std::panic::AssertUnwindSafe(self.processor.shard_ended(cp))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(panic_message(&panic).into()));
+            match called {
                 Ok(()) if *cp.last_checkpoint() == Checkpoint::ShardEnd => break,
                 Ok(()) => {
                     warn!(message = "shard_ended did not checkpoint SHARD_END; children stay blocked. Retrying.", shard_id = %shard);
@@ -501,14 +605,13 @@ impl<P: ShardProcessor> ShardWorker<P> {
                     warn!(message = "shard_ended failed; retrying.", shard_id = %shard, error = %e);
                 }
             }
-            if self.held.lost.load(Ordering::SeqCst) {
-                self.processor.lease_lost().await;
-                return Ended::LeaseLost;
+            if self.held.is_lost() {
+                return self.lost().await;
             }
+            let wait = backoff.next_delay().unwrap_or(PROCESSOR_BACKOFF.max);
             if self.pause(wait).await == Stop::Shutdown {
                 return self.release(Ended::Shutdown).await;
             }
-            wait = (wait * 2).min(Duration::from_secs(30));
         }
         info!(message = "Shard finished.", shard_id = %shard, children = ?children);
         self.release(Ended::ShardEnd).await
@@ -516,12 +619,12 @@ impl<P: ShardProcessor> ShardWorker<P> {
 
     async fn release(&self, how: Ended) -> Ended {
         let lease = self.held.lease.lock().await;
-        if self.held.lost.load(Ordering::SeqCst) {
+        if self.held.is_lost() {
             return Ended::LeaseLost;
         }
         match self.store.release(&lease, &self.me).await {
             Ok(()) => {
-                self.held.lost.store(true, Ordering::SeqCst);
+                self.held.mark_lost();
                 how
             }
             Err(e) => {

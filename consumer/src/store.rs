@@ -23,6 +23,10 @@ use kinesis_core::{AwsError, Checkpoint, ErrorKind};
 
 use crate::lease::{Lease, LeaseItemError, attr};
 
+/// Waiting for the lease table: 20 ms doubling to 1 s, with jitter.
+const TABLE_WAIT: kinesis_core::backoff::BackoffConfig =
+    kinesis_core::backoff::BackoffConfig::new(Duration::from_millis(20), Duration::from_secs(1));
+
 /// The KCL 3.x index from owner to lease key.
 pub const LEASE_OWNER_INDEX: &str = "LeaseOwnerToLeaseKeyIndex";
 
@@ -68,6 +72,8 @@ impl StoreError {
 pub struct LeaseStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    /// Keys of unreadable items already logged (each is logged once, counted every scan).
+    bad_items: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 fn n(v: u64) -> AttributeValue {
@@ -100,6 +106,7 @@ impl LeaseStore {
         Self {
             client,
             table: table.into(),
+            bad_items: std::sync::Arc::default(),
         }
     }
 
@@ -155,22 +162,36 @@ impl LeaseStore {
                         .map_err(|e| AwsError::other("CreateTable", ErrorKind::Invalid, e))?,
                 );
         }
-        match req.send().await {
-            Ok(_) => {}
-            Err(e) if classify(&e) == ErrorKind::ResourceInUse => {}
-            Err(e) => return Err(AwsError::new("CreateTable", e).into()),
-        }
-        let until = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(20);
+        // Retryable failures (throttling, 5xx, a dropped connection) are retried until `wait`
+        // passes, for CreateTable as for DescribeTable: a worker restarted while DynamoDB has a
+        // bad minute still starts.
+        let mut pauses = TABLE_WAIT.with_deadline(wait).build();
+        let mut created = false;
         loop {
-            let d = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await;
+            if !created {
+                match req.clone().send().await {
+                    Ok(_) => created = true,
+                    Err(e) if classify(&e) == ErrorKind::ResourceInUse => created = true,
+                    Err(e) if classify(&e).is_retryable() => {
+                        tracing::warn!(message = "CreateTable failed; retrying.", table = %self.table, error = %AwsError::new("CreateTable", e));
+                    }
+                    Err(e) => return Err(AwsError::new("CreateTable", e).into()),
+                }
+            }
+            let d = if created {
+                Some(
+                    self.client
+                        .describe_table()
+                        .table_name(&self.table)
+                        .send()
+                        .await,
+                )
+            } else {
+                None
+            };
             match d {
-                Ok(out) => {
+                None => {}
+                Some(Ok(out)) => {
                     let Some(t) = out.table() else {
                         return Err(StoreError::NotActive(self.table.clone()));
                     };
@@ -197,18 +218,17 @@ impl LeaseStore {
                         return Ok(());
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     let kind = classify(&e);
                     if !(kind.is_retryable() || kind == ErrorKind::NotFound) {
                         return Err(AwsError::new("DescribeTable", e).into());
                     }
                 }
             }
-            if tokio::time::Instant::now() >= until {
-                return Err(StoreError::NotActive(self.table.clone()));
+            match pauses.next_delay() {
+                Some(p) => tokio::time::sleep(p).await,
+                None => return Err(StoreError::NotActive(self.table.clone())),
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 
@@ -226,13 +246,30 @@ impl LeaseStore {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::new("Scan", e))?;
             for item in page.items() {
-                if let Some(l) = Lease::from_item(item)? {
-                    out.push(l);
+                match Lease::from_item(item) {
+                    Ok(Some(l)) => out.push(l),
+                    Ok(None) => {}
+                    // One bad item must not stop every worker from taking and syncing: skip
+                    // it, say so once per key, count it every time.
+                    Err(e) => self.skip_bad_item(&e),
                 }
             }
         }
         out.sort_by(|a, b| a.lease_key.cmp(&b.lease_key));
         Ok(out)
+    }
+
+    fn skip_bad_item(&self, e: &LeaseItemError) {
+        metrics::counter!("LeaseTableBadItems").increment(1);
+        let key = e.key.clone().unwrap_or_default();
+        let first = self
+            .bad_items
+            .lock()
+            .map(|mut seen| seen.insert(key.clone()))
+            .unwrap_or(true);
+        if first {
+            tracing::warn!(message = "Skipping an unreadable lease-table item.", table = %self.table, lease_key = %key, error = %e);
+        }
     }
 
     /// One lease, consistently read.

@@ -1,0 +1,167 @@
+//! Lease renewal in a task of its own, so that nothing the coordinator does (a slow lease-table
+//! scan, a ListShards retried by the SDK for 20 s) can delay it past the failover time.
+//!
+//! ```text
+//!   coordinator ──Add(key, held) / Remove(key)──► renewer task (owns the set of leases to renew)
+//!                                                   every renew_interval, all at once, each call
+//!                                                   bounded by renew_interval:
+//!                                                     ok       → held valid until sent + failover − margin
+//!                                                     conflict → held lost (another worker has it)
+//!                                                     error    → retried next tick; once past its
+//!                                                                validity the lease counts as lost
+//!   shard worker / checkpointer ── held.is_lost() (flag or validity passed) ──► stop, refuse
+//! ```
+//!
+//! Why the validity ends before anyone else may take the lease: another worker judges it
+//! expired only `failover_time` after it first saw the counter this worker last wrote, and it
+//! cannot see that counter before this worker sent the write. So measured from the send time of
+//! the last successful renewal, this worker's claim always ends first; the margin covers the
+//! two hosts' clocks running at slightly different rates and the time to notice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::processor::HeldLease;
+use crate::store::{LeaseStore, StoreError};
+
+pub(crate) enum RenewCmd {
+    Add { key: String, held: Arc<HeldLease> },
+    Remove(String),
+}
+
+/// How long a lease stays ours after a renewal (or take) sent at `sent`.
+pub(crate) fn valid_until(sent: Instant, failover: Duration) -> Instant {
+    sent + failover - margin(failover)
+}
+
+/// A fifth of the failover time (2 s of the KCL's default 10 s).
+fn margin(failover: Duration) -> Duration {
+    failover / 5
+}
+
+/// The renewer's handle: commands go in; dropping it stops the task.
+pub(crate) struct Renewer {
+    tx: mpsc::UnboundedSender<RenewCmd>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Renewer {
+    pub(crate) fn start(
+        store: LeaseStore,
+        me: Arc<str>,
+        interval: Duration,
+        failover: Duration,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(store, me, interval, failover, rx));
+        Self { tx, task }
+    }
+
+    pub(crate) fn add(&self, key: String, held: Arc<HeldLease>) {
+        let _ = self.tx.send(RenewCmd::Add { key, held });
+    }
+
+    pub(crate) fn remove(&self, key: String) {
+        let _ = self.tx.send(RenewCmd::Remove(key));
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn run(
+    store: LeaseStore,
+    me: Arc<str>,
+    interval: Duration,
+    failover: Duration,
+    mut rx: mpsc::UnboundedReceiver<RenewCmd>,
+) {
+    let mut leases: HashMap<String, Arc<HeldLease>> = HashMap::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                None => return,
+                Some(RenewCmd::Add { key, held }) => {
+                    leases.insert(key, held);
+                }
+                Some(RenewCmd::Remove(key)) => {
+                    leases.remove(&key);
+                }
+            },
+            _ = tick.tick() => {
+                leases.retain(|_, h| !h.lost.load(std::sync::atomic::Ordering::SeqCst));
+                renew_all(&store, &me, &leases, interval, failover).await;
+            }
+        }
+    }
+}
+
+async fn renew_all(
+    store: &LeaseStore,
+    me: &str,
+    leases: &HashMap<String, Arc<HeldLease>>,
+    interval: Duration,
+    failover: Duration,
+) {
+    let renewals = leases.iter().map(|(key, held)| async move {
+        let sent = Instant::now();
+        let outcome = tokio::time::timeout(interval, async {
+            let mut lease = held.lease.lock().await;
+            if held.lost.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
+            }
+            store.renew(&lease, me).await.map(|c| {
+                lease.lease_counter = c;
+            })
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => held.renewed(valid_until(sent, failover)),
+            Ok(Err(StoreError::Conflict(_))) => {
+                warn!(message = "Lease lost.", lease_key = %key, worker = %me);
+                metrics::counter!("LeasesLost").increment(1);
+                held.mark_lost();
+            }
+            Ok(Err(e)) => expiring(key, held, &e.to_string()),
+            Err(_) => expiring(key, held, "timed out"),
+        }
+    });
+    futures::future::join_all(renewals).await;
+}
+
+/// A renewal failed: the lease holds until its validity ends, then counts as lost.
+fn expiring(key: &str, held: &HeldLease, error: &str) {
+    if held.is_lost() {
+        warn!(message = "Lease renewal failed past the lease's validity; stopping its shard.", lease_key = %key, error);
+        metrics::counter!("LeasesLost").increment(1);
+        held.mark_lost();
+    } else {
+        warn!(message = "Lease renewal failed; retrying.", lease_key = %key, error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validity_ends_before_others_may_take() {
+        let now = Instant::now();
+        for failover in [1u64, 2, 10, 60] {
+            let f = Duration::from_secs(failover);
+            let until = valid_until(now, f);
+            assert!(until < now + f, "{failover}");
+            assert!(until > now + f / 2, "{failover}");
+        }
+    }
+}
