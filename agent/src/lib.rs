@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use kinesis_core::sdk::AwsOptions;
-use kinesis_core::{PartitionKey, UserRecord};
+use kinesis_core::{BackoffConfig, PartitionKey, UserRecord};
 use kinesis_producer::{BatchReceipt, Producer, ProducerConfig};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -492,6 +492,10 @@ pub async fn run_with_client(
     Ok(())
 }
 
+/// Pauses before sending again records the stream rejected outright.
+const REJECTED_BACKOFF: BackoffConfig =
+    BackoffConfig::new(Duration::from_secs(1), Duration::from_secs(60));
+
 /// Waits until every record of a chunk is delivered, sending failed ones again (never dropping
 /// a line); `false` if the producer closed or lost them (the lines are read again after a
 /// restart, as the checkpoint does not pass them).
@@ -502,8 +506,9 @@ fn settle(
 ) -> std::pin::Pin<Box<dyn Future<Output = (Sent, bool)> + Send>> {
     Box::pin(async move {
         // Failed records already waited out the producer's retries (record TTL); when the
-        // stream rejects them outright, wait before trying again: 1 s, doubling, at most 60 s.
-        let mut pause = Duration::from_secs(1);
+        // stream rejects them outright, wait before trying again: steps from 1 s, doubling, at
+        // most 60 s, with jitter (every chunk of a rejecting stream lands here at once).
+        let mut backoff = REJECTED_BACKOFF.build();
         loop {
             let outcome = match receipt.await {
                 Ok(o) => o,
@@ -520,8 +525,8 @@ fn settle(
                 .increment(outcome.failed.len() as u64);
             warn!(message = "Records not delivered; sending them again.", path = %sent.path.display(), records = outcome.failed.len(), error = %first.error.reason);
             if !first.error.is_retryable() {
+                let pause = backoff.next_delay().unwrap_or(REJECTED_BACKOFF.max);
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(60));
             }
             let again: Vec<UserRecord> =
                 outcome.failed.into_iter().map(|f| f.error.record).collect();

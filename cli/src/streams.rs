@@ -11,8 +11,8 @@ use aws_sdk_kinesis::types::{ScalingType, StreamMode, StreamModeDetails, StreamS
 use clap::Subcommand;
 use kinesis_core::sdk::{self, AwsOptions};
 use kinesis_core::shard_map::{ShardMap, list_shards};
-use kinesis_core::{AwsError, ErrorKind, HashKey, ShardId, StreamRef};
-use tokio::time::Instant;
+use kinesis_core::wait::until_ready;
+use kinesis_core::{AwsError, BackoffConfig, ErrorKind, HashKey, ShardId, StreamRef};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum StreamsCommand {
@@ -252,34 +252,29 @@ async fn wait_active(
     stream: &StreamRef,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let until = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(20);
-    loop {
+    let what = format!("{stream} to become ACTIVE");
+    let backoff = BackoffConfig::new(Duration::from_millis(20), Duration::from_secs(1));
+    until_ready(&what, timeout, backoff, || async {
         let mut req = client.describe_stream_summary();
         req = kinesis_core::with_stream!(req, stream);
         match req.send().await {
-            Ok(out) => {
-                if out
-                    .stream_description_summary()
-                    .is_some_and(|s| *s.stream_status() == StreamStatus::Active)
-                {
-                    return Ok(());
-                }
-            }
+            Ok(out) => Ok(out
+                .stream_description_summary()
+                .filter(|s| *s.stream_status() == StreamStatus::Active)
+                .map(|_| ())),
             Err(e) => {
                 let e = AwsError::new("DescribeStreamSummary", e);
                 // Just after CreateStream the stream may not be visible yet.
-                if !(e.is_retryable() || e.kind() == ErrorKind::NotFound) {
-                    return Err(e.into());
+                if e.is_retryable() || e.kind() == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
                 }
             }
         }
-        if Instant::now() >= until {
-            bail!("{stream} is not ACTIVE after {timeout:?}");
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
-    }
+    })
+    .await?;
+    Ok(())
 }
 
 async fn describe(client: &aws_sdk_kinesis::Client, stream: &StreamRef) -> anyhow::Result<()> {

@@ -21,9 +21,9 @@ use crate::backoff::BackoffConfig;
 #[non_exhaustive]
 pub enum WaitError<E> {
     /// Still not ready when the timeout passed.
-    #[error("{what} not ready after {after:?}")]
+    #[error("gave up waiting for {what} after {after:?}")]
     TimedOut {
-        /// What was waited for, e.g. `stream orders ACTIVE`.
+        /// What was waited for, e.g. `stream orders to become ACTIVE`.
         what: String,
         /// The timeout.
         after: Duration,
@@ -42,7 +42,7 @@ pub enum WaitError<E> {
 /// Calls `check` until it answers `Ok(Some(t))` (ready: returns `t`) or `Err(e)` (fatal:
 /// returns [`WaitError::Failed`]); on `Ok(None)` (not yet) it pauses by `backoff` and checks
 /// again, for at most `timeout` in all (a last check comes at the timeout itself). `what` names
-/// what is waited for, in the error.
+/// what is waited for, in the error: "gave up waiting for {what} after 60s".
 ///
 /// A check that meets a retryable error (see [`ErrorKind::is_retryable`](crate::ErrorKind::is_retryable))
 /// should answer `Ok(None)` to keep waiting.
@@ -53,7 +53,7 @@ pub enum WaitError<E> {
 /// use aws_sdk_kinesis::types::StreamStatus;
 /// use kinesis_core::{AwsError, BackoffConfig, wait::until_ready};
 /// let backoff = BackoffConfig::new(Duration::from_millis(20), Duration::from_secs(1));
-/// until_ready("stream orders ACTIVE", Duration::from_secs(60), backoff, || async {
+/// until_ready("stream orders to become ACTIVE", Duration::from_secs(60), backoff, || async {
 ///     match client.describe_stream_summary().stream_name("orders").send().await {
 ///         Ok(out) => Ok(out
 ///             .stream_description_summary()
@@ -143,7 +143,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let last = std::sync::Mutex::new(started);
         let got: Result<(), WaitError<std::io::Error>> = until_ready(
-            "stream s ACTIVE",
+            "s to become ACTIVE",
             Duration::from_secs(2),
             BACKOFF,
             || async {
@@ -153,7 +153,10 @@ mod tests {
         )
         .await;
         let err = got.unwrap_err();
-        assert_eq!(err.to_string(), "stream s ACTIVE not ready after 2s");
+        assert_eq!(
+            err.to_string(),
+            "gave up waiting for s to become ACTIVE after 2s"
+        );
         assert_eq!(
             last.lock().unwrap().duration_since(started),
             Duration::from_secs(2)
