@@ -1,4 +1,11 @@
 //! The producer's one seam to the SDK: PutRecords and ListShards.
+//!
+//! PutRecords runs with the SDK's retries off, on purpose: the producer retries itself, within
+//! each record's TTL, so that it can retry only the failed entries of an answered call, pace
+//! them by the shard's rate limit, back off whole-call failures once for all calls, count each
+//! record's attempts, and mark records whose earlier attempt may have been stored
+//! (`Delivered::possible_duplicate`). SDK retries would hide all of that and spend the TTL blind.
+//! ListShards keeps the client's own retry configuration.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +17,9 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use futures::future::BoxFuture;
 use kinesis_core::shard_map::{Shard, list_shards};
 use kinesis_core::{AwsError, ErrorKind, KinesisRecord, SequenceNumber, ShardId, StreamRef};
+
+/// The code given to an entry the service answered without a readable result: it may be stored.
+pub(crate) const INVALID_RESPONSE: &str = "InvalidResponse";
 
 /// The result of one PutRecords entry.
 #[derive(Debug, Clone)]
@@ -76,6 +86,7 @@ impl KinesisApi for aws_sdk_kinesis::Client {
                 .await
                 .map_err(|e| AwsError::new("PutRecords", e))?;
             if out.records().len() != n {
+                // Answered: some or all may be stored.
                 return Err(AwsError::other(
                     "PutRecords",
                     ErrorKind::Transient,
@@ -83,7 +94,8 @@ impl KinesisApi for aws_sdk_kinesis::Client {
                         "response has {} entries for {n} records",
                         out.records().len()
                     ),
-                ));
+                )
+                .with_outcome_unknown());
             }
             Ok(out
                 .records()
@@ -97,7 +109,7 @@ impl KinesisApi for aws_sdk_kinesis::Client {
                                     sequence_number,
                                 },
                                 _ => EntryResult::Failed {
-                                    code: "InvalidResponse".into(),
+                                    code: INVALID_RESPONSE.into(),
                                     message: format!(
                                         "bad shard id {shard:?} or sequence number {seq:?}"
                                     )
@@ -106,7 +118,7 @@ impl KinesisApi for aws_sdk_kinesis::Client {
                             }
                         }
                         (code, _, _) => EntryResult::Failed {
-                            code: code.unwrap_or("InvalidResponse").into(),
+                            code: code.unwrap_or(INVALID_RESPONSE).into(),
                             message: r
                                 .error_message()
                                 .unwrap_or("entry has neither result nor error")

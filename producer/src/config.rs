@@ -35,7 +35,8 @@ pub struct ProducerConfig {
     /// Most PutRecords calls in flight at once. KPL: `MaxConnections` = 24.
     pub max_in_flight_requests: usize,
     /// Timeout of one PutRecords attempt. KPL: `RequestTimeout` = 6 s. A timed-out call may have
-    /// succeeded: retrying it can duplicate records.
+    /// succeeded: it is retried (at least once), and its records' receipts say
+    /// `possible_duplicate`.
     pub request_timeout: Duration,
     /// Per-shard rate limit as a percentage of the shard limits (1 MiB/s, 1,000 records/s).
     /// KPL: `RateLimit` = 150 (lets one producer saturate a shard; the service throttles the
@@ -44,10 +45,15 @@ pub struct ProducerConfig {
     /// Fail records rejected with `ProvisionedThroughputExceededException` instead of retrying.
     /// KPL: `FailIfThrottled` = false.
     pub fail_if_throttled: bool,
-    /// First retry delay; doubles per attempt (with jitter) up to `retry_max_delay`. The KPL
-    /// retries with no backoff at all; this is new.
+    /// First pause after a PutRecords call failed as a whole (connection lost, timeout, 5xx,
+    /// a throttled request); doubles (with jitter, see [`kinesis_core::backoff`]) with each such
+    /// failure up to `retry_max_delay`, and starts over once a call is answered. Whole-request
+    /// throttles pause at least 500 ms. Entries that failed in an answered call are not backed
+    /// off: they are sent again at once, at the front of their shard, paced by the shard's rate
+    /// limit (which slows down when the shard throttles), as the KPL does; so the TTL buys many
+    /// attempts. The KPL has no backoff for whole-call failures; this is new.
     pub retry_min_delay: Duration,
-    /// Largest retry delay.
+    /// Largest pause after whole-call failures.
     pub retry_max_delay: Duration,
     /// Cap on memory held for user records not yet delivered, counted by [`buffer_cost`]
     /// (each record's data three and a third times over, its key and measured bookkeeping).

@@ -7,9 +7,14 @@
 //!                                                                                             │
 //!   receipts ◄─ settle ◄─ result per entry ◄─ PutRecords in flight (≤ max_in_flight) ◄───────┘
 //!   (one per record, or     │      └─ throttled ─► the shard's buckets empty, its rate × 0.75
-//!    one per batch)         └─ failed entry / retryable error ─► retry queue (backoff + jitter)
-//!                                                  ─► front of its shard's ready queue
+//!    one per batch)         ├─ failed entry ─► front of its shard's ready queue at once (paced
+//!                           │                  by the shard's token buckets, as the KPL does)
+//!                           └─ retryable whole-call failure (connection lost, timeout, 5xx)
+//!                                ─► retry queue (one backoff for all calls) ─► front of its shard
 //! ```
+//!
+//! A whole-call failure whose outcome is unknown (the request may have been applied) is retried
+//! too: at least once, and the records' receipts say `possible_duplicate`.
 //!
 //! One task and no locks: the handle sends commands; this loop reacts to commands, responses,
 //! the shard-map refresh and, while anything is buffered, a 5 ms tick (deadlines, token
@@ -21,7 +26,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use foldhash::HashMap;
 use foldhash::HashMapExt as _;
 use futures::future::BoxFuture;
@@ -30,13 +34,14 @@ use kinesis_core::agg::{Aggregator, TryAdd};
 use kinesis_core::classify::classify_code;
 use kinesis_core::shard_map::{Shard, ShardMap};
 use kinesis_core::{
-    AwsError, ErrorKind, HashKey, KinesisRecord, SequenceNumber, ShardId, StreamRef, UserRecord,
+    AwsError, Backoff, BackoffConfig, ErrorKind, HashKey, KinesisRecord, SequenceNumber, ShardId,
+    StreamRef, UserRecord,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::api::{EntryResult, KinesisApi};
+use crate::api::{EntryResult, INVALID_RESPONSE, KinesisApi};
 use crate::config::ProducerConfig;
 use crate::error::{FailureReason, PutError};
 use crate::limiter::ShardLimiter;
@@ -46,6 +51,10 @@ use crate::stats::Stats;
 const TICK: Duration = Duration::from_millis(5);
 const WRONG_SHARD: &str =
     "WrongShard: the aggregate was stored on a shard that does not own this key";
+/// Waits between shard-map refreshes that failed: 1 s, doubling, at most 30 s (the KPL: 1 s,
+/// ×1.5, at most 30 s).
+const REFRESH_BACKOFF: BackoffConfig =
+    BackoffConfig::new(Duration::from_secs(1), Duration::from_secs(30));
 
 /// A record the handle accepted.
 #[derive(Debug)]
@@ -55,6 +64,9 @@ pub(crate) struct Pending {
     pub(crate) reply: Reply,
     pub(crate) arrived: Instant,
     pub(crate) attempts: u32,
+    /// An earlier attempt may have stored it: a call with an unknown outcome, or an aggregate
+    /// stored on a shard that does not own all its keys.
+    pub(crate) possible_duplicate: bool,
     pub(crate) last_error: Option<Arc<str>>,
     pub(crate) epoch: u64,
 }
@@ -90,6 +102,7 @@ pub(crate) struct BatchIn {
 struct OpenBatch {
     remaining: usize,
     delivered: usize,
+    possible_duplicates: Vec<usize>,
     failed: Vec<BatchFailure>,
     reply: oneshot::Sender<BatchOutcome>,
     /// Released when the last member settles.
@@ -213,6 +226,38 @@ type Batch = Vec<(ShardKey, Vec<Pending>)>;
 
 type Response = (u64, Result<Vec<EntryResult>, AwsError>);
 
+/// The pause after whole-call failures: one backoff for every call, since they all go to the
+/// same endpoint. Calls fail together (a load balancer drops its connections, an outage): only
+/// a failure of a call sent after the pause last grew grows it again, the others wait as long,
+/// and only a success of such a call resets it.
+struct CallBackoff {
+    backoff: Backoff,
+    pause: Duration,
+    /// Calls with an id from this one on were sent after the pause last changed.
+    since: u64,
+}
+
+impl CallBackoff {
+    /// The pause before retrying the records of call `id`, which failed with `kind`.
+    fn failed(&mut self, id: u64, kind: ErrorKind, next_call: u64) -> Duration {
+        if id >= self.since || self.pause.is_zero() {
+            let max = self.backoff.config().max;
+            self.pause = self.backoff.next_delay_for(kind).unwrap_or(max);
+            self.since = next_call;
+        }
+        self.pause
+    }
+
+    /// Call `id` was answered.
+    fn answered(&mut self, id: u64, next_call: u64) {
+        if id >= self.since && !self.pause.is_zero() {
+            self.backoff.reset();
+            self.pause = Duration::ZERO;
+            self.since = next_call;
+        }
+    }
+}
+
 pub(crate) struct Driver {
     cfg: Arc<ProducerConfig>,
     api: Arc<dyn KinesisApi>,
@@ -228,12 +273,14 @@ pub(crate) struct Driver {
     next_call: u64,
     retries: BinaryHeap<Reverse<RetryItem>>,
     retry_seq: u64,
-    backoff: ExponentialBuilder,
+    call_backoff: CallBackoff,
     /// Aggregates stored on a shard the map does not know yet: settled after the next refresh.
     unverified: Vec<(ShardId, SequenceNumber, Vec<Pending>)>,
     refresh: Option<BoxFuture<'static, Result<Vec<Shard>, AwsError>>>,
     refresh_wanted: bool,
     refresh_failures: u32,
+    refresh_backoff: Backoff,
+    refresh_pause: Duration,
     next_refresh: Instant,
     epoch: u64,
     /// Unsettled records of the current epoch (the hot path), and of older epochs (flushes
@@ -265,12 +312,11 @@ impl Driver {
         stats: Arc<Stats>,
         map: ShardMap,
     ) -> Self {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(cfg.retry_min_delay)
-            .with_max_delay(cfg.retry_max_delay)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times();
+        let call_backoff = CallBackoff {
+            backoff: BackoffConfig::new(cfg.retry_min_delay, cfg.retry_max_delay).build(),
+            pause: Duration::ZERO,
+            since: 0,
+        };
         let next_refresh = Instant::now() + cfg.shard_map_refresh_interval;
         Self {
             cfg,
@@ -287,11 +333,13 @@ impl Driver {
             next_call: 0,
             retries: BinaryHeap::new(),
             retry_seq: 0,
-            backoff,
+            call_backoff,
             unverified: Vec::new(),
             refresh: None,
             refresh_wanted: false,
             refresh_failures: 0,
+            refresh_backoff: REFRESH_BACKOFF.build(),
+            refresh_pause: Duration::ZERO,
             next_refresh,
             epoch: 0,
             current: 0,
@@ -361,7 +409,7 @@ impl Driver {
                 },
                 Some((id, result)) = self.calls.next(), if !self.calls.is_empty() => {
                     if let Some(batch) = self.batches.remove(&id) {
-                        self.response(batch, result);
+                        self.response(id, batch, result);
                     }
                     // A request slot is free: send the collector if it is due.
                     let now = Instant::now();
@@ -416,6 +464,7 @@ impl Driver {
                     OpenBatch {
                         remaining: n,
                         delivered: 0,
+                        possible_duplicates: Vec::new(),
                         failed: Vec::new(),
                         reply: b.reply,
                         _permit: b.permit,
@@ -436,6 +485,7 @@ impl Driver {
                             },
                             arrived: b.arrived,
                             attempts: 0,
+                            possible_duplicate: false,
                             last_error: None,
                             epoch,
                         },
@@ -463,8 +513,11 @@ impl Driver {
         {
             let mut failed = b.failed;
             failed.sort_unstable_by_key(|f| f.index);
+            let mut possible_duplicates = b.possible_duplicates;
+            possible_duplicates.sort_unstable();
             let _ = b.reply.send(BatchOutcome {
                 delivered: b.delivered,
+                possible_duplicates,
                 failed,
             });
         }
@@ -750,11 +803,12 @@ impl Driver {
         )));
     }
 
-    fn response(&mut self, batch: Batch, result: Result<Vec<EntryResult>, AwsError>) {
+    fn response(&mut self, id: u64, batch: Batch, result: Result<Vec<EntryResult>, AwsError>) {
         let now = Instant::now();
         match result {
             Ok(results) => {
-                for ((key, members), res) in batch.into_iter().zip(results) {
+                self.call_backoff.answered(id, self.next_call);
+                for ((key, mut members), res) in batch.into_iter().zip(results) {
                     self.release_in_flight(&key);
                     match res {
                         EntryResult::Ok {
@@ -784,7 +838,15 @@ impl Driver {
                                     self.fail(m, FailureReason::Throttled(Arc::clone(&text)));
                                 }
                             } else {
-                                self.retry_all(key, members, &text, now);
+                                if &*code == INVALID_RESPONSE {
+                                    // Answered, but not readably: it may be stored.
+                                    for m in &mut members {
+                                        m.possible_duplicate = true;
+                                    }
+                                }
+                                // Not stored: send again at once, paced by the shard's buckets
+                                // (emptied above if it was a throttle), not by a backoff.
+                                self.retry_all(key, members, &text, Duration::ZERO, now);
                             }
                         }
                     }
@@ -794,17 +856,28 @@ impl Driver {
                 metrics::counter!("ErrorsByCode", "code" => e.code().unwrap_or("Request").to_string()).increment(1);
                 metrics::counter!("AllErrors").increment(1);
                 let retryable = e.is_retryable();
+                let unknown = e.outcome_unknown();
+                let delay = if retryable {
+                    self.call_backoff.failed(id, e.kind(), self.next_call)
+                } else {
+                    Duration::ZERO
+                };
                 if retryable {
-                    debug!(message = "PutRecords failed; retrying.", error = %e);
+                    debug!(message = "PutRecords failed; retrying.", error = %e, outcome_unknown = unknown, pause = ?delay);
                 } else {
                     warn!(message = "PutRecords rejected; failing its records.", stream = %self.stream, error = %e);
                 }
                 let e = Arc::new(e);
                 let text: Arc<str> = e.to_string().into();
-                for (key, members) in batch {
+                for (key, mut members) in batch {
                     self.release_in_flight(&key);
                     if retryable {
-                        self.retry_all(key, members, &text, now);
+                        if unknown {
+                            for m in &mut members {
+                                m.possible_duplicate = true;
+                            }
+                        }
+                        self.retry_all(key, members, &text, delay, now);
                     } else {
                         for m in members {
                             self.fail(m, FailureReason::Rejected(Arc::clone(&e)));
@@ -865,9 +938,20 @@ impl Driver {
             self.deliver(actual, seq, numbered);
             return;
         }
-        // The consumer will drop this aggregate: nothing in it counts as delivered.
-        for (_, m) in numbered {
-            self.retry(m, WRONG_SHARD.into(), now);
+        // The consumer will drop this aggregate: nothing in it counts as delivered. Each member
+        // goes to the front of the shard that owns its key under the current map; a reader
+        // that does not apply the KCL's rule sees it twice.
+        let error: Arc<str> = WRONG_SHARD.into();
+        let ttl = self.cfg.record_ttl;
+        for (_, mut m) in numbered {
+            m.last_error = Some(Arc::clone(&error));
+            m.possible_duplicate = true;
+            if now >= m.arrived + ttl {
+                self.expire(m, now);
+            } else {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                self.retry_later(m, now);
+            }
         }
     }
 
@@ -898,16 +982,24 @@ impl Driver {
                         sequence_number: seq.clone(),
                         sub_sequence_number: sub,
                         attempts: m.attempts,
+                        possible_duplicate: m.possible_duplicate,
                     }));
                 }
-                Reply::Batch { id, .. } => match run.as_mut() {
-                    Some((rid, n)) if *rid == id => *n += 1,
-                    _ => {
-                        if let Some((rid, n)) = run.replace((id, 1)) {
-                            self.batch_settled(rid, n, None);
+                Reply::Batch { id, index } => {
+                    if m.possible_duplicate
+                        && let Some(b) = self.open_batches.get_mut(&id)
+                    {
+                        b.possible_duplicates.push(index as usize);
+                    }
+                    match run.as_mut() {
+                        Some((rid, n)) if *rid == id => *n += 1,
+                        _ => {
+                            if let Some((rid, n)) = run.replace((id, 1)) {
+                                self.batch_settled(rid, n, None);
+                            }
                         }
                     }
-                },
+                }
             }
         }
         if let Some((rid, n)) = run {
@@ -917,31 +1009,41 @@ impl Driver {
         metrics::counter!("UserRecordsPut").increment(n);
     }
 
-    fn retry_all(&mut self, key: ShardKey, members: Vec<Pending>, error: &Arc<str>, now: Instant) {
-        if !self.cfg.preserve_order {
-            for m in members {
-                self.retry(m, Arc::clone(error), now);
-            }
-            return;
-        }
-        // Back to the front of the shard, in order, and the shard waits out the backoff.
-        let attempts = members.iter().map(|m| m.attempts).max().unwrap_or(1);
-        let delay = self.delay(attempts);
+    /// Sends the members of a failed Kinesis record again after `delay` (zero: at once, at the
+    /// front of their shard, as far as its token buckets allow), or fails those whose TTL would
+    /// pass first.
+    fn retry_all(
+        &mut self,
+        key: ShardKey,
+        members: Vec<Pending>,
+        error: &Arc<str>,
+        delay: Duration,
+        now: Instant,
+    ) {
         let ttl = self.cfg.record_ttl;
         let mut live = Vec::with_capacity(members.len());
         for mut m in members {
             m.last_error = Some(Arc::clone(error));
             if now + delay >= m.arrived + ttl {
+                // The next attempt would come after the TTL: fail now rather than wait for nothing.
                 self.expire(m, now);
             } else {
                 live.push(m);
             }
         }
-        if !live.is_empty() {
-            self.stats
-                .retries
-                .fetch_add(live.len() as u64, Ordering::Relaxed);
+        if live.is_empty() {
+            return;
+        }
+        self.stats
+            .retries
+            .fetch_add(live.len() as u64, Ordering::Relaxed);
+        if delay.is_zero() || self.cfg.preserve_order {
+            // preserve_order: the shard waits out the delay with them at its front.
             self.requeue_front(key, live, now, delay);
+        } else {
+            for m in live {
+                self.retry_later(m, now + delay);
+            }
         }
     }
 
@@ -1007,27 +1109,11 @@ impl Driver {
         self.waiting.push(key);
     }
 
-    /// Retry delay before attempt `attempts + 1`: exponential from `retry_min_delay`, with jitter.
-    fn delay(&self, attempts: u32) -> Duration {
-        let n = usize::try_from(attempts.max(1) - 1).unwrap_or(usize::MAX);
-        self.backoff
-            .build()
-            .nth(n)
-            .unwrap_or(self.cfg.retry_max_delay)
-    }
-
-    fn retry(&mut self, mut m: Pending, error: Arc<str>, now: Instant) {
-        m.last_error = Some(error);
-        let delay = self.delay(m.attempts);
-        if now + delay >= m.arrived + self.cfg.record_ttl {
-            // The next attempt would come after the TTL: fail now rather than wait for nothing.
-            self.expire(m, now);
-            return;
-        }
-        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+    /// Puts a record in the retry queue; at `at` it goes to the front of its shard.
+    fn retry_later(&mut self, m: Pending, at: Instant) {
         self.retry_seq += 1;
         self.retries.push(Reverse(RetryItem {
-            at: now + delay,
+            at,
             seq: self.retry_seq,
             pending: m,
         }));
@@ -1119,11 +1205,8 @@ impl Driver {
     fn start_refresh(&mut self) {
         let api = Arc::clone(&self.api);
         let stream = self.stream.clone();
-        // After failures, wait as the KPL does: 1 s, ×1.5 each time, at most 30 s.
-        let wait = match self.refresh_failures {
-            0 => Duration::ZERO,
-            n => Duration::from_secs_f64(1.5f64.powi(i32::try_from(n - 1).unwrap_or(20)).min(30.0)),
-        };
+        // After failures, wait (REFRESH_BACKOFF); at once otherwise.
+        let wait = self.refresh_pause;
         self.refresh_wanted = false;
         self.refresh = Some(Box::pin(async move {
             tokio::time::sleep(wait).await;
@@ -1137,12 +1220,18 @@ impl Driver {
             Ok(s) => s,
             Err(e) => {
                 self.refresh_failures += 1;
+                self.refresh_pause = self
+                    .refresh_backoff
+                    .next_delay_for(e.kind())
+                    .unwrap_or(REFRESH_BACKOFF.max);
                 self.refresh_wanted = true;
                 warn!(message = "Shard map refresh failed.", stream = %self.stream, error = %e, failures = self.refresh_failures);
                 return;
             }
         };
         self.refresh_failures = 0;
+        self.refresh_backoff.reset();
+        self.refresh_pause = Duration::ZERO;
         self.next_refresh = now + self.cfg.shard_map_refresh_interval;
         self.map = ShardMap::new(shards);
         metrics::counter!("ShardMapRefreshes").increment(1);

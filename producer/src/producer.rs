@@ -213,6 +213,7 @@ impl Producer {
             reply: Reply::One(reply, permit),
             arrived: Instant::now(),
             attempts: 0,
+            possible_duplicate: false,
             last_error: None,
             epoch: 0,
         };

@@ -21,6 +21,13 @@ pub struct Delivered {
     pub sub_sequence_number: u64,
     /// PutRecords attempts it took (1 when the first succeeded).
     pub attempts: u32,
+    /// The stream may hold this record more than once: an earlier attempt ended with an unknown
+    /// outcome (the connection was lost after the request was sent, the call timed out, the
+    /// service answered 5xx or unreadably) and may have stored it, or it was in an aggregate
+    /// stored on a shard that does not own all its keys (which KCL consumers skip, so it was sent
+    /// again). Delivery is at least once; `sequence_number` is where this attempt stored it.
+    /// `false` means no attempt but the one above can have stored it.
+    pub possible_duplicate: bool,
 }
 
 /// Boxed error: keeps the per-record channel small.
@@ -85,6 +92,9 @@ impl ReceiptError {
 pub struct BatchOutcome {
     /// Records of the batch delivered.
     pub delivered: usize,
+    /// Delivered records the stream may hold more than once, by index in the batch (ascending):
+    /// see [`Delivered::possible_duplicate`].
+    pub possible_duplicates: Vec<usize>,
     /// Records not delivered, by index in the batch (ascending).
     pub failed: Vec<BatchFailure>,
 }
