@@ -81,6 +81,9 @@ fn fastrand_u128() -> u128 {
 #[derive(Default)]
 struct Tally {
     delivered: AtomicU64,
+    /// Delivered, but an earlier attempt may have stored them too (a connection lost after
+    /// sending, a timeout): the stream may hold them twice.
+    possible_duplicates: AtomicU64,
     failed: AtomicU64,
 }
 
@@ -210,6 +213,12 @@ pub(crate) async fn run(args: PutArgs, opts: &AwsOptions) -> anyhow::Result<Exit
     crate::outln!("kinesis records  {}", stats.kinesis_records_put)?;
     crate::outln!("put calls        {}", stats.put_records_calls)?;
     crate::outln!("retries          {}", stats.retries)?;
+    let dups = tally.possible_duplicates.load(Ordering::Relaxed);
+    if dups > 0 {
+        crate::outln!(
+            "possible dups    {dups} (an earlier attempt's outcome was unknown: the stream may hold them twice)"
+        )?;
+    }
     crate::outln!("throughput       {rate:.0} user records/s over {elapsed:.2} s")?;
     Ok(if failed > 0 {
         ExitCode::FAILURE
@@ -223,7 +232,12 @@ fn count(
     outcome: Result<kinesis_producer::Delivered, kinesis_producer::ReceiptError>,
 ) {
     match outcome {
-        Ok(_) => tally.delivered.fetch_add(1, Ordering::Relaxed),
+        Ok(d) => {
+            if d.possible_duplicate {
+                tally.possible_duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            tally.delivered.fetch_add(1, Ordering::Relaxed)
+        }
         Err(e) => {
             eprintln!("record failed: {e}");
             tally.failed.fetch_add(1, Ordering::Relaxed)
