@@ -21,6 +21,7 @@
 
 mod emulators;
 pub mod fast_endpoint;
+pub mod fault;
 mod proxy;
 pub mod python;
 mod read;
@@ -33,6 +34,7 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 
 pub use emulators::{EmulatorOptions, LocalEmulators, StartError, https_client_trusting};
+pub use fault::{Fault, FaultProxy, FaultStats, Rule};
 pub use proxy::StallProxy;
 pub use read::{ReadRecord, StreamContents, read_stream};
 pub use wait::{eventually, wait_stream_active};
@@ -186,17 +188,66 @@ impl TestEnv {
         }
     }
 
-    /// Where the Kinesis endpoint listens, for tests that put a [`StallProxy`] in front of it:
-    /// the embedded emulator's address, or the host and port of `AWS_ENDPOINT_URL_KINESIS`
-    /// (or `AWS_ENDPOINT_URL`) for an external backend on plain HTTP. `None` on real AWS.
+    /// Where the Kinesis endpoint listens, for tests that put a [`StallProxy`] or a
+    /// [`FaultProxy`] in front of it: the embedded emulator's address, or the host and port of
+    /// `AWS_ENDPOINT_URL_KINESIS` (or `AWS_ENDPOINT_URL`) for an external backend on plain HTTP.
+    /// `None` on real AWS.
     pub fn kinesis_addr(&self) -> Option<std::net::SocketAddr> {
-        use std::net::ToSocketAddrs as _;
         if let Some(emu) = &self.emulators {
             return Some(emu.kinesis_addr());
         }
-        let url = self.kinesis_endpoint()?;
-        let host_port = url.strip_prefix("http://")?.trim_end_matches('/');
-        host_port.to_socket_addrs().ok()?.next()
+        plain_http_addr(&self.kinesis_endpoint()?)
+    }
+
+    /// The DynamoDB endpoint URL: the embedded emulator's, or `AWS_ENDPOINT_URL_DYNAMODB` /
+    /// `AWS_ENDPOINT_URL` for an external backend. `None` on real AWS.
+    pub fn dynamodb_endpoint(&self) -> Option<String> {
+        match &self.emulators {
+            Some(emu) => Some(emu.dynamodb_endpoint()),
+            None if self.backend == Backend::External => std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+                .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+                .ok(),
+            None => None,
+        }
+    }
+
+    /// Where the DynamoDB endpoint listens: the embedded emulator's address, or the host and
+    /// port of [`dynamodb_endpoint`](Self::dynamodb_endpoint) on plain HTTP. `None` on real AWS.
+    pub fn dynamodb_addr(&self) -> Option<std::net::SocketAddr> {
+        if let Some(emu) = &self.emulators {
+            return Some(emu.dynamodb_addr());
+        }
+        plain_http_addr(&self.dynamodb_endpoint()?)
+    }
+
+    /// A [`FaultProxy`] in front of each service (both seeded with `seed`) and clients that go
+    /// through them: `let Some(f) = env.fault_proxies(7).await else { return };`. The clients
+    /// keep the SDK's standard retries. `None`, with a note on stderr, when a service is not
+    /// reachable over plain HTTP: on real AWS, on an external backend with `https://`
+    /// endpoints, and when the embedded Kinesis is served over TLS (`EmulatorOptions { tls:
+    /// true }`), since the proxy speaks plain HTTP only.
+    ///
+    /// # Panics
+    /// When a proxy cannot listen.
+    pub async fn fault_proxies(&self, seed: u64) -> Option<FaultyClients> {
+        let tls = self
+            .emulators
+            .as_ref()
+            .is_some_and(|e| e.ca_pem().is_some());
+        let addrs = self.kinesis_addr().zip(self.dynamodb_addr());
+        let (Some((kinesis, dynamodb)), false) = (addrs, tls) else {
+            eprintln!("skipped: no plain-HTTP endpoints to put a fault proxy in front of");
+            return None;
+        };
+        #[allow(clippy::expect_used)] // test harness: failing loudly is the point
+        let start = |addr| FaultProxy::start(addr, seed).expect("start a fault proxy");
+        let (kinesis_proxy, dynamodb_proxy) = (start(kinesis), start(dynamodb));
+        Some(FaultyClients {
+            kinesis: kinesis_for(&self.sdk, &kinesis_proxy.endpoint()),
+            dynamodb: dynamodb_for(&self.sdk, &dynamodb_proxy.endpoint()),
+            kinesis_proxy,
+            dynamodb_proxy,
+        })
     }
 
     /// A backend whose streams throttle writes over the shard limits (the embedded emulator
@@ -260,6 +311,27 @@ impl TestEnv {
             .expect("stream becomes ACTIVE");
         name
     }
+}
+
+/// Fault proxies in front of both services and clients through them, from
+/// [`TestEnv::fault_proxies`].
+#[derive(Debug)]
+pub struct FaultyClients {
+    /// The proxy in front of Kinesis.
+    pub kinesis_proxy: FaultProxy,
+    /// The proxy in front of DynamoDB.
+    pub dynamodb_proxy: FaultProxy,
+    /// A Kinesis client through `kinesis_proxy`.
+    pub kinesis: aws_sdk_kinesis::Client,
+    /// A DynamoDB client through `dynamodb_proxy`.
+    pub dynamodb: aws_sdk_dynamodb::Client,
+}
+
+/// The address of a plain-HTTP endpoint URL (`http://host:port`); `None` for `https://`.
+fn plain_http_addr(url: &str) -> Option<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    let host_port = url.strip_prefix("http://")?.trim_end_matches('/');
+    host_port.to_socket_addrs().ok()?.next()
 }
 
 /// Region and test credentials, read from nothing in the environment.
