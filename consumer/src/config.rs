@@ -61,6 +61,12 @@ pub struct ConsumerConfig {
     /// Enhanced fan-out: events buffered per shard before reading pauses (the KCL buffers up to
     /// 11 and its memory is unbounded in practice, issue #1699).
     pub fan_out_max_buffered_events: usize,
+    /// Longest wait for one attempt of a Kinesis or DynamoDB call (and, with enhanced fan-out,
+    /// for the next event of a subscription) before it counts as failed and is retried. The
+    /// KCL leaves this to the SDK, whose default has no limit: one stalled connection then
+    /// holds a shard (or the whole lease coordinator) forever. 15 s here; a client whose
+    /// configuration already sets an attempt or operation timeout keeps its own.
+    pub call_timeout: Duration,
 }
 
 /// How records are read: polling (GetRecords) or enhanced fan-out (SubscribeToShard).
@@ -98,6 +104,7 @@ impl ConsumerConfig {
             create_owner_index: true,
             retrieval: Retrieval::Polling,
             fan_out_max_buffered_events: 2,
+            call_timeout: Duration::from_secs(15),
         }
     }
 
@@ -135,6 +142,7 @@ impl ConsumerConfig {
             ("shard_sync_interval", self.shard_sync_interval),
             ("idle_time_between_reads", self.idle_time_between_reads),
             ("parent_poll_interval", self.parent_poll_interval),
+            ("call_timeout", self.call_timeout),
         ] {
             if d.is_zero() {
                 return err(field, "must be positive");
@@ -173,18 +181,19 @@ mod tests {
     #[test]
     fn every_zero_duration_is_refused_by_name() {
         type Set = fn(&mut ConsumerConfig);
-        let cases: [(&str, Set); 6] = [
+        let cases: [(&str, Set); 7] = [
+            ("call_timeout", |c| c.call_timeout = Duration::ZERO),
             ("failover_time", |c| c.failover_time = Duration::ZERO),
             ("renew_interval", |c| c.renew_interval = Duration::ZERO),
             ("taker_interval", |c| c.taker_interval = Duration::ZERO),
             ("shard_sync_interval", |c| {
-                c.shard_sync_interval = Duration::ZERO
+                c.shard_sync_interval = Duration::ZERO;
             }),
             ("idle_time_between_reads", |c| {
                 c.idle_time_between_reads = Duration::ZERO;
             }),
             ("parent_poll_interval", |c| {
-                c.parent_poll_interval = Duration::ZERO
+                c.parent_poll_interval = Duration::ZERO;
             }),
         ];
         for (field, set) in cases {

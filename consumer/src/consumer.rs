@@ -150,7 +150,11 @@ where
         self.config.validate()?;
         let stream =
             StreamRef::parse(&self.stream).map_err(|e| ConsumerError::Stream(e.to_string()))?;
-        let store = LeaseStore::new(self.dynamodb, self.config.table());
+        // Every call bounded in time (the SDK's default waits forever on a stalled connection).
+        let dynamodb = crate::clients::bounded_dynamodb(&self.dynamodb, self.config.call_timeout);
+        let streaming = self.kinesis;
+        let kinesis = crate::clients::bounded_kinesis(&streaming, self.config.call_timeout);
+        let store = LeaseStore::new(dynamodb, self.config.table());
         store
             .ensure_table(self.config.create_owner_index, Duration::from_secs(600))
             .await?;
@@ -167,7 +171,7 @@ where
                     .as_deref()
                     .unwrap_or(&self.config.application_name);
                 Some(
-                    crate::fanout::register(&self.kinesis, &stream, name, Duration::from_secs(120))
+                    crate::fanout::register(&kinesis, &stream, name, Duration::from_secs(120))
                         .await
                         .map_err(ConsumerError::Kinesis)?,
                 )
@@ -184,7 +188,8 @@ where
         let high_water = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let coordinator = Coordinator {
             cfg: Arc::new(self.config),
-            kinesis: self.kinesis,
+            kinesis,
+            streaming,
             store,
             stream,
             me: Arc::clone(&worker_id),
@@ -217,6 +222,8 @@ struct Running {
 struct Coordinator<F> {
     cfg: Arc<ConsumerConfig>,
     kinesis: aws_sdk_kinesis::Client,
+    /// The caller's client as given, for SubscribeToShard's long event streams.
+    streaming: aws_sdk_kinesis::Client,
     store: LeaseStore,
     stream: StreamRef,
     me: Arc<str>,
@@ -416,6 +423,7 @@ where
             fanout: self.fanout.clone(),
             high_water: Arc::clone(&self.high_water),
             kinesis: self.kinesis.clone(),
+            streaming: self.streaming.clone(),
             store: self.store.clone(),
             stream: self.stream.clone(),
             me: Arc::clone(&self.me),

@@ -151,6 +151,11 @@ const CLOSED_CHECK_MAX: Duration = Duration::from_secs(300);
 
 pub(crate) struct Subscription {
     pub(crate) kinesis: aws_sdk_kinesis::Client,
+    /// For SubscribeToShard: the caller's client, whose attempts are not cut by a timeout.
+    pub(crate) streaming: aws_sdk_kinesis::Client,
+    /// Longest wait for the subscription's answer and for each next event (the service sends
+    /// one at least every 5 s); past it the session counts as broken and is renewed.
+    pub(crate) wait: Duration,
     pub(crate) stream: StreamRef,
     pub(crate) consumer_arn: String,
     pub(crate) shard: ShardId,
@@ -321,17 +326,27 @@ impl Subscription {
                 }
             };
             let started = tokio::time::Instant::now();
-            let subscribed = self
-                .kinesis
-                .subscribe_to_shard()
-                .consumer_arn(&self.consumer_arn)
-                .shard_id(self.shard.as_str())
-                .starting_position(position)
-                .send()
-                .await;
+            let subscribed = tokio::time::timeout(
+                self.wait,
+                self.streaming
+                    .subscribe_to_shard()
+                    .consumer_arn(&self.consumer_arn)
+                    .shard_id(self.shard.as_str())
+                    .starting_position(position)
+                    .send(),
+            )
+            .await;
             let mut out = match subscribed {
-                Ok(o) => o,
-                Err(e) => {
+                Err(_) => {
+                    pause = backoff
+                        .next_delay_for(ErrorKind::Transient)
+                        .unwrap_or(SUBSCRIBE_BACKOFF.max);
+                    warn!(message = "SubscribeToShard did not answer in time; backing off.", shard_id = %self.shard, retry_in = ?pause);
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => {
                     let kind = classify(&e);
                     if kind == ErrorKind::NotFound && self.finished(resume.last.as_ref()).await {
                         let _ = tx
@@ -353,7 +368,12 @@ impl Subscription {
             };
             metrics::counter!("SubscribeToShardCalls").increment(1);
             loop {
-                match out.event_stream.recv().await {
+                let Ok(next) = tokio::time::timeout(self.wait, out.event_stream.recv()).await
+                else {
+                    warn!(message = "No event from the subscription in time; resubscribing.", shard_id = %self.shard, waited = ?self.wait);
+                    break;
+                };
+                match next {
                     Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(ev))) => {
                         backoff.reset();
                         pause = SUBSCRIBE_BACKOFF.initial;

@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+mod clients;
 mod config;
 mod consumer;
 mod fanout;

@@ -80,6 +80,8 @@ pub(crate) struct ShardWorker<P> {
     /// Most fan-out events ever buffered for a shard of this worker.
     pub(crate) high_water: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) kinesis: aws_sdk_kinesis::Client,
+    /// The caller's client as given (no attempt timeout), for SubscribeToShard.
+    pub(crate) streaming: aws_sdk_kinesis::Client,
     pub(crate) store: LeaseStore,
     pub(crate) stream: StreamRef,
     pub(crate) me: Arc<str>,
@@ -352,6 +354,8 @@ impl<P: ShardProcessor> ShardWorker<P> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(self.cfg.fan_out_max_buffered_events.max(1));
         let subscription = crate::fanout::Subscription {
             kinesis: self.kinesis.clone(),
+            streaming: self.streaming.clone(),
+            wait: self.cfg.call_timeout,
             stream: self.stream.clone(),
             consumer_arn,
             shard: shard_id.clone(),
@@ -659,6 +663,9 @@ pub(crate) fn convert(
     let mut out = Vec::with_capacity(records.len());
     for r in records {
         let Ok(seq) = SequenceNumber::parse(&r.sequence_number) else {
+            // Kinesis never sends one; an endpoint that does is broken. Say so, never silently.
+            warn!(message = "Skipping a record whose sequence number does not parse.", shard_id = %shard, sequence_number = %r.sequence_number);
+            metrics::counter!("RecordsUnreadable").increment(1);
             continue;
         };
         let arrival = r

@@ -16,9 +16,12 @@ use kinesis_core::{Checkpoint, ShardId};
 use kinesis_testkit::{Fault, FaultyClients, Rule, TestEnv, eventually, unique_name};
 use tokio::time::Instant;
 
-/// What processors saw, across workers: (worker tag, shard, what, when).
+/// One thing a processor saw: (worker tag, shard, what, when).
+type Entry = (&'static str, String, String, Instant);
+
+/// What processors saw, across workers.
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<(&'static str, String, String, Instant)>>>);
+struct Log(Arc<Mutex<Vec<Entry>>>);
 
 impl Log {
     fn push(&self, who: &'static str, shard: &str, what: impl Into<String>) {
