@@ -153,6 +153,42 @@ fn expiring(key: &str, held: &HeldLease, error: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::Lease;
+    use kinesis_core::Checkpoint;
+
+    /// Paused time: the lease counts as lost exactly when its validity ends, a renewal moves the
+    /// end on, and a later renewal never moves it back.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_is_held_until_its_validity_ends() {
+        let failover = Duration::from_secs(10);
+        let held = HeldLease::new(
+            Lease::new("shardId-000000000000", Checkpoint::TrimHorizon),
+            valid_until(Instant::now(), failover),
+        );
+        tokio::time::advance(Duration::from_millis(7_999)).await;
+        assert!(!held.is_lost());
+        let renewed_at = Instant::now();
+        held.renewed(valid_until(renewed_at, failover));
+        tokio::time::advance(Duration::from_millis(7_999)).await;
+        assert!(!held.is_lost(), "renewal moved the end on");
+        held.renewed(valid_until(renewed_at - Duration::from_secs(5), failover));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            held.is_lost(),
+            "8 s after the last renewal's send, and not moved back"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn marked_lost_is_lost_at_once() {
+        let held = HeldLease::new(
+            Lease::new("shardId-000000000000", Checkpoint::TrimHorizon),
+            valid_until(Instant::now(), Duration::from_secs(10)),
+        );
+        assert!(!held.is_lost());
+        held.mark_lost();
+        assert!(held.is_lost());
+    }
 
     #[test]
     fn validity_ends_before_others_may_take() {
