@@ -15,6 +15,7 @@
 //!   ResetBeforeForward  close the client connection; never forwarded
 //!   ResetAfterForward   forward, wait for the response head, close without answering
 //!   ResetMidResponse    forward, send the head and `after_bytes` of body, close
+//!   PartialFailure      PutRecords: fail a fraction of the entries, forward the rest, merge
 //! ```
 //!
 //! Each client connection gets its own upstream connection (both kept alive), so a reset closes
@@ -107,6 +108,18 @@ pub enum Fault {
     ResetMidResponse {
         /// Body bytes delivered before the close.
         after_bytes: usize,
+    },
+    /// PutRecords only: fail each entry with chance `fraction` (drawn in order from the
+    /// proxy's generator) with `ErrorCode` `code`, and forward only the others (as one
+    /// PutRecords on a connection of its own), so the failed entries are really not stored;
+    /// the answer is the service's with the failed entries merged back in their places and
+    /// `FailedRecordCount` counting both, as Kinesis answers a partial failure. Requests to
+    /// other operations pass through.
+    PartialFailure {
+        /// Chance that an entry fails, 0 to 1.
+        fraction: f64,
+        /// Its `ErrorCode`, e.g. `ProvisionedThroughputExceededException`, `InternalFailure`.
+        code: String,
     },
 }
 
@@ -206,9 +219,11 @@ pub struct OpStats {
     pub resets_after_forward: u64,
     /// [`Fault::ResetMidResponse`] cuts.
     pub resets_mid_response: u64,
+    /// [`Fault::PartialFailure`] requests (with at least one entry drawn, or not).
+    pub partial_failures: u64,
 }
 
-const COLUMNS: [&str; 8] = [
+const COLUMNS: [&str; 9] = [
     "requests",
     "injected",
     "error",
@@ -217,6 +232,7 @@ const COLUMNS: [&str; 8] = [
     "reset-before",
     "reset-after",
     "reset-mid",
+    "partial",
 ];
 
 impl OpStats {
@@ -225,7 +241,7 @@ impl OpStats {
         self.kinds().iter().sum()
     }
 
-    fn kinds(&self) -> [u64; 6] {
+    fn kinds(&self) -> [u64; 7] {
         [
             self.errors,
             self.latency,
@@ -233,10 +249,11 @@ impl OpStats {
             self.resets_before_forward,
             self.resets_after_forward,
             self.resets_mid_response,
+            self.partial_failures,
         ]
     }
 
-    fn kinds_mut(&mut self) -> [&mut u64; 6] {
+    fn kinds_mut(&mut self) -> [&mut u64; 7] {
         [
             &mut self.errors,
             &mut self.latency,
@@ -244,6 +261,7 @@ impl OpStats {
             &mut self.resets_before_forward,
             &mut self.resets_after_forward,
             &mut self.resets_mid_response,
+            &mut self.partial_failures,
         ]
     }
 
@@ -255,6 +273,7 @@ impl OpStats {
             Fault::ResetBeforeForward => 3,
             Fault::ResetAfterForward => 4,
             Fault::ResetMidResponse { .. } => 5,
+            Fault::PartialFailure { .. } => 6,
         };
         *self.kinds_mut()[kind] += 1;
     }
@@ -324,6 +343,9 @@ struct Shared {
     state: Mutex<State>,
     /// Bumped by `release_stalled`; stalled requests wait for a change.
     release: watch::Sender<u64>,
+    /// Operations forwarded one at a time ([`FaultProxy::one_at_a_time`]), and their turn.
+    serialized: Mutex<Vec<String>>,
+    turn: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -357,6 +379,8 @@ impl FaultProxy {
                 stats: FaultStats::default(),
             }),
             release: watch::Sender::new(0),
+            serialized: Mutex::new(Vec::new()),
+            turn: tokio::sync::Mutex::new(()),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Ok(Self {
@@ -395,6 +419,15 @@ impl FaultProxy {
     /// The rules as they stand (with `times` counted down).
     pub fn rules(&self) -> Vec<Rule> {
         lock(&self.shared.state).rules.clone()
+    }
+
+    /// Forwards `operation` one request at a time (each waits until the previous one has its
+    /// answer), faults applied as before. For an emulator that serves concurrent writes in a
+    /// way the real service does not: ferrokinesis 0.7 gives a PutRecords call its sequence
+    /// numbers before it stores the records, so a read between two concurrent calls to one
+    /// shard can return the later call's record and move past the earlier one's for good.
+    pub fn one_at_a_time(&self, operation: &str) {
+        lock(&self.shared.serialized).push(operation.to_owned());
     }
 
     /// Ends every request held by [`Fault::Stall`] so far: each one's connection closes, and
@@ -509,7 +542,17 @@ impl Conn {
             .to_owned();
         // Subscribed before deciding, so a release right after the decision is not missed.
         let mut released = self.shared.release.subscribe();
-        let Some(fault) = self.shared.decide(&op) else {
+        let fault = self.shared.decide(&op);
+        let forwards = !matches!(
+            fault,
+            Some(Fault::Error { .. } | Fault::Stall | Fault::ResetBeforeForward)
+        );
+        let _turn = if forwards && lock(&self.shared.serialized).contains(&op) {
+            Some(self.shared.turn.lock().await)
+        } else {
+            None
+        };
+        let Some(fault) = fault else {
             return Ok(self.forward(req).await?.map(boxed));
         };
         match fault {
@@ -545,6 +588,10 @@ impl Conn {
                 };
                 Ok(Response::from_parts(head, body.boxed_unsync()))
             }
+            Fault::PartialFailure { fraction, code } if op == "PutRecords" => {
+                partial::put_records(&self.shared, req, fraction, &code).await
+            }
+            Fault::PartialFailure { .. } => Ok(self.forward(req).await?.map(boxed)),
         }
     }
 
@@ -733,5 +780,243 @@ impl AsyncWrite for CutIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// [`Fault::PartialFailure`] on a PutRecords request: the chosen entries are failed with `code`
+/// and never forwarded, the others are forwarded (as one PutRecords on a connection of its own),
+/// and the answer is the service's, merged back into the original order with the failed
+/// entries in place and `FailedRecordCount` counting both. Anything that is not a PutRecords
+/// JSON body is forwarded unchanged.
+mod partial {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::body::Incoming;
+    use hyper::header::{CONTENT_LENGTH, HeaderValue};
+    use hyper::{Request, Response, StatusCode};
+    use hyper_util::rt::TokioIo;
+    use serde_json::{Value, json};
+    use tokio::net::TcpStream;
+
+    use super::{ProxyBody, Shared, lock, reset};
+
+    pub(super) async fn put_records(
+        shared: &Shared,
+        req: Request<Incoming>,
+        fraction: f64,
+        code: &str,
+    ) -> Result<Response<ProxyBody>, std::io::Error> {
+        let (head, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|_| reset("request body broke off"))?
+            .to_bytes();
+        let Ok(mut request) = serde_json::from_slice::<Value>(&body) else {
+            return forward(shared, head, body).await;
+        };
+        let Some(records) = request.get_mut("Records").and_then(Value::as_array_mut) else {
+            return forward(shared, head, body).await;
+        };
+        // One draw per entry, in order, from the proxy's seeded generator.
+        let failed: Vec<bool> = {
+            let mut state = lock(&shared.state);
+            records.iter().map(|_| state.rng.f64() < fraction).collect()
+        };
+        let injected = failed.iter().filter(|f| **f).count();
+        let kept: Vec<Value> = std::mem::take(records)
+            .into_iter()
+            .zip(&failed)
+            .filter(|(_, f)| !**f)
+            .map(|(r, _)| r)
+            .collect();
+        let mut answered: Vec<Value> = Vec::new();
+        let mut service_failed = 0;
+        let mut encryption = None;
+        if !kept.is_empty() {
+            *records = kept;
+            let body = Bytes::from(request.to_string());
+            let resp = forward(shared, head.clone(), body).await?;
+            let (resp_head, resp_body) = resp.into_parts();
+            let resp_body = resp_body
+                .collect()
+                .await
+                .map_err(|_| reset("response body broke off"))?
+                .to_bytes();
+            let parsed = serde_json::from_slice::<Value>(&resp_body).ok();
+            let entries = parsed
+                .as_ref()
+                .and_then(|v| v.get("Records"))
+                .and_then(Value::as_array);
+            match (resp_head.status, entries) {
+                (StatusCode::OK, Some(entries)) => {
+                    answered.clone_from(entries);
+                    service_failed = parsed
+                        .as_ref()
+                        .and_then(|v| v.get("FailedRecordCount"))
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
+                    encryption = parsed
+                        .as_ref()
+                        .and_then(|v| v.get("EncryptionType"))
+                        .cloned();
+                }
+                // An error (or an answer we cannot read): the client sees it as it is.
+                _ => {
+                    let body = Full::new(resp_body).map_err(|never| match never {});
+                    return Ok(Response::from_parts(resp_head, body.boxed_unsync()));
+                }
+            }
+        }
+        let mut answered = answered.into_iter();
+        let merged: Vec<Value> = failed
+            .iter()
+            .map(|&f| {
+                if f {
+                    json!({
+                        "ErrorCode": code,
+                        "ErrorMessage": format!("{code} injected by FaultProxy (partial failure)"),
+                    })
+                } else {
+                    answered.next().unwrap_or_else(
+                        || json!({"ErrorCode": "InternalFailure", "ErrorMessage": "missing entry"}),
+                    )
+                }
+            })
+            .collect();
+        let mut out = json!({
+            "FailedRecordCount": injected as u64 + service_failed,
+            "Records": merged,
+        });
+        if let Some(e) = encryption {
+            out["EncryptionType"] = e;
+        }
+        let body = Full::new(Bytes::from(out.to_string())).map_err(|never| match never {});
+        let mut resp = Response::new(body.boxed_unsync());
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-amz-json-1.1"),
+        );
+        Ok(resp)
+    }
+
+    /// Sends `body` with `head` to the target on a connection of its own, and waits for the
+    /// whole answer.
+    async fn forward(
+        shared: &Shared,
+        mut head: hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<ProxyBody>, std::io::Error> {
+        head.headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let req = Request::from_parts(head, Full::new(body));
+        let tcp = TcpStream::connect(shared.target)
+            .await
+            .map_err(|_| reset("target unreachable"))?;
+        let _ = tcp.set_nodelay(true);
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|_| reset("target failed"))?;
+        let driver = tokio::spawn(conn);
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|_| reset("target failed"));
+        let resp = match resp {
+            Ok(r) => {
+                let (head, body) = r.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map_err(|_| reset("target's answer broke off"))?
+                    .to_bytes();
+                Ok(Response::from_parts(
+                    head,
+                    Full::new(body)
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                ))
+            }
+            Err(e) => Err(e),
+        };
+        driver.abort();
+        resp
+    }
+}
+
+#[cfg(test)]
+mod partial_tests {
+    use std::collections::HashMap;
+
+    use aws_sdk_kinesis::primitives::Blob;
+    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+
+    use super::*;
+    use crate::{TestEnv, kinesis_for, read_stream};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partial_failure_stores_only_the_entries_it_answers_for() {
+        let env = TestEnv::start().await;
+        let stream = env.create_stream(2).await;
+        let proxy = FaultProxy::start(env.kinesis_addr().unwrap(), 11).unwrap();
+        proxy.add_rule(Rule::new(
+            Some("PutRecords"),
+            Fault::PartialFailure {
+                fraction: 0.4,
+                code: "InternalFailure".into(),
+            },
+        ));
+        let client = kinesis_for(&env.sdk, &proxy.endpoint());
+        let mut stored = HashMap::new();
+        let mut failed = 0;
+        for call in 0..4 {
+            let entries = (0..100).map(|i| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key(format!("k{i}"))
+                    .data(Blob::new(format!("{call}-{i}")))
+                    .build()
+                    .unwrap()
+            });
+            let out = client
+                .put_records()
+                .stream_name(&stream)
+                .set_records(Some(entries.collect()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(out.records().len(), 100, "one answer per entry, in order");
+            let n_failed = out
+                .records()
+                .iter()
+                .filter(|r| r.error_code().is_some())
+                .count();
+            assert_eq!(out.failed_record_count(), i32::try_from(n_failed).ok());
+            failed += n_failed;
+            for (i, r) in out.records().iter().enumerate() {
+                match (r.error_code(), r.sequence_number()) {
+                    (Some(code), None) => assert_eq!(code, "InternalFailure"),
+                    (None, Some(seq)) => {
+                        stored.insert(format!("{call}-{i}"), seq.to_owned());
+                    }
+                    other => panic!("entry {i}: {other:?}"),
+                }
+            }
+        }
+        assert!(
+            (80..240).contains(&failed),
+            "about 40 % of 400 failed: {failed}"
+        );
+        assert_eq!(proxy.stats().op("PutRecords").partial_failures, 4);
+        // The stream holds exactly the entries answered with a sequence number, where it says.
+        let read = read_stream(&env.kinesis, &stream).await.unwrap().records;
+        let got: HashMap<String, String> = read
+            .iter()
+            .map(|r| {
+                let data = String::from_utf8(r.data.to_vec()).unwrap();
+                (data, r.sequence_number.to_string())
+            })
+            .collect();
+        assert_eq!(read.len(), 400 - failed);
+        assert_eq!(got, stored);
     }
 }
