@@ -31,41 +31,45 @@ where
     }
 }
 
-/// Polls `DescribeStreamSummary` until the stream is ACTIVE. (The SDK waiter's fixed 10 s first
+/// Polls `DescribeStreamSummary` until the stream is ACTIVE, through the suite's one
+/// wait-until helper (`kinesis_core::wait::until_ready`). (The SDK waiter's fixed 10 s first
 /// delay makes every creation cost 10 s against an emulator.)
 pub async fn wait_stream_active(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
     deadline: Duration,
 ) -> Result<(), String> {
-    let until = Instant::now() + deadline;
-    let mut pause = Duration::from_millis(5);
-    loop {
-        let status = client
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await;
-        match status {
-            Ok(out) => {
-                let active = out
+    let pace =
+        kinesis_core::BackoffConfig::new(Duration::from_millis(5), Duration::from_millis(200));
+    kinesis_core::wait::until_ready(
+        &format!("stream {stream} ACTIVE"),
+        deadline,
+        pace,
+        || async {
+            match client
+                .describe_stream_summary()
+                .stream_name(stream)
+                .send()
+                .await
+            {
+                Ok(out) => Ok(out
                     .stream_description_summary()
-                    .is_some_and(|s| *s.stream_status() == StreamStatus::Active);
-                if active {
-                    return Ok(());
+                    .filter(|s| *s.stream_status() == StreamStatus::Active)
+                    .map(|_| ())),
+                Err(e) => {
+                    let kind = kinesis_core::classify::classify(&e);
+                    if kind.is_retryable() || kind == kinesis_core::ErrorKind::NotFound {
+                        Ok(None)
+                    } else {
+                        Err(format!("DescribeStreamSummary {stream}: {e:?}"))
+                    }
                 }
             }
-            Err(e) => {
-                let kind = kinesis_core::classify::classify(&e);
-                if !(kind.is_retryable() || kind == kinesis_core::ErrorKind::NotFound) {
-                    return Err(format!("DescribeStreamSummary {stream}: {e:?}"));
-                }
-            }
-        }
-        if Instant::now() >= until {
-            return Err(format!("stream {stream} not ACTIVE after {deadline:?}"));
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
-    }
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        kinesis_core::wait::WaitError::Failed { source, .. } => source,
+        other => other.to_string(),
+    })
 }
