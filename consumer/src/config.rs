@@ -36,7 +36,8 @@ pub struct ConsumerConfig {
     pub initial_position: InitialPosition,
     /// A lease not renewed for this long is expired. KCL `failoverTimeMillis` = 10 s.
     pub failover_time: Duration,
-    /// Renewal period. KCL: failover/3 − 25 ms.
+    /// Renewal period. KCL: failover/3 − 25 ms. At most half of `failover_time`: a lease
+    /// counts as held only until 80 % of the failover time after its last renewal was sent.
     pub renew_interval: Duration,
     /// How often leases are listed, expired ones taken and balance restored. KCL 2.x:
     /// 2 × (failover + 25 ms) ≈ 20 s; 2 s here, so a joining worker gets its share quickly.
@@ -148,8 +149,13 @@ impl ConsumerConfig {
                 return err(field, "must be positive");
             }
         }
-        if self.renew_interval >= self.failover_time {
-            return err("renew_interval", "must be shorter than failover_time");
+        // A lease is held until 80 % of the failover time after its last renewal was sent: at
+        // least one more renewal must fit in before that, with room for a slow one.
+        if self.renew_interval * 2 > self.failover_time {
+            return err(
+                "renew_interval",
+                "must be at most half of failover_time (the KCL renews every third)",
+            );
         }
         if !(1..=10_000).contains(&self.max_records) {
             return err("max_records", "must be 1..=10000");
@@ -210,6 +216,10 @@ mod tests {
         assert!(c.validate().is_ok());
         c.renew_interval = c.failover_time;
         assert_eq!(c.validate().unwrap_err().field, "renew_interval");
+        c.renew_interval = c.failover_time / 2 + Duration::from_millis(1);
+        assert_eq!(c.validate().unwrap_err().field, "renew_interval");
+        c.renew_interval = c.failover_time / 2;
+        assert!(c.validate().is_ok());
         let mut c = ConsumerConfig::new("app-name");
         c.fan_out_max_buffered_events = 0;
         assert_eq!(
