@@ -810,6 +810,18 @@ impl Driver {
                 self.call_backoff.answered(id, self.next_call);
                 for ((key, mut members), res) in batch.into_iter().zip(results) {
                     self.release_in_flight(&key);
+                    if self.cfg.aggregation
+                        && key
+                            .as_ref()
+                            .is_some_and(|k| k.as_str() == "shardId-000000000000")
+                    {
+                        eprintln!(
+                            "TRACE {:?} call {id} key0 entry n={} res={:?}",
+                            std::time::SystemTime::now(),
+                            members.len(),
+                            res
+                        );
+                    }
                     match res {
                         EntryResult::Ok {
                             shard_id,
@@ -1056,15 +1068,38 @@ impl Driver {
         now: Instant,
         delay: Duration,
     ) {
-        // Route by the first member: where the shard was (or is, if the map changed).
-        let key = if key
+        if key
             .as_ref()
             .is_some_and(|k| self.map.get(k).is_some_and(Shard::is_open))
         {
-            key
-        } else {
-            members.first().map_or(key, |m| self.shard_key(m.hash))
-        };
+            self.requeue_front_at(key, members, now, delay);
+            return;
+        }
+        // The shard closed (the stream resharded) or was never mapped: each member goes to the
+        // shard that owns its key now, in order. Routing them all by one member would build an
+        // aggregate with keys outside the shard it lands on, which a KCL consumer drops whole
+        // while the producer counts it delivered (found by the chaos test).
+        let mut groups: Vec<(ShardKey, Vec<Pending>)> = Vec::new();
+        for m in members {
+            let k = self.shard_key(m.hash);
+            match groups.iter_mut().find(|(g, _)| *g == k) {
+                Some((_, v)) => v.push(m),
+                None => groups.push((k, vec![m])),
+            }
+        }
+        for (k, ms) in groups {
+            self.requeue_front_at(k, ms, now, delay);
+        }
+    }
+
+    /// [`requeue_front`](Self::requeue_front) once every member belongs to `key`.
+    fn requeue_front_at(
+        &mut self,
+        key: ShardKey,
+        members: Vec<Pending>,
+        now: Instant,
+        delay: Duration,
+    ) {
         let max = self.cfg.aggregation_max_bytes;
         let aggregate = self.cfg.aggregation && key.is_some();
         let deadline = now + delay;
@@ -1203,6 +1238,13 @@ impl Driver {
     }
 
     fn start_refresh(&mut self) {
+        if self.cfg.aggregation {
+            eprintln!(
+                "TRACE {:?} AGG start_refresh pause {:?}",
+                std::time::SystemTime::now(),
+                self.refresh_pause
+            );
+        }
         let api = Arc::clone(&self.api);
         let stream = self.stream.clone();
         // After failures, wait (REFRESH_BACKOFF); at once otherwise.
@@ -1216,6 +1258,13 @@ impl Driver {
 
     fn refreshed(&mut self, result: Result<Vec<Shard>, AwsError>) {
         let now = Instant::now();
+        if self.cfg.aggregation {
+            eprintln!(
+                "TRACE {:?} AGG refresh result ok={}",
+                std::time::SystemTime::now(),
+                result.is_ok()
+            );
+        }
         let shards = match result {
             Ok(s) => s,
             Err(e) => {
@@ -1234,6 +1283,17 @@ impl Driver {
         self.refresh_pause = Duration::ZERO;
         self.next_refresh = now + self.cfg.shard_map_refresh_interval;
         self.map = ShardMap::new(shards);
+        if self.cfg.aggregation {
+            eprintln!(
+                "TRACE {:?} AGG refreshed {:?} calls {}",
+                std::time::SystemTime::now(),
+                self.map
+                    .open_shards()
+                    .map(|s| s.shard_id.to_string())
+                    .collect::<Vec<_>>(),
+                self.calls.len()
+            );
+        }
         metrics::counter!("ShardMapRefreshes").increment(1);
         // Buffers of shards that are no longer open (and the unmapped one): re-route what they
         // hold under the new map.
