@@ -810,18 +810,6 @@ impl Driver {
                 self.call_backoff.answered(id, self.next_call);
                 for ((key, mut members), res) in batch.into_iter().zip(results) {
                     self.release_in_flight(&key);
-                    if self.cfg.aggregation
-                        && key
-                            .as_ref()
-                            .is_some_and(|k| k.as_str() == "shardId-000000000000")
-                    {
-                        eprintln!(
-                            "TRACE {:?} call {id} key0 entry n={} res={:?}",
-                            std::time::SystemTime::now(),
-                            members.len(),
-                            res
-                        );
-                    }
                     match res {
                         EntryResult::Ok {
                             shard_id,
@@ -1238,13 +1226,6 @@ impl Driver {
     }
 
     fn start_refresh(&mut self) {
-        if self.cfg.aggregation {
-            eprintln!(
-                "TRACE {:?} AGG start_refresh pause {:?}",
-                std::time::SystemTime::now(),
-                self.refresh_pause
-            );
-        }
         let api = Arc::clone(&self.api);
         let stream = self.stream.clone();
         // After failures, wait (REFRESH_BACKOFF); at once otherwise.
@@ -1258,13 +1239,6 @@ impl Driver {
 
     fn refreshed(&mut self, result: Result<Vec<Shard>, AwsError>) {
         let now = Instant::now();
-        if self.cfg.aggregation {
-            eprintln!(
-                "TRACE {:?} AGG refresh result ok={}",
-                std::time::SystemTime::now(),
-                result.is_ok()
-            );
-        }
         let shards = match result {
             Ok(s) => s,
             Err(e) => {
@@ -1283,17 +1257,6 @@ impl Driver {
         self.refresh_pause = Duration::ZERO;
         self.next_refresh = now + self.cfg.shard_map_refresh_interval;
         self.map = ShardMap::new(shards);
-        if self.cfg.aggregation {
-            eprintln!(
-                "TRACE {:?} AGG refreshed {:?} calls {}",
-                std::time::SystemTime::now(),
-                self.map
-                    .open_shards()
-                    .map(|s| s.shard_id.to_string())
-                    .collect::<Vec<_>>(),
-                self.calls.len()
-            );
-        }
         metrics::counter!("ShardMapRefreshes").increment(1);
         // Buffers of shards that are no longer open (and the unmapped one): re-route what they
         // hold under the new map.
