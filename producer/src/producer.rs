@@ -35,6 +35,9 @@ impl ProducerBuilder {
     /// Validates the configuration, lists the stream's shards (failing fast, with a typed
     /// error, if the stream is missing or not readable) and starts the driver task on the
     /// current Tokio runtime.
+    ///
+    /// Retryable ListShards failures (throttling, 5xx, a lost connection) are retried for up to
+    /// 30 s before `build` gives up with [`BuildError::Stream`].
     pub async fn build(self) -> Result<Producer, BuildError> {
         self.config.validate()?;
         let stream = StreamRef::parse(&self.stream).map_err(|e| {
@@ -44,10 +47,32 @@ impl ProducerBuilder {
             })
         })?;
         let api: Arc<dyn KinesisApi> = Arc::new(self.client);
-        let shards = api
-            .list_shards(stream.clone())
-            .await
-            .map_err(BuildError::Stream)?;
+        // A throttled or briefly unreachable endpoint at start-up is retried (for up to
+        // BUILD_WAIT); a missing stream or a denied call fails at once.
+        let shards = kinesis_core::wait::until_ready(
+            "the stream's shards",
+            BUILD_WAIT,
+            kinesis_core::BackoffConfig::new(Duration::from_millis(100), Duration::from_secs(5)),
+            || async {
+                match api.list_shards(stream.clone()).await {
+                    Ok(s) => Ok(Some(s)),
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(message = "Listing the stream's shards failed; retrying.", error = %e);
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            kinesis_core::wait::WaitError::Failed { source, .. } => BuildError::Stream(source),
+            timed_out => BuildError::Stream(kinesis_core::AwsError::other(
+                "ListShards",
+                kinesis_core::ErrorKind::Transient,
+                timed_out.to_string(),
+            )),
+        })?;
         let map = ShardMap::new(shards);
         if map.open_shards().next().is_none() {
             return Err(BuildError::NoOpenShard(stream.to_string()));
@@ -55,6 +80,9 @@ impl ProducerBuilder {
         Ok(Producer::start(self.config, api, stream, map))
     }
 }
+
+/// How long [`ProducerBuilder::build`] retries a retryable ListShards failure.
+const BUILD_WAIT: Duration = Duration::from_secs(30);
 
 /// A KPL-class producer for one stream. Clone it freely: clones share one driver task.
 ///

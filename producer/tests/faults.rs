@@ -404,3 +404,26 @@ async fn half_of_entries_failing_expire_nothing() {
     let (expired, _) = partial_failures(0.5, "InternalFailure", 51).await;
     assert_eq!(expired, 0);
 }
+
+/// A throttled ListShards at start-up is retried by `build`, a missing stream is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_retries_a_throttled_list_shards() {
+    let Some(s) = setup(1, 21).await else {
+        return;
+    };
+    // More throttles than one call's SDK attempts: the first ListShards call fails.
+    s.faults
+        .kinesis_proxy
+        .add_rule(Rule::new(Some("ListShards"), Fault::error("LimitExceededException")).times(5));
+    let p = producer(&s, ProducerConfig::default()).await;
+    assert_eq!(
+        s.faults.kinesis_proxy.stats().op("ListShards").injected(),
+        5
+    );
+    let out = send(&p, 10).await;
+    assert!(out.iter().all(Result::is_ok));
+    let missing = Producer::builder(s.faults.kinesis.clone(), "no-such-stream")
+        .build()
+        .await;
+    assert!(missing.is_err(), "a missing stream fails at once");
+}
