@@ -423,11 +423,11 @@ async fn chaos(mode: Retrieval, label: &str) {
         let t = started.elapsed();
         if !split_done && t > run / 4 {
             split_done = true;
-            reshard(&env, &stream, true).await;
+            env.split_lowest_shard(&stream).await;
         }
         if !merge_done && t > run / 2 {
             merge_done = true;
-            reshard(&env, &stream, false).await;
+            env.merge_highest_shards(&stream).await;
         }
         if Instant::now() >= next_kill {
             next_kill = Instant::now() + Duration::from_millis(1_500 + rng.u64(0..2_500));
@@ -653,41 +653,6 @@ async fn chaos(mode: Retrieval, label: &str) {
         "chaos {label} failed (replay: CHAOS_SEED={seed} CHAOS_SECS={secs}):\n  {}",
         problems.join("\n  ")
     );
-}
-
-/// Splits shard 0 (at the middle of its range) or merges the two lowest adjacent open shards,
-/// through the fault-free client, and waits until the stream is ACTIVE again.
-async fn reshard(env: &TestEnv, stream: &str, split: bool) {
-    let shards = list_shards(&env.kinesis, &StreamRef::parse(stream).unwrap())
-        .await
-        .unwrap();
-    let mut open: Vec<_> = shards.iter().filter(|s| s.is_open()).collect();
-    open.sort_by_key(|s| s.hash_key_range.start().0);
-    if split {
-        let s = open[0];
-        let mid = s.hash_key_range.start().0 / 2 + s.hash_key_range.end().0 / 2;
-        env.kinesis
-            .split_shard()
-            .stream_name(stream)
-            .shard_to_split(s.shard_id.as_str())
-            .new_starting_hash_key(mid.to_string())
-            .send()
-            .await
-            .unwrap();
-    } else {
-        let (a, b) = (open[open.len() - 2], open[open.len() - 1]);
-        env.kinesis
-            .merge_shards()
-            .stream_name(stream)
-            .shard_to_merge(a.shard_id.as_str())
-            .adjacent_shard_to_merge(b.shard_id.as_str())
-            .send()
-            .await
-            .unwrap();
-    }
-    kinesis_testkit::wait_stream_active(&env.kinesis, stream, Duration::from_secs(30))
-        .await
-        .unwrap();
 }
 
 /// Polls `check` until true or the deadline; says which.

@@ -484,14 +484,19 @@ async fn children_wait_for_a_parent_whose_lease_creation_failed() {
     w.shutdown(Duration::from_secs(10)).await;
 }
 
-/// Item 5: a lease-table scan slower than the failover time does not delay renewal: no other
-/// worker may judge the lease expired while this one reads.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_scan_does_not_starve_renewal() {
+/// Worker "a", through fault proxies, holding the lease of a one-shard stream.
+struct Holding {
+    env: TestEnv,
+    f: FaultyClients,
+    stream: String,
+    app: String,
+    log: Log,
+    a: Consumer,
+}
+
+async fn worker_a_holding_the_lease(seed: u64) -> Option<Holding> {
     let env = TestEnv::start().await;
-    let Some(f) = proxies(&env, 5).await else {
-        return;
-    };
+    let f = proxies(&env, seed).await?;
     let stream = env.create_stream(1).await;
     let app = unique_name("app");
     let log = Log::default();
@@ -509,6 +514,31 @@ async fn a_slow_scan_does_not_starve_renewal() {
         (a.held_shards().len() == 1).then_some(())
     })
     .await;
+    Some(Holding {
+        env,
+        f,
+        stream,
+        app,
+        log,
+        a,
+    })
+}
+
+/// Item 5: a lease-table scan slower than the failover time does not delay renewal: no other
+/// worker may judge the lease expired while this one reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_scan_does_not_starve_renewal() {
+    let Some(Holding {
+        env,
+        f,
+        stream,
+        app,
+        log,
+        a,
+    }) = worker_a_holding_the_lease(5).await
+    else {
+        return;
+    };
     f.dynamodb_proxy.add_rule(Rule::new(
         Some("Scan"),
         Fault::Latency(Duration::from_secs(3)),
@@ -543,27 +573,17 @@ async fn a_slow_scan_does_not_starve_renewal() {
 /// take it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_cannot_renew_stops_before_another_takes_over() {
-    let env = TestEnv::start().await;
-    let Some(f) = proxies(&env, 6).await else {
+    let Some(Holding {
+        env,
+        f,
+        stream,
+        app,
+        log,
+        a,
+    }) = worker_a_holding_the_lease(6).await
+    else {
         return;
     };
-    let stream = env.create_stream(1).await;
-    let app = unique_name("app");
-    let log = Log::default();
-    let a = start(
-        &f.kinesis,
-        &f.dynamodb,
-        &stream,
-        config(&app),
-        "a",
-        &log,
-        &Panics::default(),
-    )
-    .await;
-    eventually("a holds the lease", Duration::from_secs(20), || async {
-        (a.held_shards().len() == 1).then_some(())
-    })
-    .await;
     f.dynamodb_proxy
         .add_rule(Rule::new(Some("UpdateItem"), Fault::Stall));
     let b = start(

@@ -29,8 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
-use kinesis_core::shard_map::list_shards;
-use kinesis_core::{PartitionKey, StreamRef, UserRecord};
+use kinesis_core::{PartitionKey, UserRecord};
 use kinesis_producer::{Producer, ProducerConfig};
 use kinesis_testkit::{Fault, FaultProxy, Rule, TestEnv, read_stream};
 use tokio::time::Instant;
@@ -94,41 +93,6 @@ fn slow_spell(proxy: &FaultProxy) {
     ];
     rules_now.extend(rules());
     proxy.set_rules(rules_now);
-}
-
-/// Splits the lowest open shard at the middle of its range, or merges the two highest adjacent
-/// open shards, through the fault-free client, and waits until the stream is ACTIVE again.
-async fn reshard(env: &TestEnv, stream: &str, split: bool) {
-    let shards = list_shards(&env.kinesis, &StreamRef::parse(stream).unwrap())
-        .await
-        .unwrap();
-    let mut open: Vec<_> = shards.iter().filter(|s| s.is_open()).collect();
-    open.sort_by_key(|s| s.hash_key_range.start().0);
-    if split {
-        let s = open[0];
-        let mid = s.hash_key_range.start().0 / 2 + s.hash_key_range.end().0 / 2;
-        env.kinesis
-            .split_shard()
-            .stream_name(stream)
-            .shard_to_split(s.shard_id.as_str())
-            .new_starting_hash_key(mid.to_string())
-            .send()
-            .await
-            .unwrap();
-    } else {
-        let (a, b) = (open[open.len() - 2], open[open.len() - 1]);
-        env.kinesis
-            .merge_shards()
-            .stream_name(stream)
-            .shard_to_merge(a.shard_id.as_str())
-            .adjacent_shard_to_merge(b.shard_id.as_str())
-            .send()
-            .await
-            .unwrap();
-    }
-    kinesis_testkit::wait_stream_active(&env.kinesis, stream, Duration::from_secs(30))
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,8 +174,10 @@ async fn aggregates_stored_on_the_wrong_child_are_sent_again_under_faults() {
             }
         }
         // Through the fault-free client; what is buffered keeps going meanwhile.
-        if burst == split_at || burst == merge_at {
-            reshard(&env, &stream, burst == split_at).await;
+        if burst == split_at {
+            env.split_lowest_shard(&stream).await;
+        } else if burst == merge_at {
+            env.merge_highest_shards(&stream).await;
         }
     }
     let outcomes = join_all(receipts).await;

@@ -267,6 +267,68 @@ impl TestEnv {
         }
     }
 
+    /// Splits the lowest open shard of `stream` at the middle of its hash range, and waits
+    /// until the stream is ACTIVE again.
+    ///
+    /// # Panics
+    /// When the stream cannot be listed or resharded.
+    pub async fn split_lowest_shard(&self, stream: &str) {
+        let open = self.open_shards(stream).await;
+        let s = &open[0];
+        let mid = s.hash_key_range.start().0 / 2 + s.hash_key_range.end().0 / 2;
+        #[allow(clippy::expect_used)]
+        self.kinesis
+            .split_shard()
+            .stream_name(stream)
+            .shard_to_split(s.shard_id.as_str())
+            .new_starting_hash_key(mid.to_string())
+            .send()
+            .await
+            .expect("SplitShard");
+        self.wait_active(stream).await;
+    }
+
+    /// Merges the two highest adjacent open shards of `stream`, and waits until the stream is
+    /// ACTIVE again.
+    ///
+    /// # Panics
+    /// When the stream has fewer than two open shards or cannot be resharded.
+    pub async fn merge_highest_shards(&self, stream: &str) {
+        let open = self.open_shards(stream).await;
+        assert!(open.len() >= 2, "{stream} has fewer than two open shards");
+        let (a, b) = (&open[open.len() - 2], &open[open.len() - 1]);
+        #[allow(clippy::expect_used)]
+        self.kinesis
+            .merge_shards()
+            .stream_name(stream)
+            .shard_to_merge(a.shard_id.as_str())
+            .adjacent_shard_to_merge(b.shard_id.as_str())
+            .send()
+            .await
+            .expect("MergeShards");
+        self.wait_active(stream).await;
+    }
+
+    /// The open shards of `stream`, lowest hash range first.
+    async fn open_shards(&self, stream: &str) -> Vec<kinesis_core::shard_map::Shard> {
+        #[allow(clippy::expect_used)]
+        let sref = kinesis_core::StreamRef::parse(stream).expect("stream name");
+        #[allow(clippy::expect_used)]
+        let shards = kinesis_core::shard_map::list_shards(&self.kinesis, &sref)
+            .await
+            .expect("ListShards");
+        let mut open: Vec<_> = shards.into_iter().filter(|s| s.is_open()).collect();
+        open.sort_by_key(|s| s.hash_key_range.start().0);
+        open
+    }
+
+    async fn wait_active(&self, stream: &str) {
+        #[allow(clippy::expect_used)]
+        wait_stream_active(&self.kinesis, stream, Duration::from_secs(30))
+            .await
+            .expect("stream ACTIVE again");
+    }
+
     /// Deletes `stream` and waits until it is gone.
     ///
     /// # Panics
