@@ -3,7 +3,8 @@
 //! ```text
 //!   lease table (DynamoDB, the KCL's schema) ◄─ LeaseStore: conditional writes only
 //!        │
-//!   Consumer ─► coordinator task ─┬─ renew held leases (fenced by leaseCounter)
+//!   Consumer ─► coordinator task ─┬─ renewer task: renew held leases (fenced by leaseCounter),
+//!                                 │    each held only until send time + 80 % of failover
 //!                                 ├─ take / steal: plan_take (pure; one round to a fair share)
 //!                                 ├─ shard sync: leases_to_create (pure; parents before children)
 //!                                 └─ ShardWorker per lease: GetRecords ─► de-aggregate (KCL range
