@@ -145,6 +145,15 @@ pub(crate) async fn deregister(
 const SUBSCRIBE_BACKOFF: BackoffConfig =
     BackoffConfig::new(Duration::from_secs(1), Duration::from_secs(30));
 
+/// The pause before the next SubscribeToShard after a failure of `kind`: the backoff's step,
+/// never under the API's one call per second per shard.
+fn session_pause(backoff: &mut kinesis_core::Backoff, kind: ErrorKind) -> Duration {
+    backoff
+        .next_delay_for(kind)
+        .unwrap_or(SUBSCRIBE_BACKOFF.max)
+        .max(SUBSCRIBE_BACKOFF.initial)
+}
+
 /// First look at an idle subscription's shard, and the longest gap between looks.
 const CLOSED_CHECK_FIRST: Duration = Duration::from_secs(10);
 const CLOSED_CHECK_MAX: Duration = Duration::from_secs(300);
@@ -338,9 +347,7 @@ impl Subscription {
             .await;
             let mut out = match subscribed {
                 Err(_) => {
-                    pause = backoff
-                        .next_delay_for(ErrorKind::Transient)
-                        .unwrap_or(SUBSCRIBE_BACKOFF.max);
+                    pause = session_pause(&mut backoff, ErrorKind::Transient);
                     warn!(message = "SubscribeToShard did not answer in time; backing off.", shard_id = %self.shard, retry_in = ?pause);
                     tokio::time::sleep(pause).await;
                     continue;
@@ -358,11 +365,9 @@ impl Subscription {
                             .await;
                         return;
                     }
-                    pause = backoff
-                        .next_delay_for(kind)
-                        .unwrap_or(SUBSCRIBE_BACKOFF.max);
+                    pause = session_pause(&mut backoff, kind);
                     warn!(message = "SubscribeToShard failed; backing off.", shard_id = %self.shard, kind = %kind, error = ?e, retry_in = ?pause);
-                    tokio::time::sleep(pause.max(SUBSCRIBE_BACKOFF.initial)).await;
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             };
@@ -424,9 +429,7 @@ impl Subscription {
                     Err(e) => {
                         let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("");
                         let kind = classify_code(code).unwrap_or(ErrorKind::Transient);
-                        pause = backoff
-                            .next_delay_for(kind)
-                            .unwrap_or(SUBSCRIBE_BACKOFF.max);
+                        pause = session_pause(&mut backoff, kind);
                         warn!(message = "Subscription failed; resubscribing.", shard_id = %self.shard, code, kind = %kind, retry_in = ?pause);
                         break;
                     }
@@ -443,10 +446,9 @@ impl Subscription {
                 return;
             }
             // At most one SubscribeToShard per second per shard (AWS limit); more after errors.
-            let wait = pause.max(SUBSCRIBE_BACKOFF.initial);
             let since = started.elapsed();
-            if since < wait {
-                tokio::time::sleep(wait - since).await;
+            if since < pause {
+                tokio::time::sleep(pause - since).await;
             }
         }
     }

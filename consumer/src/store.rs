@@ -171,57 +171,57 @@ impl LeaseStore {
             if !created {
                 match req.clone().send().await {
                     Ok(_) => created = true,
-                    Err(e) if classify(&e) == ErrorKind::ResourceInUse => created = true,
-                    Err(e) if classify(&e).is_retryable() => {
-                        tracing::warn!(message = "CreateTable failed; retrying.", table = %self.table, error = %AwsError::new("CreateTable", e));
-                    }
-                    Err(e) => return Err(AwsError::new("CreateTable", e).into()),
+                    Err(e) => match classify(&e) {
+                        ErrorKind::ResourceInUse => created = true,
+                        kind if kind.is_retryable() => {
+                            tracing::warn!(message = "CreateTable failed; retrying.", table = %self.table, error = %AwsError::new("CreateTable", e));
+                        }
+                        _ => return Err(AwsError::new("CreateTable", e).into()),
+                    },
                 }
             }
-            let d = if created {
-                Some(
-                    self.client
-                        .describe_table()
-                        .table_name(&self.table)
-                        .send()
-                        .await,
-                )
-            } else {
-                None
-            };
-            match d {
-                None => {}
-                Some(Ok(out)) => {
-                    let Some(t) = out.table() else {
-                        return Err(StoreError::NotActive(self.table.clone()));
-                    };
-                    let ks = t.key_schema();
-                    let ok = ks.len() == 1
-                        && ks[0].attribute_name() == attr::LEASE_KEY
-                        && *ks[0].key_type() == KeyType::Hash
-                        && t.attribute_definitions().iter().any(|a| {
-                            a.attribute_name() == attr::LEASE_KEY
-                                && *a.attribute_type() == ScalarAttributeType::S
-                        });
-                    if !ok {
-                        let found = ks
-                            .iter()
-                            .map(|k| format!("{} {}", k.attribute_name(), k.key_type().as_str()))
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        return Err(StoreError::WrongSchema {
-                            table: self.table.clone(),
-                            found,
-                        });
+            if created {
+                match self
+                    .client
+                    .describe_table()
+                    .table_name(&self.table)
+                    .send()
+                    .await
+                {
+                    Ok(out) => {
+                        let Some(t) = out.table() else {
+                            return Err(StoreError::NotActive(self.table.clone()));
+                        };
+                        let ks = t.key_schema();
+                        let ok = ks.len() == 1
+                            && ks[0].attribute_name() == attr::LEASE_KEY
+                            && *ks[0].key_type() == KeyType::Hash
+                            && t.attribute_definitions().iter().any(|a| {
+                                a.attribute_name() == attr::LEASE_KEY
+                                    && *a.attribute_type() == ScalarAttributeType::S
+                            });
+                        if !ok {
+                            let found = ks
+                                .iter()
+                                .map(|k| {
+                                    format!("{} {}", k.attribute_name(), k.key_type().as_str())
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ");
+                            return Err(StoreError::WrongSchema {
+                                table: self.table.clone(),
+                                found,
+                            });
+                        }
+                        if t.table_status() == Some(&TableStatus::Active) {
+                            return Ok(());
+                        }
                     }
-                    if t.table_status() == Some(&TableStatus::Active) {
-                        return Ok(());
-                    }
-                }
-                Some(Err(e)) => {
-                    let kind = classify(&e);
-                    if !(kind.is_retryable() || kind == ErrorKind::NotFound) {
-                        return Err(AwsError::new("DescribeTable", e).into());
+                    Err(e) => {
+                        let kind = classify(&e);
+                        if !(kind.is_retryable() || kind == ErrorKind::NotFound) {
+                            return Err(AwsError::new("DescribeTable", e).into());
+                        }
                     }
                 }
             }
