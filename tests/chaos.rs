@@ -32,7 +32,7 @@ use kinesis_suite::consumer::{
 use kinesis_suite::core::shard_map::list_shards;
 use kinesis_suite::core::{Checkpoint, PartitionKey, ShardId, StreamRef, UserRecord};
 use kinesis_suite::producer::{Producer, ProducerConfig};
-use kinesis_testkit::{Fault, FaultProxy, Rule, TestEnv, unique_name};
+use kinesis_testkit::{FaultProxy, TestEnv, fault_mix, unique_name};
 use tokio::time::Instant;
 
 const DEFAULT_SEED: u64 = 20_261_201;
@@ -198,70 +198,6 @@ impl ShardProcessor for Chaotic {
     }
 }
 
-/// Faults on every operation of both services, seeded by the proxies.
-fn kinesis_rules() -> Vec<Rule> {
-    let p = |op: &str, f: Fault, p: f64| Rule::new(Some(op), f).probability(p);
-    vec![
-        p("PutRecords", Fault::throttle(), 0.04),
-        p("PutRecords", Fault::internal(), 0.02),
-        p("PutRecords", Fault::ResetAfterForward, 0.01),
-        p("PutRecords", Fault::ResetBeforeForward, 0.01),
-        p("GetRecords", Fault::error("ExpiredIteratorException"), 0.02),
-        p("GetRecords", Fault::throttle(), 0.03),
-        p(
-            "GetRecords",
-            Fault::ResetMidResponse { after_bytes: 200 },
-            0.01,
-        ),
-        p("GetShardIterator", Fault::throttle(), 0.05),
-        p("ListShards", Fault::error("LimitExceededException"), 0.05),
-        p(
-            "SubscribeToShard",
-            Fault::ResetMidResponse { after_bytes: 4_000 },
-            0.15,
-        ),
-        p(
-            "SubscribeToShard",
-            Fault::error("ResourceInUseException"),
-            0.05,
-        ),
-        Rule::all(Fault::internal()).probability(0.02),
-        Rule::all(Fault::ResetBeforeForward).probability(0.01),
-        Rule::all(Fault::Latency(Duration::from_millis(150))).probability(0.05),
-        // Held until the releaser lets them go every 2 s (and closes their connections).
-        Rule::all(Fault::Stall).probability(0.005),
-        // Every PutRecords call the rules above leave alone has 30 % of its entries rejected at random (half the
-        // calls throttled entries, half internal failures): none may expire within the default TTL.
-        p(
-            "PutRecords",
-            Fault::PartialFailure {
-                fraction: 0.3,
-                code: "ProvisionedThroughputExceededException".into(),
-            },
-            0.5,
-        ),
-        p(
-            "PutRecords",
-            Fault::PartialFailure {
-                fraction: 0.3,
-                code: "InternalFailure".into(),
-            },
-            1.0,
-        ),
-    ]
-}
-
-fn dynamodb_rules() -> Vec<Rule> {
-    vec![
-        Rule::all(Fault::throttle()).probability(0.03),
-        Rule::all(Fault::error("InternalServerError")).probability(0.02),
-        Rule::all(Fault::ResetAfterForward).probability(0.01),
-        Rule::all(Fault::ResetBeforeForward).probability(0.01),
-        Rule::all(Fault::Latency(Duration::from_millis(300))).probability(0.03),
-        Rule::all(Fault::Stall).probability(0.005),
-    ]
-}
-
 fn worker_config(app: &str, mode: &Retrieval, id: &str) -> ConsumerConfig {
     ConsumerConfig {
         retrieval: mode.clone(),
@@ -380,8 +316,11 @@ async fn chaos(mode: Retrieval, label: &str) {
     // GetRecords response or one SubscribeToShard event, between neighbours delivered in the
     // same batch). Kinesis does not do that; writes reach the emulator one at a time.
     f.kinesis_proxy.one_at_a_time("PutRecords");
-    f.kinesis_proxy.set_rules(kinesis_rules());
-    f.dynamodb_proxy.set_rules(dynamodb_rules());
+    // Faults on every operation of both services (the table in RELIABILITY.md).
+    let mut rules = fault_mix::kinesis_reads();
+    rules.extend(fault_mix::kinesis());
+    f.kinesis_proxy.set_rules(rules);
+    f.dynamodb_proxy.set_rules(fault_mix::dynamodb());
     // Stalled calls are let go (their connections closed) every 2 s; until then they hang as a
     // dead peer would, and only the code's own timeouts get it past them.
     let releaser = {

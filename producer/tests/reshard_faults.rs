@@ -31,7 +31,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 use kinesis_core::{PartitionKey, UserRecord};
 use kinesis_producer::{Producer, ProducerConfig};
-use kinesis_testkit::{Fault, FaultProxy, Rule, TestEnv, read_stream};
+use kinesis_testkit::{Fault, FaultProxy, Rule, TestEnv, fault_mix, read_stream};
 use tokio::time::Instant;
 
 const DEFAULT_SEED: u64 = 709_458;
@@ -47,38 +47,6 @@ fn seed() -> u64 {
         .unwrap_or(DEFAULT_SEED)
 }
 
-/// The PutRecords and ListShards faults of tests/chaos.rs.
-fn rules() -> Vec<Rule> {
-    let p = |op: &str, f: Fault, p: f64| Rule::new(Some(op), f).probability(p);
-    vec![
-        p("PutRecords", Fault::throttle(), 0.04),
-        p("PutRecords", Fault::internal(), 0.02),
-        p("PutRecords", Fault::ResetAfterForward, 0.01),
-        p("PutRecords", Fault::ResetBeforeForward, 0.01),
-        p("ListShards", Fault::error("LimitExceededException"), 0.05),
-        Rule::all(Fault::internal()).probability(0.02),
-        Rule::all(Fault::ResetBeforeForward).probability(0.01),
-        Rule::all(Fault::Latency(Duration::from_millis(150))).probability(0.05),
-        Rule::all(Fault::Stall).probability(0.005),
-        p(
-            "PutRecords",
-            Fault::PartialFailure {
-                fraction: 0.3,
-                code: "ProvisionedThroughputExceededException".into(),
-            },
-            0.5,
-        ),
-        p(
-            "PutRecords",
-            Fault::PartialFailure {
-                fraction: 0.3,
-                code: "InternalFailure".into(),
-            },
-            1.0,
-        ),
-    ]
-}
-
 /// A slow spell as the split starts: one PutRecords call held 3 s, the next three 100 ms each.
 /// The proxy forwards PutRecords one at a time, so the calls queued behind them carry
 /// aggregates built for shard 0 under the old map. The first answers (from the children) make
@@ -91,7 +59,7 @@ fn slow_spell(proxy: &FaultProxy) {
         Rule::new(put, Fault::Latency(Duration::from_secs(3))).times(1),
         Rule::new(put, Fault::Latency(Duration::from_millis(100))).times(3),
     ];
-    rules_now.extend(rules());
+    rules_now.extend(fault_mix::kinesis());
     proxy.set_rules(rules_now);
 }
 
@@ -125,7 +93,7 @@ async fn aggregates_stored_on_the_wrong_child_are_sent_again_under_faults() {
         // As in tests/chaos.rs: the emulator stores concurrent writes to one shard in an order
         // Kinesis does not.
         p.one_at_a_time("PutRecords");
-        p.set_rules(rules());
+        p.set_rules(fault_mix::kinesis());
     }
     // Stalled calls are let go every 2 s; until then only the producer's timeouts help.
     let releaser = {

@@ -22,6 +22,7 @@
 mod emulators;
 pub mod fast_endpoint;
 pub mod fault;
+pub mod fault_mix;
 mod proxy;
 pub mod python;
 mod read;
