@@ -157,12 +157,9 @@ impl<P: ShardProcessor> ShardWorker<P> {
             last: lease.checkpoint.clone(),
             at_shard_end: false,
         };
-        let init =
-            std::panic::AssertUnwindSafe(self.processor.initialize(&shard_id, &lease.checkpoint))
-                .catch_unwind()
-                .await;
+        let init = guarded(self.processor.initialize(&shard_id, &lease.checkpoint)).await;
         if let Err(panic) = init {
-            warn!(message = "Processor initialize panicked; releasing the lease.", shard_id = %shard_id, panic = %panic_message(&panic));
+            warn!(message = "Processor initialize panicked; releasing the lease.", shard_id = %shard_id, panic = %panic);
             metrics::counter!("ProcessorErrors", "shard_id" => shard_id.to_string()).increment(1);
             return self.release(Ended::Failed).await;
         }
@@ -184,11 +181,8 @@ impl<P: ShardProcessor> ShardWorker<P> {
         match self.stopping() {
             Stop::Running => None,
             Stop::Shutdown => {
-                let called = std::panic::AssertUnwindSafe(self.processor.shutdown_requested(cp))
-                    .catch_unwind()
-                    .await;
-                if let Err(panic) = called {
-                    warn!(message = "Processor shutdown_requested panicked; releasing the lease.", shard_id = %cp.shard_id, panic = %panic_message(&panic));
+                if let Err(panic) = guarded(self.processor.shutdown_requested(cp)).await {
+                    warn!(message = "Processor shutdown_requested panicked; releasing the lease.", shard_id = %cp.shard_id, panic = %panic);
                 }
                 Some(self.release(Ended::Shutdown).await)
             }
@@ -198,11 +192,8 @@ impl<P: ShardProcessor> ShardWorker<P> {
 
     /// The lease is lost: tell the processor (a panic there changes nothing).
     async fn lost(&mut self) -> Ended {
-        let called = std::panic::AssertUnwindSafe(self.processor.lease_lost())
-            .catch_unwind()
-            .await;
-        if let Err(panic) = called {
-            warn!(message = "Processor lease_lost panicked.", panic = %panic_message(&panic));
+        if let Err(panic) = guarded(self.processor.lease_lost()).await {
+            warn!(message = "Processor lease_lost panicked.", panic = %panic);
         }
         Ended::LeaseLost
     }
@@ -413,10 +404,9 @@ impl<P: ShardProcessor> ShardWorker<P> {
         loop {
             // A panic in the processor is caught and handled like an error (the task, the lease
             // and the other shards carry on).
-            let outcome = std::panic::AssertUnwindSafe(self.processor.process(batch.clone(), cp))
-                .catch_unwind()
+            let outcome = guarded(self.processor.process(batch.clone(), cp))
                 .await
-                .unwrap_or_else(|panic| Err(panic_message(&panic).into()));
+                .unwrap_or_else(|panic| Err(panic.into()));
             match outcome {
                 Ok(()) => return true,
                 Err(e) => {
@@ -596,10 +586,9 @@ impl<P: ShardProcessor> ShardWorker<P> {
         cp.at_shard_end = true;
         let mut backoff = PROCESSOR_BACKOFF.build();
         loop {
-            let called = std::panic::AssertUnwindSafe(self.processor.shard_ended(cp))
-                .catch_unwind()
+            let called = guarded(self.processor.shard_ended(cp))
                 .await
-                .unwrap_or_else(|panic| Err(panic_message(&panic).into()));
+                .unwrap_or_else(|panic| Err(panic.into()));
             match called {
                 Ok(()) if *cp.last_checkpoint() == Checkpoint::ShardEnd => break,
                 Ok(()) => {
@@ -641,6 +630,14 @@ impl<P: ShardProcessor> ShardWorker<P> {
 
 fn aws_smithy_types_from(t: std::time::SystemTime) -> aws_sdk_kinesis::primitives::DateTime {
     aws_sdk_kinesis::primitives::DateTime::from(t)
+}
+
+/// Runs a processor callback under `catch_unwind`: a panic comes back as its message.
+async fn guarded<T>(call: impl std::future::Future<Output = T>) -> Result<T, String> {
+    std::panic::AssertUnwindSafe(call)
+        .catch_unwind()
+        .await
+        .map_err(|panic| panic_message(&panic))
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
