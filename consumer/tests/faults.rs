@@ -654,3 +654,42 @@ async fn an_unreadable_lease_item_is_skipped() {
     .await;
     w.shutdown(Duration::from_secs(10)).await;
 }
+
+/// A call that never answers (a dead peer that keeps the connection open) is given up after
+/// `call_timeout` and retried: the shard goes on. Without a timeout the worker waited for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_call_is_given_up_after_call_timeout() {
+    let env = TestEnv::start().await;
+    let Some(f) = proxies(&env, 7).await else {
+        return;
+    };
+    let stream = env.create_stream(1).await;
+    let app = unique_name("app");
+    let log = Log::default();
+    // The first GetRecords hangs, and is never released.
+    f.kinesis_proxy
+        .add_rule(Rule::new(Some("GetRecords"), Fault::Stall).times(1));
+    put(&env, &stream, "r1", "k").await;
+    let cfg = ConsumerConfig {
+        call_timeout: Duration::from_secs(1),
+        ..config(&app)
+    };
+    let w = start(
+        &f.kinesis,
+        &f.dynamodb,
+        &stream,
+        cfg,
+        "a",
+        &log,
+        &Panics::default(),
+    )
+    .await;
+    eventually(
+        "read past the stalled call",
+        Duration::from_secs(20),
+        || async { log.has("r1").then_some(()) },
+    )
+    .await;
+    assert_eq!(f.kinesis_proxy.stats().op("GetRecords").stalls, 1);
+    w.shutdown(Duration::from_secs(10)).await;
+}
