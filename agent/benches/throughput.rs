@@ -74,6 +74,7 @@ fn main() {
         kinesis_region: None,
         poll_interval: Duration::from_millis(100),
         http_listen: None,
+        checkpoint_ttl: Duration::from_secs(7 * 86_400),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

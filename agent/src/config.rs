@@ -109,6 +109,19 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     /// Serve `/health` and Prometheus `/metrics` here (`httpListenAddress`); must be loopback.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// Checkpoint entries of files not seen for this long are dropped
+    /// (`checkpointTimeToLiveDays`, 1..=365; 7 days, as the Kinesis Agent).
+    pub checkpoint_ttl: Duration,
+}
+
+impl Flow {
+    /// The flow's key in the checkpoint file: its destination and file pattern.
+    pub fn key(&self) -> crate::checkpoint::FlowKey {
+        crate::checkpoint::FlowKey {
+            destination: format!("kinesis:{}", self.stream),
+            file_pattern: self.file_pattern.clone(),
+        }
+    }
 }
 
 /// A configuration that cannot be used.
@@ -158,6 +171,8 @@ const GLOBAL_KEYS: &[&str] = &[
     "kinesis.endpoint",
     "kinesis.region",
     "pollIntervalMillis",
+    "httpListenAddress",
+    "checkpointTimeToLiveDays",
 ];
 /// Kinesis Agent keys that mean nothing here (credentials come from the AWS chain; CloudWatch
 /// metrics are replaced by /metrics): accepted with a warning.
@@ -172,7 +187,6 @@ const IGNORED_GLOBAL_KEYS: &[&str] = &[
     "awsSecretAccessKey",
     "assumeRoleARN",
     "assumeRoleExternalId",
-    "checkpointTimeToLiveDays",
     "maxSendingThreads",
     "shutdownTimeoutMillis",
     "log.emitMetrics",
@@ -277,9 +291,14 @@ pub fn from_value(v: &Value) -> Result<Loaded, ConfigError> {
         }
         None => None,
     };
+    let checkpoint_ttl = match obj.get("checkpointTimeToLiveDays") {
+        Some(d) => Duration::from_secs(number(d, "checkpointTimeToLiveDays", 1, 365)? * 86_400),
+        None => Duration::from_secs(7 * 86_400),
+    };
     Ok(Loaded {
         config: AgentConfig {
             http_listen,
+            checkpoint_ttl,
             flows,
             checkpoint_file,
             kinesis_endpoint: obj
@@ -547,5 +566,9 @@ mod tests {
     fn unknown_keys_warn() {
         let l = parse(r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "colour": "red"}], "extra": 1}"#).unwrap();
         assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+        // Keys this agent serves are not "unknown".
+        let l = parse(r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s"}], "httpListenAddress": "127.0.0.1:9110", "checkpointTimeToLiveDays": 3}"#).unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert_eq!(l.config.checkpoint_ttl, Duration::from_secs(3 * 86_400));
     }
 }

@@ -1,9 +1,12 @@
-//! File-system events to wake the tailer at once; polling stays as the fallback.
+//! File-system events to wake the tailer at once; polling stays as the fallback. Events are
+//! coalesced into one pending wake-up (a `Notify`): a burst of writes costs nothing to queue.
 
 use std::path::{Component, Path, PathBuf};
 
 use notify::{RecursiveMode, Watcher as _};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 /// The directory to watch for a glob: its longest prefix without glob characters, and whether
 /// matches can be below it at any depth.
@@ -27,13 +30,13 @@ pub fn base_dir(pattern: &str) -> (PathBuf, bool) {
     (base, recursive)
 }
 
-/// A watcher that sends `()` on any change under the flow's base directory. `None` if the
+/// A watcher that wakes `wake` on any change under the flow's base directory. `None` if the
 /// platform or the directory does not allow it (then only polling finds changes).
-pub fn watch(pattern: &str) -> Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
+pub fn watch(pattern: &str, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
     let (dir, recursive) = base_dir(pattern);
-    let (tx, rx) = mpsc::unbounded_channel();
     let mut w = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        let _ = tx.send(());
+        // At most one stored permit: events never pile up.
+        wake.notify_one();
     })
     .ok()?;
     let mode = if recursive {
@@ -42,7 +45,7 @@ pub fn watch(pattern: &str) -> Option<(notify::RecommendedWatcher, mpsc::Unbound
         RecursiveMode::NonRecursive
     };
     match w.watch(&dir, mode) {
-        Ok(()) => Some((w, rx)),
+        Ok(()) => Some(w),
         Err(e) => {
             tracing::warn!(message = "No file-system events for this flow; polling only.", dir = %dir.display(), error = %e);
             None

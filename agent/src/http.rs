@@ -3,7 +3,8 @@
 //! ```text
 //!   GET /health  ─► 200 {"status":"ok"}
 //!   GET /metrics ─► Prometheus text: agent_lines_read_total, agent_records_delivered_total,
-//!                   agent_bytes_behind{file}, agent_errors_total{kind}, agent_checkpoint_age_seconds,
+//!                   agent_bytes_behind{stream,file} (files being read only), agent_errors_total{kind},
+//!                   agent_checkpoint_age_seconds, agent_files_unreadable{pattern},
 //!                   and the producer's UserRecordsPut, KinesisRecordsPut, ErrorsByCode, ...
 //! ```
 
@@ -46,7 +47,11 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<ServerGuard> {
             "/metrics",
             axum::routing::get(move || {
                 let recorder = recorder.clone();
-                async move { recorder.map(|h| h.render()).unwrap_or_default() }
+                async move {
+                    let mut text = recorder.map(|h| h.render()).unwrap_or_default();
+                    text.push_str(&behind::render());
+                    text
+                }
             }),
         );
     let task = tokio::spawn(async move {
@@ -64,5 +69,86 @@ pub struct ServerGuard(tokio::task::JoinHandle<()>);
 impl Drop for ServerGuard {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// `agent_bytes_behind{stream,file}`: per file being read, its length minus its acknowledged
+/// offset. Kept here rather than as `metrics` gauges so that a released file's series goes
+/// away with it (the `metrics` facade cannot remove a series).
+pub mod behind {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+    use std::path::Path;
+    use std::sync::{Mutex, PoisonError};
+
+    use crate::store::EntryId;
+
+    #[derive(Debug)]
+    struct Row {
+        stream: String,
+        path: String,
+        len: u64,
+        acked: u64,
+    }
+
+    static ROWS: Mutex<BTreeMap<EntryId, Row>> = Mutex::new(BTreeMap::new());
+
+    /// The file's length at the last scan (and its start offset when new).
+    pub fn seen(id: EntryId, stream: &str, path: &Path, len: u64, start: Option<u64>) {
+        let mut rows = ROWS.lock().unwrap_or_else(PoisonError::into_inner);
+        let row = rows.entry(id).or_insert_with(|| Row {
+            stream: stream.to_string(),
+            path: String::new(),
+            len: 0,
+            acked: start.unwrap_or(0),
+        });
+        if row.path.as_str() != path.as_os_str() {
+            row.path = path.display().to_string();
+        }
+        row.len = len;
+    }
+
+    /// The file's acknowledged offset.
+    pub fn acked(id: EntryId, offset: u64) {
+        if let Some(r) = ROWS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&id)
+        {
+            r.acked = offset;
+        }
+    }
+
+    /// The file is no longer read: its series goes.
+    pub fn remove(id: EntryId) {
+        ROWS.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    fn escape(s: &str) -> String {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    }
+
+    /// Prometheus text.
+    pub fn render() -> String {
+        let rows = ROWS.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = String::new();
+        if rows.is_empty() {
+            return out;
+        }
+        out.push_str("# TYPE agent_bytes_behind gauge\n");
+        for r in rows.values() {
+            let _ = writeln!(
+                out,
+                "agent_bytes_behind{{stream=\"{}\",file=\"{}\"}} {}",
+                escape(&r.stream),
+                escape(&r.path),
+                r.len.saturating_sub(r.acked)
+            );
+        }
+        out
     }
 }

@@ -35,37 +35,50 @@ fn notify_ready() {
     }
 }
 
-/// Waits for SIGTERM/Ctrl-C (returns `None`) or for a SIGHUP whose configuration is valid
-/// (returns it).
-async fn stop_or_reload(path: &std::path::Path) -> Option<kinesis_agent::config::AgentConfig> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            terminated().await;
-            return None;
-        };
-        loop {
-            tokio::select! {
-                () = terminated() => return None,
-                _ = hup.recv() => match kinesis_agent::config::load(path) {
-                    Ok(l) => {
-                        for w in &l.warnings {
-                            tracing::warn!(message = "Configuration warning.", detail = %w);
-                        }
-                        return Some(l.config);
+/// Turns signals into control messages for the agent, from its own task so that none is lost
+/// while the agent is busy (a SIGTERM during a reload's drain waits in the channel): SIGTERM
+/// and Ctrl-C stop; SIGHUP loads the configuration again and sends it if it is valid (an
+/// invalid one is logged and ignored).
+fn signals(path: PathBuf) -> tokio::sync::mpsc::Receiver<kinesis_agent::Control> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                terminated().await;
+                let _ = tx.send(kinesis_agent::Control::Stop).await;
+                return;
+            };
+            loop {
+                tokio::select! {
+                    () = terminated() => {
+                        let _ = tx.send(kinesis_agent::Control::Stop).await;
+                        return;
                     }
-                    Err(e) => tracing::error!(message = "SIGHUP: new configuration is invalid; keeping the current one.", error = %e),
-                },
+                    _ = hup.recv() => match kinesis_agent::config::load(&path) {
+                        Ok(l) => {
+                            for w in &l.warnings {
+                                tracing::warn!(message = "Configuration warning.", detail = %w);
+                            }
+                            tracing::info!(message = "SIGHUP: reloading.", flows = l.config.flows.len());
+                            if tx.send(kinesis_agent::Control::Reload(Box::new(l.config))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::error!(message = "SIGHUP: new configuration is invalid; keeping the current one.", error = %e),
+                    },
+                }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        terminated().await;
-        None
-    }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            terminated().await;
+            let _ = tx.send(kinesis_agent::Control::Stop).await;
+        }
+    });
+    rx
 }
 
 async fn terminated() {
@@ -128,7 +141,7 @@ fn main() -> ExitCode {
         },
         [flag, file] if flag == "--config" || flag == "-c" => {
             let path = PathBuf::from(file);
-            let mut cfg = match load(&path) {
+            let cfg = match load(&path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -143,42 +156,20 @@ fn main() -> ExitCode {
                 }
             };
             rt.block_on(async {
-                let mut first = true;
-                loop {
-                    // Resolves on SIGTERM/Ctrl-C (stop), or on SIGHUP with a valid new config
-                    // (reload); a SIGHUP with an invalid config is logged and ignored.
-                    let next: std::sync::Arc<
-                        std::sync::Mutex<Option<kinesis_agent::config::AgentConfig>>,
-                    > = Default::default();
-                    let slot = std::sync::Arc::clone(&next);
-                    let reload_path = path.clone();
-                    let ready = first;
-                    let shutdown = async move {
-                        if ready {
-                            notify_ready();
-                        }
-                        if let Some(new) = stop_or_reload(&reload_path).await
-                            && let Ok(mut s) = slot.lock()
-                        {
-                            *s = Some(new);
-                        }
-                    };
-                    first = false;
-                    if let Err(e) =
-                        kinesis_agent::run(cfg.clone(), shutdown, Duration::from_secs(10)).await
-                    {
+                let control = signals(path.clone());
+                match kinesis_agent::run_controlled(
+                    cfg,
+                    None,
+                    control,
+                    Duration::from_secs(10),
+                    notify_ready,
+                )
+                .await
+                {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
                         eprintln!("error: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                    match next.lock().ok().and_then(|mut s| s.take()) {
-                        Some(new) => {
-                            tracing::info!(
-                                message = "Configuration reloaded.",
-                                flows = new.flows.len()
-                            );
-                            cfg = new;
-                        }
-                        None => return ExitCode::SUCCESS,
+                        ExitCode::FAILURE
                     }
                 }
             })

@@ -1,17 +1,22 @@
-//! Tailing: which files match a flow, who they are (by content), and what new lines they hold.
+//! Tailing: which files match a flow, who they are ([`crate::identity`]: inode + fingerprint),
+//! and what new lines they hold, within a read budget per round.
 //!
 //! ```text
-//!   glob (incl. **) ─► fingerprint = CRC32 of the first line ─► known? keep offset (rename)
-//!                                                           └─► new? checkpoint or initial position
-//!   per file, fairly: pread from offset ─► split lines ─► (multi-line join) ─► Chunk{records, end}
-//!   size < offset ─► truncated in place: start again at 0
-//!   path gone / now another file ─► keep the open handle, read to EOF (rotation, deletion)
+//!   scan (1 s, or soon after a file-system event):
+//!     glob (incl. **) ─► open (failure: logged once, counted) ─► inode + fingerprint
+//!       ─► ours? keep (rename: new path) │ truncated in place? new content from 0; old content
+//!          an orphan for its copy (copytruncate) │ a copy of an orphan? continue its offset │
+//!          maybe a copy in progress? wait (bounded) │ new: checkpoint, v1 entry, or initial
+//!          position — registered with the store before a byte is read
+//!   read (each round, fairly, at most ROUND_BUDGET bytes over all files):
+//!     pread from offset ─► lines::Assembler ─► Chunk{entry, records, ends}
+//!   gone from the glob ─► read on through the open handle to EOF, then released
 //! ```
 //!
-//! Identity is the content, not the path or the inode: a renamed file keeps its offset, and a
-//! copy made by `copytruncate` (same first line) continues where the original stopped.
+//! Every change the store must know of is an [`Event`], taken by the flow with
+//! [`Tailer::take_events`] and sent on in order, before the lines of that file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
@@ -20,19 +25,35 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
+use tracing::{info, warn};
 
-use crate::checkpoint::Checkpoints;
-use crate::config::{Flow, InitialPosition};
+use crate::checkpoint::{FileCheckpoint, FlowKey, LegacyCheckpoint};
+use crate::config::{FileIdentity, Flow, InitialPosition, Oversized};
+use crate::identity::{self, Fingerprint, Inode, Known, Verdict};
+use crate::lines::{Assembler, Out, Rules};
+use crate::store::{EntryId, FlowEntries, next_id};
 
-/// Longest first line used as a fingerprint; a file with no newline in its first 8 KiB is
-/// fingerprinted by those bytes.
-const FINGERPRINT_BYTES: usize = 8 * 1024;
+/// Most bytes read from one file in one round.
+pub const FILE_READ_MAX: usize = 256 * 1024;
+/// Most bytes read over all files in one round: with 10,000 files behind, a round holds this
+/// much, not 10,000 × [`FILE_READ_MAX`].
+pub const ROUND_BUDGET: usize = 4 * 1024 * 1024;
+/// A file gone from the glob is read to its end and released once it has been gone this long
+/// (a writer may still append to a renamed file until it reopens its log).
+const GONE_GRACE: Duration = Duration::from_secs(5);
+/// A new file that starts like a live one (perhaps a copytruncate copy being made) waits until
+/// it stops growing for this long...
+const COPY_SETTLE: Duration = Duration::from_secs(5);
+/// ... or at most this long, before it is read as a new file.
+const COPY_WAIT_MAX: Duration = Duration::from_secs(60);
+/// An orphan (content that left its inode) waits this long for its copy.
+const ORPHAN_WAIT: Duration = Duration::from_secs(600);
 
 /// The records read from one file in one go, in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
-    /// The file's fingerprint.
-    pub fingerprint: Arc<str>,
+    /// The file's entry.
+    pub entry: EntryId,
     /// The file's path when read.
     pub path: Arc<Path>,
     /// The records as the file holds them: each ends with its newline (`\r` kept), as the
@@ -44,60 +65,105 @@ pub struct Chunk {
     pub ends: Vec<u64>,
 }
 
-/// Records of one file being collected by a read.
-#[derive(Default)]
-struct Out {
-    records: Vec<Bytes>,
-    ends: Vec<u64>,
-}
-
-impl Out {
-    fn push(&mut self, record: Bytes, end: u64) {
-        self.records.push(record);
-        self.ends.push(end);
-    }
+/// What the store (and the acker) must learn, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A file is watched from `entry.offset`.
+    Register {
+        /// Its entry.
+        id: EntryId,
+        /// Where it starts.
+        entry: FileCheckpoint,
+    },
+    /// A watched file has a new path, inode (a copy) or a longer fingerprint.
+    Update {
+        /// Its entry.
+        id: EntryId,
+        /// Its inode.
+        inode: Inode,
+        /// Its fingerprint.
+        fingerprint: Fingerprint,
+        /// Its path.
+        path: PathBuf,
+    },
+    /// No longer watched.
+    Release {
+        /// Its entry.
+        id: EntryId,
+    },
+    /// A version 1 entry was taken over.
+    AdoptLegacy {
+        /// The legacy entry.
+        id: EntryId,
+    },
+    /// Forgotten for good (time to live): the acker may drop its state.
+    Forget {
+        /// Its entry.
+        id: EntryId,
+    },
 }
 
 struct Watched {
-    fingerprint: Arc<str>,
+    inode: Inode,
+    fingerprint: Fingerprint,
     path: Arc<Path>,
     file: File,
     /// Next byte to read.
     offset: u64,
-    /// Bytes after the last newline, waiting for theirs.
-    partial: Vec<u8>,
-    partial_since: Option<Instant>,
-    /// Multi-line record being assembled, and where it ends.
-    multi: Vec<u8>,
-    multi_end: u64,
-    multi_since: Option<Instant>,
-    header_lines_left: usize,
-    /// Still matched by the glob at the last scan.
-    present: bool,
-    /// Its handle no longer holds its content (copytruncate): not read until re-attached.
-    detached: bool,
+    /// Length at the last scan: content is checked again only when it changed.
+    seen_len: u64,
+    lines: Assembler,
+    /// Order of the next batch sent from this entry.
+    next_seq: u64,
+    /// Not matched by the glob since then.
+    gone_since: Option<Instant>,
 }
 
-/// Fingerprint of a file: CRC32 of its first line (or first 8 KiB). `None` while the file has
-/// no complete first line yet.
-pub fn fingerprint(file: &File) -> std::io::Result<Option<String>> {
-    let mut buf = vec![0u8; FINGERPRINT_BYTES];
-    let n = file.read_at(&mut buf, 0)?;
-    buf.truncate(n);
-    let first = match buf.iter().position(|b| *b == b'\n') {
-        Some(i) => &buf[..=i],
-        None if n == FINGERPRINT_BYTES => &buf[..],
-        None => return Ok(None),
-    };
-    Ok(Some(format!("crc32:{:08x}", crc32fast::hash(first))))
+/// An entry not being read: released, an orphan, or loaded from the checkpoint file.
+struct Idle {
+    inode: Inode,
+    fingerprint: Fingerprint,
+    path: PathBuf,
+    offset: u64,
+    next_seq: u64,
+    orphan_since: Option<Instant>,
+    since: Instant,
+}
+
+/// A new file that may be a copy in progress.
+struct Pending {
+    first_seen: Instant,
+    len: u64,
+    grew_at: Instant,
+    /// Where it starts if it turns out new (its length when first seen at start-up with
+    /// END_OF_FILE, else 0).
+    start: u64,
+}
+
+/// A file found by a scan.
+struct Found {
+    path: PathBuf,
+    file: File,
+    inode: Inode,
+    len: u64,
 }
 
 /// The files of one flow.
 pub struct Tailer {
     flow: Flow,
+    key: FlowKey,
     start_pattern: Option<regex::bytes::Regex>,
-    files: HashMap<Arc<str>, Watched>,
+    files: HashMap<EntryId, Watched>,
+    idle: HashMap<EntryId, Idle>,
+    legacy: Vec<(EntryId, LegacyCheckpoint)>,
+    pending: HashMap<Inode, Pending>,
+    unreadable: HashSet<PathBuf>,
     first_scan: bool,
+    order: Vec<EntryId>,
+    cursor: usize,
+    events: Vec<Event>,
+    ttl: Duration,
+    last_read: usize,
 }
 
 impl std::fmt::Debug for Tailer {
@@ -105,259 +171,743 @@ impl std::fmt::Debug for Tailer {
         f.debug_struct("Tailer")
             .field("pattern", &self.flow.file_pattern)
             .field("files", &self.files.len())
+            .field("idle", &self.idle.len())
             .finish()
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl Tailer {
-    /// A tailer for `flow`.
-    pub fn new(flow: Flow) -> Self {
+    /// A tailer for `flow`, knowing the flow's entries from the checkpoint store; entries not
+    /// watched for `ttl` are forgotten.
+    pub fn new(flow: Flow, entries: FlowEntries, ttl: Duration) -> Self {
         let start_pattern = flow
             .multi_line_start_pattern
             .as_deref()
             .and_then(|p| regex::bytes::Regex::new(p).ok());
+        let now = Instant::now();
+        let idle = entries
+            .files
+            .into_iter()
+            .map(|(id, e)| {
+                (
+                    id,
+                    Idle {
+                        inode: e.inode(),
+                        fingerprint: e.fingerprint(),
+                        path: e.path,
+                        offset: e.offset,
+                        next_seq: 0,
+                        orphan_since: None,
+                        since: now,
+                    },
+                )
+            })
+            .collect();
         Self {
+            key: flow.key(),
             flow,
             start_pattern,
             files: HashMap::new(),
+            idle,
+            legacy: entries.legacy,
+            pending: HashMap::new(),
+            unreadable: HashSet::new(),
             first_scan: true,
+            order: Vec::new(),
+            cursor: 0,
+            events: Vec::new(),
+            ttl,
+            last_read: 0,
         }
     }
 
-    /// Files currently tracked: (fingerprint, path, read offset).
-    pub fn files(&self) -> Vec<(Arc<str>, Arc<Path>, u64)> {
+    /// The flow's checkpoint key.
+    pub fn key(&self) -> &FlowKey {
+        &self.key
+    }
+
+    /// What the store must learn, in order; take them before sending the lines read since.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Files being read: (entry, path, length at the last scan, read offset).
+    pub fn files(&self) -> impl Iterator<Item = (EntryId, &Path, u64, u64)> {
         self.files
-            .values()
-            .map(|w| (Arc::clone(&w.fingerprint), Arc::clone(&w.path), w.offset))
-            .collect()
+            .iter()
+            .map(|(id, w)| (*id, &*w.path, w.seen_len, w.offset))
     }
 
-    /// Looks for files: new ones start at their checkpoint or the initial position; renamed
-    /// ones keep their offset; truncated ones start again at 0.
-    pub fn scan(&mut self, checkpoints: &Checkpoints) {
-        for w in self.files.values_mut() {
-            w.present = false;
+    /// Bytes the last [`Tailer::read`] read (it may return no chunk and still have read: the
+    /// start of a line).
+    pub fn last_read(&self) -> usize {
+        self.last_read
+    }
+
+    /// Files that could not be opened at the last scan.
+    pub fn unreadable(&self) -> usize {
+        self.unreadable.len()
+    }
+
+    /// The order of the next batch sent from this entry.
+    pub fn next_seq(&mut self, id: EntryId) -> u64 {
+        let seq = match (self.files.get_mut(&id), self.idle.get_mut(&id)) {
+            (Some(w), _) => &mut w.next_seq,
+            (None, Some(i)) => &mut i.next_seq,
+            (None, None) => return 0,
+        };
+        *seq += 1;
+        *seq - 1
+    }
+
+    /// Releases every file (the flow stops): their entries become available to the next flow
+    /// with this key (a reload).
+    pub fn release_all(&mut self) {
+        let now = Instant::now();
+        let ids: Vec<EntryId> = self.files.keys().copied().collect();
+        for id in ids {
+            self.release(id, now);
         }
+    }
+
+    fn entry(
+        &self,
+        inode: Inode,
+        fingerprint: Fingerprint,
+        path: &Path,
+        offset: u64,
+    ) -> FileCheckpoint {
+        FileCheckpoint {
+            flow: self.key.clone(),
+            dev: inode.dev,
+            ino: inode.ino,
+            fingerprint_len: fingerprint.len,
+            fingerprint_crc: fingerprint.crc,
+            path: path.to_path_buf(),
+            offset,
+            seen: unix_now(),
+        }
+    }
+
+    fn glob(&mut self) -> Vec<Found> {
         let paths: Vec<PathBuf> = match glob::glob(&self.flow.file_pattern) {
             Ok(g) => g.filter_map(Result::ok).filter(|p| p.is_file()).collect(),
             Err(_) => Vec::new(),
         };
+        let mut seen = HashSet::new();
+        let mut found = Vec::with_capacity(paths.len());
+        let mut unreadable = HashSet::new();
         for path in paths {
-            let Ok(file) = File::open(&path) else {
-                continue;
-            };
-            let id = match self.flow.identity {
-                crate::config::FileIdentity::Content => fingerprint(&file),
-                crate::config::FileIdentity::DevInode => file.metadata().map(|m| {
-                    use std::os::unix::fs::MetadataExt as _;
-                    Some(format!("devino:{}:{}", m.dev(), m.ino()))
-                }),
-            };
-            let Ok(Some(fp)) = id else {
-                continue;
-            };
-            let fp: Arc<str> = fp.into();
-            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            if let Some(w) = self.files.get_mut(&fp) {
-                w.present = true;
-                // A file with our identity but shorter than what we read is not our file yet
-                // (a copy still being written): keep reading the one we have.
-                if (*w.path != *path || w.detached) && len >= w.offset {
-                    tracing::info!(message = "Watched file was renamed.", from = %w.path.display(), to = %path.display());
-                    w.path = path.as_path().into();
-                    w.detached = false;
-                    // Read on through the handle: for a rename it is the same file; for a
-                    // copytruncate copy, the new handle holds the bytes the original lost.
-                    w.file = file;
-                }
+            if is_compressed(&path) {
                 continue;
             }
-            let offset = match checkpoints.get(&*fp) {
-                Some(c) => c.offset.min(len),
-                None => match self.flow.initial_position {
-                    // Files found at start-up begin at their end; files that appear later are
-                    // new: read them whole.
-                    InitialPosition::EndOfFile if self.first_scan => len,
-                    _ => 0,
-                },
+            let opened = File::open(&path).and_then(|f| Inode::of(&f).map(|(i, l)| (f, i, l)));
+            match opened {
+                Ok((file, inode, len)) => {
+                    // Two paths to one file (symlinks): read once.
+                    if seen.insert(inode) {
+                        found.push(Found {
+                            path,
+                            file,
+                            inode,
+                            len,
+                        });
+                    }
+                }
+                Err(e) => {
+                    if !self.unreadable.contains(&path) {
+                        metrics::counter!("agent_files_unreadable_total").increment(1);
+                        warn!(message = "Cannot open a file matched by the flow; it is not shipped until it can be read.", path = %path.display(), error = %e);
+                    }
+                    unreadable.insert(path);
+                }
+            }
+        }
+        self.unreadable = unreadable;
+        metrics::gauge!("agent_files_unreadable", "pattern" => self.flow.file_pattern.clone())
+            .set(self.unreadable.len() as f64);
+        found
+    }
+
+    /// Looks for files and decides who they are (module docs).
+    pub fn scan(&mut self, now: Instant) {
+        let found = self.glob();
+        let by_inode: HashMap<Inode, EntryId> =
+            self.files.iter().map(|(id, w)| (w.inode, *id)).collect();
+        let present: HashSet<Inode> = found.iter().map(|f| f.inode).collect();
+        let mut unknown = Vec::new();
+        // Files we are reading, by inode.
+        for f in found {
+            let Some(&id) = by_inode.get(&f.inode) else {
+                unknown.push(f);
+                continue;
             };
-            tracing::info!(message = "Watching file.", path = %path.display(), fingerprint = %fp, offset);
-            self.files.insert(
-                Arc::clone(&fp),
-                Watched {
-                    fingerprint: fp,
-                    path: path.as_path().into(),
-                    file,
-                    offset,
-                    partial: Vec::new(),
-                    partial_since: None,
-                    multi: Vec::new(),
-                    multi_end: offset,
-                    multi_since: None,
-                    header_lines_left: if offset == 0 {
-                        self.flow.skip_header_lines
-                    } else {
-                        0
-                    },
-                    present: true,
-                    detached: false,
+            self.check_watched(id, &f, now);
+        }
+        for w in self.files.values_mut() {
+            if present.contains(&w.inode) {
+                w.gone_since = None;
+            } else {
+                w.gone_since.get_or_insert(now);
+            }
+        }
+        // Other files: checkpoint entries, orphans, copies, new files.
+        let mut seen_pending = HashSet::new();
+        for f in unknown {
+            seen_pending.insert(f.inode);
+            self.classify_new(f, now);
+        }
+        self.pending.retain(|inode, _| seen_pending.contains(inode));
+        // Orphans whose copy never came; entries unwatched for the time to live.
+        let ttl = self.ttl;
+        let mut forgotten = Vec::new();
+        for (id, i) in &mut self.idle {
+            if i.orphan_since
+                .is_some_and(|t| now.duration_since(t) >= ORPHAN_WAIT)
+            {
+                i.orphan_since = None;
+            }
+            if now.duration_since(i.since) >= ttl {
+                forgotten.push(*id);
+            }
+        }
+        for id in forgotten {
+            self.idle.remove(&id);
+            self.events.push(Event::Forget { id });
+        }
+        if self.first_scan {
+            self.first_scan = false;
+            // Version 1 entries are taken over at start-up only.
+            self.legacy.clear();
+        }
+        let mut order: Vec<EntryId> = self.files.keys().copied().collect();
+        order.sort_unstable();
+        self.order = order;
+    }
+
+    /// A file we are reading, found again by its inode.
+    fn check_watched(&mut self, id: EntryId, f: &Found, now: Instant) {
+        let Some(w) = self.files.get_mut(&id) else {
+            return;
+        };
+        let mut changed = false;
+        if f.len != w.seen_len || w.fingerprint.len == 0 {
+            if f.len < w.offset || !w.fingerprint.matches(&w.file, f.len) {
+                self.truncated(id, now);
+                return;
+            }
+            if w.fingerprint.partial()
+                && f.len > u64::from(w.fingerprint.len)
+                && let Ok(fp) = Fingerprint::of(&w.file, f.len)
+            {
+                w.fingerprint = fp;
+                changed = true;
+            }
+            w.seen_len = f.len;
+        }
+        if *w.path != *f.path {
+            info!(message = "Watched file was renamed.", from = %w.path.display(), to = %f.path.display());
+            w.path = f.path.as_path().into();
+            changed = true;
+        }
+        if changed {
+            self.events.push(Event::Update {
+                id,
+                inode: w.inode,
+                fingerprint: w.fingerprint,
+                path: w.path.to_path_buf(),
+            });
+        }
+    }
+
+    /// Its content is no longer what we read (truncated in place): the old content becomes an
+    /// orphan waiting for its copy; the file is read again from 0 under a new entry.
+    fn truncated(&mut self, id: EntryId, now: Instant) {
+        let Some(w) = self.files.remove(&id) else {
+            return;
+        };
+        warn!(message = "File truncated; reading its new content from the start (its old content continues in a copy, if one appears).", path = %w.path.display());
+        self.events.push(Event::Release { id });
+        self.idle.insert(
+            id,
+            Idle {
+                inode: w.inode,
+                fingerprint: w.fingerprint,
+                path: w.path.to_path_buf(),
+                offset: w.offset,
+                next_seq: w.next_seq,
+                orphan_since: (self.flow.identity == FileIdentity::Content).then_some(now),
+                since: now,
+            },
+        );
+        let len = Inode::of(&w.file).map_or(0, |(_, l)| l);
+        self.watch(next_id(), w.inode, &w.path, w.file, len, 0, 0, true);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn watch(
+        &mut self,
+        id: EntryId,
+        inode: Inode,
+        path: &Path,
+        file: File,
+        len: u64,
+        offset: u64,
+        next_seq: u64,
+        register: bool,
+    ) {
+        let fingerprint = Fingerprint::of(&file, len).unwrap_or_default();
+        if register {
+            let entry = self.entry(inode, fingerprint, path, offset);
+            self.events.push(Event::Register { id, entry });
+        } else {
+            self.events.push(Event::Update {
+                id,
+                inode,
+                fingerprint,
+                path: path.to_path_buf(),
+            });
+        }
+        info!(message = "Watching file.", path = %path.display(), offset);
+        self.files.insert(
+            id,
+            Watched {
+                inode,
+                fingerprint,
+                path: path.into(),
+                file,
+                offset,
+                seen_len: len,
+                lines: Assembler::new(offset, self.flow.skip_header_lines),
+                next_seq,
+                gone_since: None,
+            },
+        );
+    }
+
+    fn classify_new(&mut self, f: Found, now: Instant) {
+        let mut known: Vec<Known<(bool, EntryId)>> = self
+            .idle
+            .iter()
+            .map(|(id, i)| Known {
+                key: (false, *id),
+                inode: i.inode,
+                fingerprint: i.fingerprint,
+                orphan: i.orphan_since.is_some(),
+            })
+            .collect();
+        known.extend(self.files.iter().map(|(id, w)| Known {
+            key: (true, *id),
+            inode: w.inode,
+            fingerprint: w.fingerprint,
+            orphan: false,
+        }));
+        let by_content = self.flow.identity == FileIdentity::Content;
+        let verdict =
+            identity::classify(f.inode, &known, |fp| fp.matches(&f.file, f.len), by_content);
+        match verdict {
+            Verdict::Same((false, id)) => {
+                // One of our entries (checkpoint, or released earlier): continue it.
+                if let Some(i) = self.idle.remove(&id) {
+                    self.watch(
+                        id,
+                        f.inode,
+                        &f.path,
+                        f.file,
+                        f.len,
+                        i.offset.min(f.len),
+                        i.next_seq,
+                        false,
+                    );
+                }
+            }
+            Verdict::Truncated((false, id)) => {
+                // The entry's inode now holds other content (truncated, or the inode reused).
+                if let Some(i) = self.idle.get_mut(&id) {
+                    i.orphan_since = by_content.then_some(now);
+                }
+                self.new_file(f, now, true);
+            }
+            Verdict::CopyOf((false, id)) => {
+                let short = self.idle.get(&id).is_some_and(|i| f.len < i.offset);
+                if short {
+                    // A copy still being made: wait for it to hold what we read.
+                    self.wait_for_copy(f, now);
+                } else if let Some(i) = self.idle.remove(&id) {
+                    info!(message = "Copy of a truncated file found; continuing it where its original stopped.", path = %f.path.display(), from = %i.path.display(), offset = i.offset);
+                    self.watch(
+                        id, f.inode, &f.path, f.file, f.len, i.offset, i.next_seq, false,
+                    );
+                }
+            }
+            Verdict::MaybeCopyOf(_) => self.wait_for_copy(f, now),
+            Verdict::New
+            | Verdict::Same((true, _))
+            | Verdict::Truncated((true, _))
+            | Verdict::CopyOf((true, _)) => {
+                self.new_file(f, now, false);
+            }
+        }
+    }
+
+    fn wait_for_copy(&mut self, f: Found, now: Instant) {
+        let start = self.start_offset(f.len);
+        let p = self.pending.entry(f.inode).or_insert(Pending {
+            first_seen: now,
+            len: f.len,
+            grew_at: now,
+            start,
+        });
+        if f.len != p.len {
+            p.len = f.len;
+            p.grew_at = now;
+        }
+        if now.duration_since(p.grew_at) >= COPY_SETTLE
+            || now.duration_since(p.first_seen) >= COPY_WAIT_MAX
+        {
+            let start = p.start;
+            self.pending.remove(&f.inode);
+            let id = next_id();
+            self.watch(
+                id,
+                f.inode,
+                &f.path,
+                f.file,
+                f.len,
+                start.min(f.len),
+                0,
+                true,
+            );
+        }
+    }
+
+    fn start_offset(&self, len: u64) -> u64 {
+        match self.flow.initial_position {
+            // Files found at start-up begin at their end; files that appear later are new:
+            // read them whole.
+            InitialPosition::EndOfFile if self.first_scan => len,
+            _ => 0,
+        }
+    }
+
+    fn new_file(&mut self, f: Found, now: Instant, reread: bool) {
+        let _ = now;
+        let mut offset = if reread { 0 } else { self.start_offset(f.len) };
+        if self.first_scan && !self.legacy.is_empty() {
+            let crc = identity::first_line_crc(&f.file);
+            if let Some(pos) = self
+                .legacy
+                .iter()
+                .position(|(_, l)| l.matches(crc, f.inode))
+            {
+                let (lid, l) = self.legacy.swap_remove(pos);
+                info!(message = "Taking over a version 1 checkpoint.", path = %f.path.display(), offset = l.offset);
+                offset = l.offset.min(f.len);
+                self.events.push(Event::AdoptLegacy { id: lid });
+            }
+        }
+        self.watch(next_id(), f.inode, &f.path, f.file, f.len, offset, 0, true);
+    }
+
+    fn release(&mut self, id: EntryId, now: Instant) {
+        if let Some(w) = self.files.remove(&id) {
+            self.events.push(Event::Release { id });
+            self.idle.insert(
+                id,
+                Idle {
+                    inode: w.inode,
+                    fingerprint: w.fingerprint,
+                    path: w.path.to_path_buf(),
+                    offset: w.offset,
+                    next_seq: w.next_seq,
+                    orphan_since: None,
+                    since: now,
                 },
             );
         }
-        self.first_scan = false;
     }
 
-    /// Reads up to `max_bytes` from each file (fairly, round robin); returns the complete
-    /// records, a chunk per file. Files gone from the glob and read to their end are forgotten.
-    pub fn read(&mut self, max_bytes: usize, now: Instant) -> Vec<Chunk> {
+    /// Reads what is new, fairly: from each file at most [`FILE_READ_MAX`], over all files at
+    /// most `budget` bytes, starting each round where the last one stopped. Returns a chunk per
+    /// file with complete records. Files gone from the glob and read to their end are released.
+    pub fn read(&mut self, budget: usize, now: Instant) -> Vec<Chunk> {
         let mut chunks = Vec::new();
-        let timeout = self.flow.partial_line_timeout;
-        let mut finished = Vec::new();
-        for w in self.files.values_mut() {
+        let rules = Rules {
+            start: self.start_pattern.as_ref(),
+            max_record: self.flow.max_record_bytes,
+            truncate: self.flow.oversized == Oversized::Truncate,
+            timeout: self.flow.partial_line_timeout,
+        };
+        let mut left = budget;
+        let mut done = Vec::new();
+        let mut truncated = Vec::new();
+        let n = self.order.len();
+        let mut visited = 0;
+        for k in 0..n {
+            if left == 0 {
+                break;
+            }
+            visited = k + 1;
+            let id = self.order[(self.cursor + k) % n];
+            let Some(w) = self.files.get_mut(&id) else {
+                continue;
+            };
             let len = w.file.metadata().map(|m| m.len()).unwrap_or(w.offset);
             if len < w.offset {
-                // Shorter than what we read. If its content is still ours (same first line, or
-                // same inode), it was truncated in place: read it again from the start. If not,
-                // its content moved (copytruncate): stop reading this handle; the copy, found by
-                // content at another path, continues from our offset.
-                let still_ours = match self.flow.identity {
-                    crate::config::FileIdentity::DevInode => true,
-                    crate::config::FileIdentity::Content => fingerprint(&w.file)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|fp| *fp == *w.fingerprint),
-                };
-                if !still_ours {
-                    if !w.detached {
-                        tracing::info!(message = "File content moved (copytruncate?); waiting for the copy.", path = %w.path.display());
-                    }
-                    w.detached = true;
-                    if !w.present {
-                        finished.push(Arc::clone(&w.fingerprint));
-                    }
-                    continue;
-                }
-                tracing::warn!(message = "File truncated; reading it again from the start.", path = %w.path.display());
-                w.offset = 0;
-                w.partial.clear();
-                w.partial_since = None;
-                w.multi.clear();
-                w.multi_end = 0;
+                truncated.push(id);
+                continue;
             }
-            let mut buf =
-                vec![0u8; max_bytes.min(usize::try_from(len - w.offset).unwrap_or(max_bytes))];
-            let n = if buf.is_empty() {
+            let want = FILE_READ_MAX
+                .min(left)
+                .min(usize::try_from(len - w.offset).unwrap_or(FILE_READ_MAX));
+            let mut buf = vec![0u8; want];
+            let got = if want == 0 {
                 0
             } else {
                 w.file.read_at(&mut buf, w.offset).unwrap_or(0)
             };
-            buf.truncate(n);
+            buf.truncate(got);
+            left -= got;
             let read_start = w.offset;
-            w.offset += n as u64;
+            w.offset += got as u64;
             let mut out = Out::default();
-            split(
-                w,
-                &Bytes::from(buf),
-                read_start,
-                &self.start_pattern,
-                now,
-                &mut out,
-            );
-            // A partial last line, or a multi-line record, that waited long enough goes as is.
-            if w.partial_since
-                .is_some_and(|t| now.duration_since(t) >= timeout)
-            {
-                let data = Bytes::from(std::mem::take(&mut w.partial));
-                w.partial_since = None;
-                push_record(w, data, w.offset, &self.start_pattern, now, &mut out);
-            }
-            if w.multi_since
-                .is_some_and(|t| now.duration_since(t) >= timeout)
-            {
-                flush_multi(w, &mut out);
-            }
+            w.lines
+                .feed(&Bytes::from(buf), read_start, &rules, now, &mut out);
+            w.lines.tick(w.offset, &rules, now, &mut out);
             if !out.records.is_empty() {
                 chunks.push(Chunk {
-                    fingerprint: Arc::clone(&w.fingerprint),
+                    entry: id,
                     path: Arc::clone(&w.path),
                     records: out.records,
                     ends: out.ends,
                 });
             }
-            if n == 0 && !w.present && w.partial.is_empty() && w.multi.is_empty() {
-                finished.push(Arc::clone(&w.fingerprint));
+            if got == 0
+                && w.lines.is_empty()
+                && w.gone_since
+                    .is_some_and(|t| now.duration_since(t) >= GONE_GRACE)
+            {
+                done.push(id);
             }
         }
-        for fp in finished {
-            self.files.remove(&fp);
+        if n > 0 {
+            self.cursor = (self.cursor + visited) % n;
+        }
+        self.last_read = budget - left;
+        for id in truncated {
+            self.truncated(id, now);
+        }
+        for id in done {
+            self.release(id, now);
+        }
+        if !self.files.is_empty() && self.order.len() != self.files.len() {
+            let mut order: Vec<EntryId> = self.files.keys().copied().collect();
+            order.sort_unstable();
+            self.order = order;
         }
         chunks
     }
 }
 
-/// Splits bytes read at `start` into lines, keeping a partial tail.
-fn split(
-    w: &mut Watched,
-    buf: &Bytes,
-    start: u64,
-    pat: &Option<regex::bytes::Regex>,
-    now: Instant,
-    out: &mut Out,
-) {
-    let mut pos = 0;
-    for end in memchr::memchr_iter(b'\n', buf) {
-        let line = if w.partial.is_empty() {
-            buf.slice(pos..=end)
-        } else {
-            // The line began in an earlier read: the one copy.
-            let mut joined = std::mem::take(&mut w.partial);
-            joined.extend_from_slice(&buf[pos..=end]);
-            Bytes::from(joined)
-        };
-        w.partial_since = None;
-        let end_offset = start + end as u64 + 1;
-        pos = end + 1;
-        if w.header_lines_left > 0 {
-            w.header_lines_left -= 1;
-            continue;
-        }
-        push_record(w, line, end_offset, pat, now, out);
-    }
-    if pos < buf.len() {
-        w.partial.extend_from_slice(&buf[pos..]);
-        w.partial_since.get_or_insert(now);
-    }
-}
-
-fn push_record(
-    w: &mut Watched,
-    line: Bytes,
-    end_offset: u64,
-    pat: &Option<regex::bytes::Regex>,
-    now: Instant,
-    out: &mut Out,
-) {
-    match pat {
-        None => out.push(line, end_offset),
-        Some(p) => {
-            if p.find(&line).is_some_and(|m| m.start() == 0) && !w.multi.is_empty() {
-                flush_multi(w, out);
-            }
-            // The lines as they are in the file, newlines included.
-            w.multi.extend_from_slice(&line);
-            w.multi_end = end_offset;
-            w.multi_since = Some(now);
-        }
-    }
-}
-
-fn flush_multi(w: &mut Watched, out: &mut Out) {
-    if w.multi.is_empty() {
-        return;
-    }
-    out.push(Bytes::from(std::mem::take(&mut w.multi)), w.multi_end);
-    w.multi_since = None;
+/// Compressed files are never tailed, even when the glob matches them (as in the Kinesis
+/// Agent: `app.log*` must not ship `app.log.1.gz`).
+fn is_compressed(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        matches!(
+            e.to_ascii_lowercase().as_str(),
+            "gz" | "bz2" | "zip" | "xz" | "zst"
+        )
+    })
 }
 
 /// Poll interval bounds (KA: 100 ms between polls when idle).
 pub const MIN_POLL: Duration = Duration::from_millis(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn flow(pattern: &Path) -> Flow {
+        Flow {
+            file_pattern: pattern.display().to_string(),
+            stream: "s".into(),
+            partition_key: crate::config::PartitionKeyRule::Random,
+            initial_position: InitialPosition::StartOfFile,
+            max_buffer_age: Duration::from_secs(1),
+            multi_line_start_pattern: None,
+            skip_header_lines: 0,
+            truncated_record_terminator: "\n".into(),
+            oversized: Oversized::Truncate,
+            max_record_bytes: 1024 * 1024,
+            partial_line_timeout: Duration::from_secs(5),
+            processors: Vec::new(),
+            identity: FileIdentity::Content,
+        }
+    }
+
+    fn lines_of(chunks: &[Chunk]) -> Vec<String> {
+        chunks
+            .iter()
+            .flat_map(|c| {
+                c.records
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(r).trim_end().to_string())
+            })
+            .collect()
+    }
+
+    fn drain(t: &mut Tailer, now: Instant) -> Vec<String> {
+        let mut all = Vec::new();
+        loop {
+            let c = t.read(ROUND_BUDGET, now);
+            if c.is_empty() && t.last_read() == 0 {
+                return all;
+            }
+            all.extend(lines_of(&c));
+        }
+    }
+
+    #[test]
+    fn files_with_the_same_header_are_different_files() {
+        let d = kinesis_testkit_free_dir("same-header");
+        for name in ["a.csv", "b.csv"] {
+            let mut f = File::create(d.join(name)).unwrap();
+            writeln!(f, "time,level,message").unwrap();
+            for i in 0..100 {
+                writeln!(f, "{i},info,{name}-{i}").unwrap();
+            }
+        }
+        let mut t = Tailer::new(
+            flow(&d.join("*.csv")),
+            FlowEntries::default(),
+            Duration::from_secs(3600),
+        );
+        let now = Instant::now();
+        t.scan(now);
+        assert_eq!(t.files().count(), 2);
+        let got = drain(&mut t, now);
+        assert_eq!(got.len(), 202, "both files whole, headers included");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_round_reads_at_most_the_budget_and_every_file_gets_its_turn() {
+        let d = kinesis_testkit_free_dir("budget");
+        let line = "x".repeat(90);
+        for i in 0..100 {
+            let mut f = std::io::BufWriter::new(File::create(d.join(format!("{i}.log"))).unwrap());
+            for j in 0..1000 {
+                writeln!(f, "{i:04}{j:04}{line}").unwrap();
+            }
+        }
+        let mut t = Tailer::new(
+            flow(&d.join("*.log")),
+            FlowEntries::default(),
+            Duration::from_secs(3600),
+        );
+        let now = Instant::now();
+        t.scan(now);
+        assert_eq!(t.files().count(), 100);
+        let budget = 1024 * 1024;
+        let mut total = 0;
+        let mut rounds = 0;
+        let mut files_seen = HashSet::new();
+        loop {
+            let chunks = t.read(budget, now);
+            if chunks.is_empty() && t.last_read() == 0 {
+                break;
+            }
+            rounds += 1;
+            let bytes: usize = chunks.iter().flat_map(|c| &c.records).map(Bytes::len).sum();
+            // What is held back (a partial line per file) is under a line per file.
+            assert!(
+                bytes <= budget + 100 * chunks.len(),
+                "round {rounds}: {bytes} bytes"
+            );
+            total += bytes;
+            files_seen.extend(chunks.iter().map(|c| c.entry));
+            if rounds == 1 {
+                assert!(
+                    files_seen.len() <= 11,
+                    "a round of 1 MiB reads about 10 files of 100 KB"
+                );
+            }
+        }
+        // 100 files of 1,000 lines of 99 bytes.
+        assert_eq!(total, 100 * 1000 * 99, "every byte, once");
+        assert!(rounds >= 10, "{rounds} rounds of at most 1 MiB");
+        assert_eq!(files_seen.len(), 100);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// A directory for a test (testkit is not a dependency of the library's unit tests).
+    fn kinesis_testkit_free_dir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("tail-{name}-{}-{}", std::process::id(), next_id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn rename_and_create_with_the_same_header_reads_both_and_copytruncate_continues() {
+        let d = kinesis_testkit_free_dir("rotate");
+        let log = d.join("app.log");
+        let write = |p: &Path, from: usize, to: usize| {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap();
+            if from == 0 {
+                writeln!(f, "time,level,message").unwrap();
+            }
+            for i in from..to {
+                writeln!(f, "{i},info,line {i}").unwrap();
+            }
+        };
+        write(&log, 0, 10);
+        let mut t = Tailer::new(
+            flow(&d.join("app.log*")),
+            FlowEntries::default(),
+            Duration::from_secs(3600),
+        );
+        let t0 = Instant::now();
+        t.scan(t0);
+        assert_eq!(drain(&mut t, t0).len(), 11);
+        // rename + create: the new file has the same header and is read whole.
+        std::fs::rename(&log, d.join("app.log.1")).unwrap();
+        write(&log, 0, 5);
+        t.scan(t0);
+        let got = drain(&mut t, t0);
+        assert_eq!(got.len(), 6, "{got:?}");
+        // copytruncate: copy, then truncate; the copy continues where the original stopped,
+        // the truncated file's new lines are read from its start.
+        write(&log, 5, 8);
+        std::fs::copy(&log, d.join("app.log.2")).unwrap();
+        t.scan(t0);
+        assert!(drain(&mut t, t0).len() <= 3);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&log)
+            .unwrap();
+        write(&log, 100, 102);
+        t.scan(t0 + Duration::from_secs(1));
+        let got = drain(&mut t, t0 + Duration::from_secs(1));
+        let _ = std::fs::remove_dir_all(&d);
+        // Lines 5..8 exactly once in all (read from the original or from the copy), the new
+        // content whole (header + 100, 101).
+        assert!(got.contains(&"100,info,line 100".to_string()), "{got:?}");
+        assert!(
+            !got.contains(&"0,info,line 0".to_string()),
+            "the copy is not read again from 0: {got:?}"
+        );
+    }
+}

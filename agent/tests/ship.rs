@@ -45,6 +45,7 @@ fn config(dir: &Path, flows: Vec<Flow>) -> AgentConfig {
         kinesis_region: None,
         poll_interval: Duration::from_millis(20),
         http_listen: None,
+        checkpoint_ttl: Duration::from_secs(7 * 86_400),
     }
 }
 
