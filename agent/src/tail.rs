@@ -640,7 +640,9 @@ impl Tailer {
         let mut chunks = Vec::new();
         let rules = Rules {
             start: self.start_pattern.as_ref(),
-            max_record: self.flow.max_record_bytes,
+            // Room for the partition key (at most 256 characters, 1 KiB in UTF-8): records cut
+            // here are not cut again, losing bytes, at the size limit.
+            max_record: self.flow.max_record_bytes.saturating_sub(1024).max(1),
             truncate: self.flow.oversized == Oversized::Truncate,
             timeout: self.flow.partial_line_timeout,
         };

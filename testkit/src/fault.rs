@@ -168,6 +168,9 @@ pub struct Rule {
     pub fault: Fault,
     /// How many more times to inject (`None`: no limit); the proxy counts it down.
     pub times: Option<u64>,
+    /// Only requests whose body contains these bytes (e.g. a stream's name), see
+    /// [`Rule::body_contains`].
+    pub body_contains: Option<String>,
 }
 
 impl Rule {
@@ -178,6 +181,7 @@ impl Rule {
             probability: 1.0,
             fault,
             times: None,
+            body_contains: None,
         }
     }
 
@@ -197,6 +201,16 @@ impl Rule {
     #[must_use]
     pub fn times(mut self, n: u64) -> Self {
         self.times = Some(n);
+        self
+    }
+
+    /// Applies only to requests whose body contains `text` (a stream's name: one of two
+    /// flows failing). While such a rule is set, every request is read whole before it is
+    /// forwarded (on a connection of its own); such rules support [`Fault::Error`],
+    /// [`Fault::Latency`], [`Fault::Stall`] and the resets before and after forwarding.
+    #[must_use]
+    pub fn body_contains(mut self, text: &str) -> Self {
+        self.body_contains = Some(text.to_owned());
         self
     }
 }
@@ -450,13 +464,18 @@ impl Drop for FaultProxy {
 
 impl Shared {
     /// Counts the request and picks its fault.
-    fn decide(&self, op: &str) -> Option<Fault> {
+    fn decide(&self, op: &str, body: Option<&[u8]>) -> Option<Fault> {
         let mut state = lock(&self.state);
         let State { rules, rng, stats } = &mut *state;
         let seen = stats.operations.entry(op.to_owned()).or_default();
         seen.requests += 1;
         for rule in rules.iter_mut() {
             if rule.operation.as_deref().is_some_and(|o| o != op) || rule.times == Some(0) {
+                continue;
+            }
+            if let Some(text) = &rule.body_contains
+                && !body.is_some_and(|b| memchr::memmem::find(b, text.as_bytes()).is_some())
+            {
                 continue;
             }
             let p = rule.probability;
@@ -542,7 +561,14 @@ impl Conn {
             .to_owned();
         // Subscribed before deciding, so a release right after the decision is not missed.
         let mut released = self.shared.release.subscribe();
-        let fault = self.shared.decide(&op);
+        let by_body = lock(&self.shared.state)
+            .rules
+            .iter()
+            .any(|r| r.body_contains.is_some());
+        if by_body {
+            return self.handle_whole(req, &op, released).await;
+        }
+        let fault = self.shared.decide(&op, None);
         let forwards = !matches!(
             fault,
             Some(Fault::Error { .. } | Fault::Stall | Fault::ResetBeforeForward)
@@ -592,6 +618,42 @@ impl Conn {
                 partial::put_records(&self.shared, req, fraction, &code).await
             }
             Fault::PartialFailure { .. } => Ok(self.forward(req).await?.map(boxed)),
+        }
+    }
+
+    /// A request read whole before deciding (rules that look at bodies).
+    async fn handle_whole(
+        &self,
+        req: Request<Incoming>,
+        op: &str,
+        mut released: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<Response<ProxyBody>, io::Error> {
+        let (head, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|_| reset("request broke off"))?
+            .to_bytes();
+        match self.shared.decide(op, Some(&body)) {
+            Some(Fault::Error {
+                status,
+                code,
+                message,
+            }) => Ok(error_response(status, &code, &message)),
+            Some(Fault::Stall) => {
+                let _ = released.changed().await;
+                Err(reset("stalled request released"))
+            }
+            Some(Fault::ResetBeforeForward) => Err(reset("reset before forwarding")),
+            Some(Fault::ResetAfterForward) => {
+                drop(partial::forward(&self.shared, head, body).await?);
+                Err(reset("reset after forwarding"))
+            }
+            Some(Fault::Latency(delay)) => {
+                tokio::time::sleep(delay).await;
+                partial::forward(&self.shared, head, body).await
+            }
+            _ => partial::forward(&self.shared, head, body).await,
         }
     }
 
@@ -902,7 +964,7 @@ mod partial {
 
     /// Sends `body` with `head` to the target on a connection of its own, and waits for the
     /// whole answer.
-    async fn forward(
+    pub(super) async fn forward(
         shared: &Shared,
         mut head: hyper::http::request::Parts,
         body: Bytes,
@@ -953,6 +1015,49 @@ mod partial_tests {
 
     use super::*;
     use crate::{TestEnv, kinesis_for, read_stream};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rule_on_a_body_fails_one_stream_and_spares_the_other() {
+        let env = TestEnv::start().await;
+        let healthy = env.create_stream(1).await;
+        let failing = env.create_stream(1).await;
+        let proxy = FaultProxy::start(env.kinesis_addr().unwrap(), 12).unwrap();
+        proxy.add_rule(
+            Rule::new(Some("PutRecord"), Fault::error("AccessDeniedException"))
+                .body_contains(&format!("\"{failing}\"")),
+        );
+        let client = kinesis_for(&env.sdk, &proxy.endpoint());
+        let put = |stream: String| {
+            let client = client.clone();
+            async move {
+                client
+                    .put_record()
+                    .stream_name(stream)
+                    .partition_key("k")
+                    .data(Blob::new("x"))
+                    .send()
+                    .await
+            }
+        };
+        for _ in 0..3 {
+            put(healthy.clone()).await.unwrap();
+            let e = put(failing.clone()).await.unwrap_err();
+            assert!(format!("{e:?}").contains("AccessDenied"), "{e:?}");
+        }
+        assert_eq!(
+            read_stream(&env.kinesis, &healthy)
+                .await
+                .unwrap()
+                .records
+                .len(),
+            3
+        );
+        let stats = proxy.stats();
+        assert_eq!(
+            (stats.op("PutRecord").requests, stats.op("PutRecord").errors),
+            (6, 3)
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn partial_failure_stores_only_the_entries_it_answers_for() {
