@@ -474,7 +474,7 @@ impl Shared {
                 continue;
             }
             if let Some(text) = &rule.body_contains
-                && !body.is_some_and(|b| memchr::memmem::find(b, text.as_bytes()).is_some())
+                && body.is_none_or(|b| memchr::memmem::find(b, text.as_bytes()).is_none())
             {
                 continue;
             }
