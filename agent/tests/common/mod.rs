@@ -3,7 +3,7 @@
 //! `KINESIS_AGENT_BIN=path` runs the tests against another build of the agent (an older one,
 //! to see a test fail before its fix).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::needless_pass_by_value)]
 
 use std::collections::HashMap;
 use std::io::Write as _;
