@@ -126,8 +126,27 @@ async fn client_for(cfg: &AgentConfig) -> aws_sdk_kinesis::Client {
         profile: None,
     };
     let sdk = kinesis_core::sdk::load(&opts).await;
-    kinesis_core::sdk::kinesis_client(&sdk, &opts)
+    let client = kinesis_core::sdk::kinesis_client(&sdk, &opts);
+    // Every call gives up after CALL_TIMEOUT (the producer's PutRecords use its own, shorter
+    // request timeout): a stalled connection cannot hold a flow's start (ListShards) forever.
+    let conf = client
+        .config()
+        .to_builder()
+        .timeout_config(
+            client
+                .config()
+                .timeout_config()
+                .map(|t| t.to_builder())
+                .unwrap_or_default()
+                .operation_attempt_timeout(CALL_TIMEOUT)
+                .build(),
+        )
+        .build();
+    aws_sdk_kinesis::Client::from_conf(conf)
 }
+
+/// Longest a Kinesis call made by the agent may take (an attempt; the SDK retries).
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn producer_config(flow: &Flow) -> ProducerConfig {
     ProducerConfig {

@@ -42,6 +42,9 @@ pub struct FlowEntries {
     pub files: Vec<(EntryId, FileCheckpoint)>,
     /// Entries of a version 1 file, for any flow.
     pub legacy: Vec<(EntryId, LegacyCheckpoint)>,
+    /// When the checkpoint file was last written before this start (`None`: the first start):
+    /// a file created after it appeared while the agent was down.
+    pub last_written: Option<std::time::SystemTime>,
 }
 
 #[derive(Debug)]
@@ -117,6 +120,7 @@ struct State {
     started: Instant,
     dirty: bool,
     last_write: Instant,
+    last_written_before: Option<SystemTime>,
 }
 
 /// How often live entries' `seen` times are written even when nothing else changed.
@@ -133,7 +137,11 @@ impl State {
                     .map(|(id, s)| (*id, s.entry.clone()))
                     .collect();
                 let legacy = self.legacy.iter().map(|(id, l)| (*id, l.clone())).collect();
-                let _ = reply.send(FlowEntries { files, legacy });
+                let _ = reply.send(FlowEntries {
+                    files,
+                    legacy,
+                    last_written: self.last_written_before,
+                });
             }
             Msg::Register { id, entry } => {
                 self.files.insert(id, Slot { entry, live: true });
@@ -239,6 +247,7 @@ impl Store {
     /// Starts the store over what was loaded from `path`.
     pub fn spawn(path: PathBuf, loaded: Checkpoints, ttl: Duration) -> (Self, StoreTask) {
         let now = unix_now();
+        let last_written_before = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         let mut state = State {
             path,
             ttl,
@@ -261,6 +270,7 @@ impl Store {
             started: Instant::now(),
             dirty: false,
             last_write: Instant::now(),
+            last_written_before,
         };
         let (tx, mut rx) = mpsc::channel::<Msg>(4096);
         let task = tokio::spawn(async move {

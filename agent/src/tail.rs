@@ -146,6 +146,7 @@ struct Found {
     file: File,
     inode: Inode,
     len: u64,
+    created: Option<std::time::SystemTime>,
 }
 
 /// The files of one flow.
@@ -164,6 +165,7 @@ pub struct Tailer {
     events: Vec<Event>,
     ttl: Duration,
     last_read: usize,
+    last_written: Option<std::time::SystemTime>,
 }
 
 impl std::fmt::Debug for Tailer {
@@ -224,6 +226,7 @@ impl Tailer {
             events: Vec::new(),
             ttl,
             last_read: 0,
+            last_written: entries.last_written,
         }
     }
 
@@ -312,11 +315,13 @@ impl Tailer {
                 Ok((file, inode, len)) => {
                     // Two paths to one file (symlinks): read once.
                     if seen.insert(inode) {
+                        let created = file.metadata().and_then(|m| m.created()).ok();
                         found.push(Found {
                             path,
                             file,
                             inode,
                             len,
+                            created,
                         });
                     }
                 }
@@ -557,7 +562,7 @@ impl Tailer {
     }
 
     fn wait_for_copy(&mut self, f: Found, now: Instant) {
-        let start = self.start_offset(f.len);
+        let start = self.start_offset(&f);
         let p = self.pending.entry(f.inode).or_insert(Pending {
             first_seen: now,
             len: f.len,
@@ -587,18 +592,23 @@ impl Tailer {
         }
     }
 
-    fn start_offset(&self, len: u64) -> u64 {
+    fn start_offset(&self, f: &Found) -> u64 {
+        // Files found at the first start begin at their end; files that appear later are new:
+        // read them whole — also those created while the agent was down (after its
+        // checkpoint file was last written: a rotation during a restart).
+        let created_while_down = matches!(
+            (self.last_written, f.created),
+            (Some(last), Some(created)) if created > last
+        );
         match self.flow.initial_position {
-            // Files found at start-up begin at their end; files that appear later are new:
-            // read them whole.
-            InitialPosition::EndOfFile if self.first_scan => len,
+            InitialPosition::EndOfFile if self.first_scan && !created_while_down => f.len,
             _ => 0,
         }
     }
 
     fn new_file(&mut self, f: Found, now: Instant, reread: bool) {
         let _ = now;
-        let mut offset = if reread { 0 } else { self.start_offset(f.len) };
+        let mut offset = if reread { 0 } else { self.start_offset(&f) };
         if self.first_scan && !self.legacy.is_empty() {
             let crc = identity::first_line_crc(&f.file);
             if let Some(pos) = self

@@ -176,8 +176,18 @@ async fn a_file_read_but_not_acknowledged_survives_sighup_and_kill() {
     .await;
     kill_9(agent);
     proxy.clear();
+    // Created while the agent is down (a rotation during a restart): read from its start,
+    // although END_OF_FILE applies to files found at a start.
+    append(&d.join("while-down.log"), numbered("down", 0..50));
     let agent = spawn(&config);
     wait_for_lines(&env, &stream, &numbered("new", 100..200), "after kill -9").await;
+    wait_for_lines(
+        &env,
+        &stream,
+        &numbered("down", 0..50),
+        "the file created while down",
+    )
+    .await;
     kill_9(agent);
 }
 
