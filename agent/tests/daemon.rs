@@ -6,39 +6,22 @@
     clippy::cast_possible_truncation
 )]
 
-use std::collections::HashMap;
+mod common;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use kinesis_testkit::{TestEnv, eventually, read_stream};
+use common::{append, counts, http_get, peak_rss_mib, spawn, without_nulls};
+use kinesis_testkit::{TestEnv, eventually};
 
 fn dir() -> kinesis_testkit::TempDir {
-    kinesis_testkit::TempDir::new("agentd")
-}
-
-fn append(path: &Path, lines: impl IntoIterator<Item = String>) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    for l in lines {
-        f.write_all(l.as_bytes()).unwrap();
-        f.write_all(b"\n").unwrap();
-    }
-}
-
-/// Drops top-level nulls (no `kinesis.endpoint` on real AWS: the standard chain finds it).
-fn without_nulls(mut v: serde_json::Value) -> serde_json::Value {
-    if let Some(o) = v.as_object_mut() {
-        o.retain(|_, x| !x.is_null());
-    }
-    v
+    common::dir("agentd")
 }
 
 fn write_config(d: &Path, env: &TestEnv, stream: &str) -> PathBuf {
+    // The agent's own key names, as an agent.json has them.
     let cfg = without_nulls(serde_json::json!({
         "checkpointFile": d.join("checkpoints.json"),
         "kinesis.endpoint": env.kinesis_endpoint(),
@@ -50,34 +33,6 @@ fn write_config(d: &Path, env: &TestEnv, stream: &str) -> PathBuf {
     let path = d.join("agent.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     path
-}
-
-fn spawn(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kinesis-agent"))
-        .args(["-c", config.to_str().unwrap()])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_ENDPOINT_URL_KINESIS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn counts(env: &TestEnv, stream: &str) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for r in read_stream(&env.kinesis, stream).await.unwrap().records {
-        // Each record is the line as the file has it, newline included (the Kinesis Agent's
-        // format).
-        let line = r
-            .data
-            .strip_suffix(b"\n")
-            .expect("records end with their newline");
-        *m.entry(String::from_utf8_lossy(line).into_owned())
-            .or_default() += 1;
-    }
-    m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +102,7 @@ fn check_config_validates_and_explains() {
     let d = dir();
     let good = d.join("agent.json");
     std::fs::write(&good, r#"{"flows": [{"filePattern": "/var/log/app/*.log", "kinesisStream": "logs", "partitionKeyOption": "DETERMINISTIC"}], "bogus": 1}"#).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kinesis-agent"))
+    let out = Command::new(common::bin())
         .args(["check-config", good.to_str().unwrap()])
         .output()
         .unwrap();
@@ -160,7 +115,7 @@ fn check_config_validates_and_explains() {
         "[[flows]]\nfilePattern = \"/a\"\nkinesisStream = \"s\"\nmaxBufferAgeMillis = 5\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kinesis-agent"))
+    let out = Command::new(common::bin())
         .args(["check-config", bad.to_str().unwrap()])
         .output()
         .unwrap();
@@ -170,20 +125,8 @@ fn check_config_validates_and_explains() {
         err.contains("flows[0].maxBufferAgeMillis") && err.contains("1000..=900000"),
         "{err}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_kinesis-agent"))
-        .output()
-        .unwrap();
+    let out = Command::new(common::bin()).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "usage");
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::Read as _;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,19 +204,6 @@ async fn health_metrics_and_sighup_reload() {
         .status()
         .unwrap();
     assert!(agent.wait().unwrap().success());
-}
-
-/// Peak resident memory of a process, in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap();
-    kib / 1024.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
