@@ -712,13 +712,14 @@ impl Tailer {
             self.cursor = (self.cursor + visited) % n;
         }
         self.last_read = budget - left;
+        let changed = !truncated.is_empty() || !done.is_empty();
         for id in truncated {
             self.truncated(id, now);
         }
         for id in done {
             self.release(id, now);
         }
-        if !self.files.is_empty() && self.order.len() != self.files.len() {
+        if changed {
             let mut order: Vec<EntryId> = self.files.keys().copied().collect();
             order.sort_unstable();
             self.order = order;
