@@ -32,11 +32,15 @@ pub struct ProducerConfig {
     /// How long a record may take to be delivered, retries included; then its receipt fails
     /// with the record handed back. KPL: `RecordTtl` = 30 s.
     pub record_ttl: Duration,
-    /// Most PutRecords calls in flight at once. KPL: `MaxConnections` = 24.
+    /// Most PutRecords calls in flight at once. KPL: `MaxConnections` = 24. Fewer while the
+    /// endpoint falls behind: a call not answered within `request_timeout` (or throttled as a
+    /// whole) shrinks a window on the calls and bytes in flight, which grows back as calls are
+    /// answered promptly (the KPL has none).
     pub max_in_flight_requests: usize,
     /// Timeout of one PutRecords attempt. KPL: `RequestTimeout` = 6 s. A timed-out call may have
     /// succeeded: it is retried (at least once), and its records' receipts say
-    /// `possible_duplicate`.
+    /// `possible_duplicate`. It also says the endpoint has more than it can take: the producer
+    /// then sends less at once (see `max_in_flight_requests`) and pauses as after a throttle.
     pub request_timeout: Duration,
     /// Per-shard rate limit as a percentage of the shard limits (1 MiB/s, 1,000 records/s).
     /// KPL: `RateLimit` = 150 (lets one producer saturate a shard; the service throttles the
@@ -47,8 +51,8 @@ pub struct ProducerConfig {
     pub fail_if_throttled: bool,
     /// First pause after a PutRecords call failed as a whole (connection lost, timeout, 5xx,
     /// a throttled request); doubles (with jitter, see [`kinesis_core::backoff`]) with each such
-    /// failure up to `retry_max_delay`, and starts over once a call is answered. Whole-request
-    /// throttles pause at least 500 ms. Entries that failed in an answered call are not backed
+    /// failure up to `retry_max_delay`, and starts over once a call is answered within half the
+    /// request timeout. Whole-request throttles and timeouts pause at least 500 ms. Entries that failed in an answered call are not backed
     /// off: they are sent again at once, at the front of their shard, paced by the shard's rate
     /// limit (which slows down when the shard throttles), as the KPL does; so the TTL buys many
     /// attempts. The KPL has no backoff for whole-call failures; this is new.

@@ -13,6 +13,12 @@
 //!                                ─► retry queue (one backoff for all calls) ─► front of its shard
 //! ```
 //!
+//! Calls in flight, and their bytes, stay within a window ([`crate::window`]): a call that got
+//! no answer within `request_timeout` drops it to one small call, a call throttled as a whole
+//! halves it, and prompt answers grow it back. A timed-out call's records thus go again in
+//! smaller calls, fewer at a time, after a pause as long as after a throttle: an endpoint that
+//! answers slowly is not kept overloaded.
+//!
 //! A whole-call failure whose outcome is unknown (the request may have been applied) is retried
 //! too: at least once, and the records' receipts say `possible_duplicate`.
 //!
@@ -47,6 +53,7 @@ use crate::error::{FailureReason, PutError};
 use crate::limiter::ShardLimiter;
 use crate::receipt::{BatchFailure, BatchOutcome, Delivered, Outcome};
 use crate::stats::Stats;
+use crate::window::{Sent, Window};
 
 const TICK: Duration = Duration::from_millis(5);
 const WRONG_SHARD: &str =
@@ -226,10 +233,18 @@ type Batch = Vec<(ShardKey, Vec<Pending>)>;
 
 type Response = (u64, Result<Vec<EntryResult>, AwsError>);
 
+/// A PutRecords call in flight: its records, and what it meant for the window.
+struct Call {
+    batch: Batch,
+    sent_at: Instant,
+    sent: Sent,
+}
+
 /// The pause after whole-call failures: one backoff for every call, since they all go to the
 /// same endpoint. Calls fail together (a load balancer drops its connections, an outage): only
 /// a failure of a call sent after the pause last grew grows it again, the others wait as long,
-/// and only a success of such a call resets it.
+/// and only a prompt answer to such a call (within half the request timeout) resets it: a
+/// slow answer says the endpoint is still struggling.
 struct CallBackoff {
     backoff: Backoff,
     pause: Duration,
@@ -269,7 +284,10 @@ pub(crate) struct Driver {
     collector_bytes: usize,
     collector_deadline: Option<Instant>,
     calls: FuturesUnordered<BoxFuture<'static, Response>>,
-    batches: HashMap<u64, Batch>,
+    batches: HashMap<u64, Call>,
+    /// Bytes of the calls in flight.
+    in_flight_bytes: usize,
+    window: Window,
     next_call: u64,
     retries: BinaryHeap<Reverse<RetryItem>>,
     retry_seq: u64,
@@ -318,6 +336,13 @@ impl Driver {
             since: 0,
         };
         let next_refresh = Instant::now() + cfg.shard_map_refresh_interval;
+        // At the least one full aggregate per call (a larger record still goes, alone).
+        let window = Window::new(
+            cfg.max_in_flight_requests,
+            cfg.max_in_flight_requests
+                .saturating_mul(cfg.collection_max_bytes),
+            cfg.aggregation_max_bytes.min(cfg.collection_max_bytes),
+        );
         Self {
             cfg,
             api,
@@ -330,6 +355,8 @@ impl Driver {
             collector_deadline: None,
             calls: FuturesUnordered::new(),
             batches: HashMap::new(),
+            in_flight_bytes: 0,
+            window,
             next_call: 0,
             retries: BinaryHeap::new(),
             retry_seq: 0,
@@ -408,8 +435,8 @@ impl Driver {
                     }
                 },
                 Some((id, result)) = self.calls.next(), if !self.calls.is_empty() => {
-                    if let Some(batch) = self.batches.remove(&id) {
-                        self.response(id, batch, result);
+                    if let Some(call) = self.batches.remove(&id) {
+                        self.response(id, call, result);
                     }
                     // A request slot is free: send the collector if it is due.
                     let now = Instant::now();
@@ -757,18 +784,51 @@ impl Driver {
 
     fn collector_full_for(&self, size: usize) -> bool {
         self.collector.len() >= self.cfg.collection_max_count
-            || (!self.collector.is_empty()
-                && self.collector_bytes + size > self.cfg.collection_max_bytes)
+            || (!self.collector.is_empty() && self.collector_bytes + size > self.call_max_bytes())
     }
 
-    /// Sends the collector as one PutRecords call, if a request slot is free.
+    /// The largest call: `collection_max_bytes`, or less while the window is cut.
+    fn call_max_bytes(&self) -> usize {
+        self.cfg.collection_max_bytes.min(self.window.bytes())
+    }
+
+    /// Sends the collector as PutRecords calls, as far as the window has room.
     fn dispatch(&mut self) {
-        if self.collector.is_empty() || self.calls.len() >= self.cfg.max_in_flight_requests {
-            return;
+        while self.dispatch_one() {}
+    }
+
+    /// Sends the front of the collector (as much as one call may hold) as one PutRecords call,
+    /// if the window has room: fewer calls than it allows in flight, and their bytes with this
+    /// call's within it. A call always goes when none is in flight. Returns whether one went.
+    fn dispatch_one(&mut self) -> bool {
+        if self.collector.is_empty() {
+            return false;
         }
-        let ready = std::mem::take(&mut self.collector);
-        self.collector_bytes = 0;
-        self.collector_deadline = None;
+        let flying = self.calls.len();
+        if flying >= self.cfg.max_in_flight_requests.min(self.window.calls()) {
+            return false;
+        }
+        // The front of the collector, up to the largest call (at least one record): the window
+        // may have shrunk since it filled.
+        let max = self.call_max_bytes();
+        let (mut take, mut bytes) = (0, 0);
+        for r in &self.collector {
+            let size = r.kr.size_bytes();
+            if take > 0 && bytes + size > max {
+                break;
+            }
+            take += 1;
+            bytes += size;
+        }
+        if flying > 0 && self.in_flight_bytes + bytes > self.window.bytes() {
+            return false;
+        }
+        let rest = self.collector.split_off(take);
+        let ready = std::mem::replace(&mut self.collector, rest);
+        self.collector_bytes -= bytes;
+        if self.collector.is_empty() {
+            self.collector_deadline = None;
+        }
         let mut records = Vec::with_capacity(ready.len());
         let mut batch: Batch = Vec::with_capacity(ready.len());
         let mut users = 0;
@@ -781,10 +841,25 @@ impl Driver {
             batch.push((r.key, r.members));
         }
         let n = records.len();
-        let bytes: usize = records.iter().map(KinesisRecord::size_bytes).sum();
         let id = self.next_call;
         self.next_call += 1;
-        self.batches.insert(id, batch);
+        self.in_flight_bytes += bytes;
+        let sent = Sent {
+            bytes,
+            calls_in_flight: flying + 1,
+            bytes_in_flight: self.in_flight_bytes,
+        };
+        self.batches.insert(
+            id,
+            Call {
+                batch,
+                sent_at: Instant::now(),
+                sent,
+            },
+        );
+        self.stats
+            .calls_in_flight
+            .store(flying as u64 + 1, Ordering::Relaxed);
         self.stats.put_calls.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("KinesisRecordsPerPutRecordsRequest").record(n as f64);
         metrics::histogram!("UserRecordsPerPutRecordsRequest").record(users as f64);
@@ -801,13 +876,30 @@ impl Driver {
             },
             span,
         )));
+        true
     }
 
-    fn response(&mut self, id: u64, batch: Batch, result: Result<Vec<EntryResult>, AwsError>) {
+    fn response(&mut self, id: u64, call: Call, result: Result<Vec<EntryResult>, AwsError>) {
         let now = Instant::now();
+        let Call {
+            batch,
+            sent_at,
+            sent,
+        } = call;
+        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(sent.bytes);
+        self.stats
+            .calls_in_flight
+            .store(self.calls.len() as u64, Ordering::Relaxed);
+        let took = now.saturating_duration_since(sent_at);
         match result {
             Ok(results) => {
-                self.call_backoff.answered(id, self.next_call);
+                // A slow answer neither grows the window nor ends the pause: the endpoint is
+                // near what it can take.
+                let promptly = took < self.cfg.request_timeout / 2;
+                self.window.answered(id, sent, promptly);
+                if promptly {
+                    self.call_backoff.answered(id, self.next_call);
+                }
                 for ((key, mut members), res) in batch.into_iter().zip(results) {
                     self.release_in_flight(&key);
                     match res {
@@ -857,11 +949,39 @@ impl Driver {
                 metrics::counter!("AllErrors").increment(1);
                 let retryable = e.is_retryable();
                 let unknown = e.outcome_unknown();
+                // No answer in time (whatever error the timeout surfaced as), or a throttled
+                // call: the endpoint could not take what was in flight. Both shrink the window
+                // and pause as a throttle does (at least 500 ms). A timeout shrinks it most: the
+                // call may still be running there, and its records sent again at once, with as
+                // much beside them, would only time out again.
+                let timed_out = retryable && took >= self.cfg.request_timeout;
+                let throttled = retryable && e.kind().is_throttling();
                 let delay = if retryable {
-                    self.call_backoff.failed(id, e.kind(), self.next_call)
+                    let kind = if timed_out {
+                        ErrorKind::Throttled
+                    } else {
+                        e.kind()
+                    };
+                    self.call_backoff.failed(id, kind, self.next_call)
                 } else {
                     Duration::ZERO
                 };
+                let cut = if timed_out {
+                    self.window.timed_out(id, sent, self.next_call)
+                } else {
+                    throttled && self.window.throttled(id, sent, self.next_call)
+                };
+                if cut {
+                    metrics::counter!("PutRecordsWindowCuts").increment(1);
+                    warn!(
+                        message = "PutRecords not answered in time or throttled; sending less at once.",
+                        stream = %self.stream,
+                        error = %e,
+                        took = ?took,
+                        calls_in_flight = self.window.calls(),
+                        bytes_in_flight = self.window.bytes(),
+                    );
+                }
                 if retryable {
                     debug!(message = "PutRecords failed; retrying.", error = %e, outcome_unknown = unknown, pause = ?delay);
                 } else {
@@ -1334,10 +1454,12 @@ impl Driver {
         }
         // Drop the running calls; their outcome stays unknown.
         self.calls = FuturesUnordered::new();
+        self.in_flight_bytes = 0;
+        self.stats.calls_in_flight.store(0, Ordering::Relaxed);
         let flying: Vec<Pending> = self
             .batches
             .drain()
-            .flat_map(|(_, b)| b)
+            .flat_map(|(_, c)| c.batch)
             .flat_map(|(_, m)| m)
             .collect();
         let (n_unsent, n_flying) = (unsent.len(), flying.len());

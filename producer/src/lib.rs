@@ -47,6 +47,7 @@ mod limiter;
 mod producer;
 mod receipt;
 mod stats;
+mod window;
 
 pub use config::{
     BATCH_RECORD_OVERHEAD_BYTES, ConfigError, ProducerConfig, RECORD_OVERHEAD_BYTES,

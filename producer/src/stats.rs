@@ -10,6 +10,7 @@ pub(crate) struct Stats {
     pub(crate) kinesis_records_put: AtomicU64,
     pub(crate) put_calls: AtomicU64,
     pub(crate) retries: AtomicU64,
+    pub(crate) calls_in_flight: AtomicU64,
 }
 
 /// A snapshot of the producer's counters since it was built.
@@ -28,6 +29,9 @@ pub struct ProducerStats {
     pub put_records_calls: u64,
     /// User-record retries scheduled.
     pub retries: u64,
+    /// PutRecords calls in flight now (at most `max_in_flight_requests`, fewer while an
+    /// endpoint that does not answer in time has the producer send less at once).
+    pub put_records_in_flight: u64,
 }
 
 impl Stats {
@@ -40,6 +44,7 @@ impl Stats {
             kinesis_records_put: l(&self.kinesis_records_put),
             put_records_calls: l(&self.put_calls),
             retries: l(&self.retries),
+            put_records_in_flight: l(&self.calls_in_flight),
         }
     }
 }
