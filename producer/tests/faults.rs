@@ -12,6 +12,8 @@
 )]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -426,4 +428,109 @@ async fn build_retries_a_throttled_list_shards() {
         .build()
         .await;
     assert!(missing.is_err(), "a missing stream fails at once");
+}
+
+/// `(when, retries, put_records_in_flight)` of a producer, every 10 ms, until stopped.
+struct InFlightSampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(Instant, u64, u64)>>,
+}
+
+impl InFlightSampler {
+    fn start(p: &Producer) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, flag) = (p.clone(), Arc::clone(&stop));
+        let task = tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut every = tokio::time::interval(Duration::from_millis(10));
+            while !flag.load(Ordering::Relaxed) {
+                every.tick().await;
+                let st = p.stats();
+                samples.push((Instant::now(), st.retries, st.put_records_in_flight));
+            }
+            samples
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> Vec<(Instant, u64, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// An endpoint that serves PutRecords one at a time, 100 ms each (kinesis-mock is one thread;
+/// a service near its limit queues): about ten calls fit in the 1 s request timeout. With more
+/// in flight the last ones time out, and are served all the same after the client gave up (as
+/// kinesis-mock stores them), ahead of whatever comes next. Sending the same again, as many at
+/// once, times out again until the TTL is gone (the regression `.ci/external` found in
+/// `delivery.rs`): the producer must send fewer at once while calls time out, and deliver every
+/// record within a TTL that leaves room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_too_slow_for_the_calls_in_flight_gets_fewer_and_expires_nothing() {
+    const N: usize = 24_000;
+    let Some(s) = setup(16, 40).await else { return };
+    let timeout = Duration::from_secs(1);
+    let cfg = ProducerConfig {
+        // One entry per record, 500 per call: 48 calls, 24 of them at once at first.
+        aggregation: false,
+        request_timeout: timeout,
+        record_ttl: Duration::from_secs(20),
+        ..ProducerConfig::default()
+    };
+    let p = producer(&s, cfg).await;
+    let proxy = &s.faults.kinesis_proxy;
+    proxy.one_at_a_time("PutRecords");
+    proxy.add_rule(Rule::new(
+        Some("PutRecords"),
+        Fault::Latency(Duration::from_millis(100)),
+    ));
+    let sampler = InFlightSampler::start(&p);
+    let started = Instant::now();
+    let outcomes = send(&p, N).await;
+    let elapsed = started.elapsed();
+    let samples = sampler.stop().await;
+    let stats = p.stats();
+    p.shutdown(Duration::from_secs(10)).await;
+    proxy.clear();
+    let histogram = attempts_histogram(&outcomes);
+    let expired = outcomes
+        .iter()
+        .filter(|o| {
+            matches!(
+                o.as_ref().err().and_then(ReceiptError::reason),
+                Some(FailureReason::Expired { .. })
+            )
+        })
+        .count();
+    // Calls in flight from two timeouts after the first one (calls sent before the producer
+    // could react time out too) until every receipt resolved.
+    let first_retry = samples.iter().find(|&&(_, retries, _)| retries > 0);
+    let later: Vec<u64> = first_retry.map_or_else(Vec::new, |&(t, _, _)| {
+        samples
+            .iter()
+            .filter(|&&(at, _, _)| at >= t + 2 * timeout)
+            .map(|&(_, _, n)| n)
+            .collect()
+    });
+    let peak_later = later.iter().copied().max().unwrap_or(0);
+    let peak = samples.iter().map(|&(_, _, n)| n).max().unwrap_or(0);
+    eprintln!(
+        "{expired} of {N} expired, {elapsed:.1?}, {} calls, {} retries, attempts {histogram:?}, \
+         in flight: peak {peak}, {peak_later} after the first timeouts ({} samples)\n{}",
+        stats.put_records_calls,
+        stats.retries,
+        later.len(),
+        proxy.stats()
+    );
+    assert!(
+        first_retry.is_some(),
+        "no call timed out: the endpoint was not too slow"
+    );
+    assert_eq!(expired, 0, "records expired although the TTL left room");
+    assert!(
+        peak_later <= 10,
+        "calls in flight stayed at {peak_later} while calls timed out (at most 10 fit in the timeout)"
+    );
+    check_all_delivered(&s, &outcomes, false).await;
 }
