@@ -470,6 +470,12 @@ impl InFlightSampler {
 async fn an_endpoint_too_slow_for_the_calls_in_flight_gets_fewer_and_expires_nothing() {
     const N: usize = 24_000;
     let Some(s) = setup(16, 40).await else { return };
+    if s.env.backend() != kinesis_testkit::Backend::InProcess {
+        // The timings assume a backend that answers in milliseconds, not one as slow as the
+        // endpoint modelled here (kinesis-mock).
+        eprintln!("skipped: calibrated for the embedded emulator");
+        return;
+    }
     let timeout = Duration::from_secs(1);
     let cfg = ProducerConfig {
         // One entry per record, 500 per call: 48 calls, 24 of them at once at first.
