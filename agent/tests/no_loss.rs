@@ -377,8 +377,8 @@ async fn sigterm_while_writes_stall_leaves_one_whole_checkpoint_file() {
         !d.join("checkpoints.json.tmp").exists(),
         "no temp file left"
     );
-    let cps = kinesis_agent::checkpoint::load(&d.join("checkpoints.json")).unwrap();
-    assert_eq!(cps.len(), 1);
+    kinesis_agent::checkpoint::load(&d.join("checkpoints.json")).expect("a whole file");
+    assert_eq!(checkpoints(&d).len(), 1);
     proxy.release_stalled();
     proxy.clear();
     let agent = spawn(&config);
@@ -392,7 +392,8 @@ async fn sigterm_while_writes_stall_leaves_one_whole_checkpoint_file() {
 async fn a_stream_that_rejects_everything_pauses_reading() {
     let env = TestEnv::start().await;
     let Some(proxy) = proxy(&env, 8) else { return };
-    let stream = env.create_stream(1).await;
+    // Eight shards: the producer's per-shard rate limit (1 MiB/s each) does not pace reading.
+    let stream = env.create_stream(8).await;
     let d = dir("agent-denied");
     let config = write_config(
         &d,
@@ -414,8 +415,10 @@ async fn a_stream_that_rejects_everything_pauses_reading() {
         }
     }
     let agent = spawn(&config);
-    eventually("rejected for a while", Duration::from_secs(90), || async {
-        (proxy.stats().op("PutRecords").errors >= 30).then_some(())
+    // 60 rejected calls: about 30 s here. The agent before the fix was past 64 MiB after 15
+    // and at 181 MiB after 150 (the whole file read into retries).
+    eventually("rejected for a while", Duration::from_secs(120), || async {
+        (proxy.stats().op("PutRecords").errors >= 60).then_some(())
     })
     .await;
     let peak = peak_rss_mib(agent.id());

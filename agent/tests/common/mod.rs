@@ -156,10 +156,15 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
-/// The checkpoint file's entries: (path, offset).
+/// The checkpoint file's entries: (path, offset). Version 1 files (older agents) too.
 pub fn checkpoints(d: &Path) -> Vec<(PathBuf, u64)> {
     kinesis_agent::checkpoint::load(&d.join("checkpoints.json"))
-        .map(|c| c.values().map(|e| (e.path.clone(), e.offset)).collect())
+        .map(|c| {
+            c.values()
+                .map(|e| (e.path.clone(), e.offset))
+                .chain(c.legacy.iter().map(|e| (e.path.clone(), e.offset)))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
