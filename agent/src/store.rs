@@ -280,6 +280,9 @@ impl Store {
                 tokio::select! {
                     msg = rx.recv() => match msg {
                         Some(m) => {
+                            // A newly watched file is written at once (with whatever else is
+                            // queued): a crash right after cannot forget where it starts.
+                            let urgent = matches!(m, Msg::Register { .. });
                             if let Some(reply) = state.handle(m) {
                                 // Whatever came before the shutdown is in: the last write.
                                 while let Ok(m) = rx.try_recv() {
@@ -288,6 +291,20 @@ impl Store {
                                 let r = state.write().await;
                                 let _ = reply.send(r);
                                 return;
+                            }
+                            if urgent {
+                                let mut last = None;
+                                while let Ok(m) = rx.try_recv() {
+                                    last = state.handle(m);
+                                    if last.is_some() {
+                                        break;
+                                    }
+                                }
+                                let r = state.write().await;
+                                if let Some(reply) = last {
+                                    let _ = reply.send(r);
+                                    return;
+                                }
                             }
                         }
                         None => {

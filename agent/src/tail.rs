@@ -140,6 +140,53 @@ struct Pending {
     start: u64,
 }
 
+/// A flow's entries and files by inode and by fingerprint.
+struct Index {
+    known: Vec<Known<(bool, EntryId)>>,
+    by_inode: HashMap<Inode, Vec<usize>>,
+    by_fingerprint: HashMap<Fingerprint, Vec<usize>>,
+    /// The fingerprint lengths in use (mostly [`identity::FINGERPRINT_MAX`]).
+    lens: Vec<u32>,
+}
+
+impl Index {
+    /// What `f` could be: entries with its inode, and entries whose fingerprint its first
+    /// bytes match (its first 1 KiB read once).
+    fn candidates(&self, f: &Found) -> Vec<Known<(bool, EntryId)>> {
+        let mut out: Vec<usize> = self.by_inode.get(&f.inode).cloned().unwrap_or_default();
+        let mut head = vec![0u8; identity::FINGERPRINT_MAX as usize];
+        let n = read_full(&f.file, &mut head);
+        for &len in &self.lens {
+            let len_usize = len as usize;
+            if len_usize > n || u64::from(len) > f.len {
+                break;
+            }
+            let fp = Fingerprint {
+                len,
+                crc: crc32fast::hash(&head[..len_usize]),
+            };
+            if let Some(v) = self.by_fingerprint.get(&fp) {
+                out.extend(v);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out.into_iter().map(|i| self.known[i]).collect()
+    }
+}
+
+/// Reads from the start until `buf` is full or the file ends; the bytes read.
+fn read_full(file: &File, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], got as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    got
+}
+
 /// A file found by a scan.
 struct Found {
     path: PathBuf,
@@ -362,11 +409,14 @@ impl Tailer {
                 w.gone_since.get_or_insert(now);
             }
         }
-        // Other files: checkpoint entries, orphans, copies, new files.
+        // Other files: checkpoint entries, orphans, copies, new files. Candidates are looked
+        // up by inode and by fingerprint, not scanned: 10,000 files against 10,000 entries.
+        let index = (!unknown.is_empty()).then(|| self.index());
         let mut seen_pending = HashSet::new();
         for f in unknown {
             seen_pending.insert(f.inode);
-            self.classify_new(f, now);
+            let candidates = index.as_ref().map(|i| i.candidates(&f)).unwrap_or_default();
+            self.classify_new(f, now, &candidates);
         }
         self.pending.retain(|inode, _| seen_pending.contains(inode));
         // Orphans whose copy never came; entries unwatched for the time to live.
@@ -496,7 +546,8 @@ impl Tailer {
         );
     }
 
-    fn classify_new(&mut self, f: Found, now: Instant) {
+    /// What the flow knows, indexed for [`Index::candidates`].
+    fn index(&self) -> Index {
         let mut known: Vec<Known<(bool, EntryId)>> = self
             .idle
             .iter()
@@ -513,9 +564,29 @@ impl Tailer {
             fingerprint: w.fingerprint,
             orphan: false,
         }));
+        let mut by_inode: HashMap<Inode, Vec<usize>> = HashMap::new();
+        let mut by_fingerprint: HashMap<Fingerprint, Vec<usize>> = HashMap::new();
+        for (i, k) in known.iter().enumerate() {
+            by_inode.entry(k.inode).or_default().push(i);
+            if k.fingerprint.len > 0 {
+                by_fingerprint.entry(k.fingerprint).or_default().push(i);
+            }
+        }
+        let mut lens: Vec<u32> = by_fingerprint.keys().map(|f| f.len).collect();
+        lens.sort_unstable();
+        lens.dedup();
+        Index {
+            known,
+            by_inode,
+            by_fingerprint,
+            lens,
+        }
+    }
+
+    fn classify_new(&mut self, f: Found, now: Instant, known: &[Known<(bool, EntryId)>]) {
         let by_content = self.flow.identity == FileIdentity::Content;
         let verdict =
-            identity::classify(f.inode, &known, |fp| fp.matches(&f.file, f.len), by_content);
+            identity::classify(f.inode, known, |fp| fp.matches(&f.file, f.len), by_content);
         match verdict {
             Verdict::Same((false, id)) => {
                 // One of our entries (checkpoint, or released earlier): continue it.
@@ -922,5 +993,57 @@ mod tests {
             !got.contains(&"0,info,line 0".to_string()),
             "the copy is not read again from 0: {got:?}"
         );
+    }
+
+    #[test]
+    fn after_a_restart_every_file_resumes_at_its_entry() {
+        let d = kinesis_testkit_free_dir("restart");
+        for i in 0..300 {
+            let mut f = std::io::BufWriter::new(File::create(d.join(format!("{i}.log"))).unwrap());
+            // Same header, different lines.
+            writeln!(f, "time,level,message").unwrap();
+            for j in 0..20 {
+                writeln!(f, "{i},{j},x").unwrap();
+            }
+        }
+        let ttl = Duration::from_secs(3600);
+        let mut t = Tailer::new(flow(&d.join("*.log")), FlowEntries::default(), ttl);
+        let now = Instant::now();
+        t.scan(now);
+        assert_eq!(drain(&mut t, now).len(), 300 * 21);
+        t.scan(now);
+        // What the store would hold: each registered entry, acknowledged to the file's end.
+        let mut entries: HashMap<EntryId, FileCheckpoint> = HashMap::new();
+        for e in t.take_events() {
+            match e {
+                Event::Register { id, mut entry } => {
+                    entry.offset = std::fs::metadata(&entry.path).unwrap().len();
+                    entries.insert(id, entry);
+                }
+                Event::Update {
+                    id, fingerprint, ..
+                } => {
+                    let e = entries.get_mut(&id).unwrap();
+                    e.fingerprint_len = fingerprint.len;
+                    e.fingerprint_crc = fingerprint.crc;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(entries.len(), 300);
+        let loaded = FlowEntries {
+            files: entries.into_iter().collect(),
+            ..FlowEntries::default()
+        };
+        let mut t = Tailer::new(flow(&d.join("*.log")), loaded, ttl);
+        t.scan(now);
+        let events = t.take_events();
+        assert!(
+            events.iter().all(|e| matches!(e, Event::Update { .. })),
+            "every file is one of the entries"
+        );
+        assert_eq!(events.len(), 300);
+        assert!(drain(&mut t, now).is_empty(), "nothing read again");
+        let _ = std::fs::remove_dir_all(d);
     }
 }
