@@ -4,7 +4,7 @@
 //! grown past the memory bound (issue #11, "done when").
 //!
 //! ```text
-//!   writer ─► app-a.log (rename + create) ┐
+//!   writer ─► app-a.log (rename + create) ┐  (every file begins with the same header line)
 //!             app-b.log (copytruncate)    ├─► agent (kill -9 every 8 s) ─► FaultProxy ─► Kinesis
 //!             app-c-N.log (a new file)    ┘
 //!   faults cleared at the end ─► every line in the stream? ─► report (seed, injected, lost)
@@ -75,14 +75,18 @@ struct Writer {
     file: [std::io::BufWriter<std::fs::File>; 3],
 }
 
+/// A new log file; like CSV logs, each begins with the same header line (files must still be
+/// told apart by what follows it).
 fn open_append(p: &Path) -> std::io::BufWriter<std::fs::File> {
-    std::io::BufWriter::new(
+    let mut w = std::io::BufWriter::new(
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(p)
             .unwrap(),
-    )
+    );
+    writeln!(w, "time,level,message").unwrap();
+    w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
