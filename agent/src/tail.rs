@@ -110,8 +110,10 @@ struct Watched {
     file: File,
     /// Next byte to read.
     offset: u64,
-    /// Length at the last scan: content is checked again only when it changed.
+    /// Length and modification time at the last scan: content is checked again only when
+    /// one of them changed (a rewrite to the same length changes the time).
     seen_len: u64,
+    seen_modified: Option<std::time::SystemTime>,
     lines: Assembler,
     /// Order of the next batch sent from this entry.
     next_seq: u64,
@@ -194,6 +196,7 @@ struct Found {
     inode: Inode,
     len: u64,
     created: Option<std::time::SystemTime>,
+    modified: Option<std::time::SystemTime>,
 }
 
 /// The files of one flow.
@@ -362,13 +365,16 @@ impl Tailer {
                 Ok((file, inode, len)) => {
                     // Two paths to one file (symlinks): read once.
                     if seen.insert(inode) {
-                        let created = file.metadata().and_then(|m| m.created()).ok();
+                        let meta = file.metadata().ok();
+                        let created = meta.as_ref().and_then(|m| m.created().ok());
+                        let modified = meta.as_ref().and_then(|m| m.modified().ok());
                         found.push(Found {
                             path,
                             file,
                             inode,
                             len,
                             created,
+                            modified,
                         });
                     }
                 }
@@ -452,7 +458,7 @@ impl Tailer {
             return;
         };
         let mut changed = false;
-        if f.len != w.seen_len || w.fingerprint.len == 0 {
+        if f.len != w.seen_len || f.modified != w.seen_modified || w.fingerprint.len == 0 {
             if f.len < w.offset || !w.fingerprint.matches(&w.file, f.len) {
                 self.truncated(id, now);
                 return;
@@ -465,6 +471,7 @@ impl Tailer {
                 changed = true;
             }
             w.seen_len = f.len;
+            w.seen_modified = f.modified;
         }
         if *w.path != *f.path {
             info!(message = "Watched file was renamed.", from = %w.path.display(), to = %f.path.display());
@@ -539,6 +546,7 @@ impl Tailer {
                 file,
                 offset,
                 seen_len: len,
+                seen_modified: None,
                 lines: Assembler::new(offset, self.flow.skip_header_lines),
                 next_seq,
                 gone_since: None,
@@ -1045,5 +1053,27 @@ mod tests {
         assert_eq!(events.len(), 300);
         assert!(drain(&mut t, now).is_empty(), "nothing read again");
         let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_file_rewritten_to_the_same_length_is_new_content() {
+        let d = kinesis_testkit_free_dir("same-length");
+        let log = d.join("app.log");
+        std::fs::write(&log, "b0\nb1\nb2\n").unwrap();
+        let mut t = Tailer::new(
+            flow(&log),
+            FlowEntries::default(),
+            Duration::from_secs(3600),
+        );
+        let now = Instant::now();
+        t.scan(now);
+        assert_eq!(drain(&mut t, now).len(), 3);
+        t.scan(now);
+        // Truncated and written again, as long as before, between two scans.
+        std::fs::write(&log, "d0\nd1\nd2\n").unwrap();
+        t.scan(now);
+        let got = drain(&mut t, now);
+        let _ = std::fs::remove_dir_all(&d);
+        assert_eq!(got, ["d0", "d1", "d2"]);
     }
 }

@@ -41,6 +41,35 @@ fn proxy(env: &TestEnv, seed: u64) -> Option<FaultProxy> {
     Some(FaultProxy::start(addr, seed).unwrap())
 }
 
+/// A stream behind a fault proxy, and an agent configuration with one flow (`*.log` in `d`).
+struct Faulty {
+    env: TestEnv,
+    proxy: FaultProxy,
+    stream: String,
+    d: kinesis_testkit::TempDir,
+    config: std::path::PathBuf,
+}
+
+async fn faulty(name: &str, seed: u64, shards: i32) -> Option<Faulty> {
+    let env = TestEnv::start().await;
+    let proxy = proxy(&env, seed)?;
+    let stream = env.create_stream(shards).await;
+    let d = dir(name);
+    let config = write_config(
+        &d,
+        Some(proxy.endpoint()),
+        vec![flow(&d.join("*.log"), &stream)],
+        json!({}),
+    );
+    Some(Faulty {
+        env,
+        proxy,
+        stream,
+        d,
+        config,
+    })
+}
+
 /// Item 1: the operator's report — two live CSV files and one rotated twice by rename+create,
 /// each beginning with the same header; then a rotation while the agent is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,16 +295,16 @@ async fn a_checkpoint_file_it_cannot_read_stops_the_agent_and_is_left_alone() {
 /// Item 6: SIGTERM while a reload drains the old flows is acted on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_reload_stops_the_agent() {
-    let env = TestEnv::start().await;
-    let Some(proxy) = proxy(&env, 6) else { return };
-    let stream = env.create_stream(1).await;
-    let d = dir("agent-reload-term");
-    let config = write_config(
-        &d,
-        Some(proxy.endpoint()),
-        vec![flow(&d.join("*.log"), &stream)],
-        json!({}),
-    );
+    let Some(Faulty {
+        env: _env,
+        proxy,
+        stream: _stream,
+        d,
+        config,
+    }) = faulty("agent-reload-term", 6, 1).await
+    else {
+        return;
+    };
     let log = d.join("agent.log");
     let mut agent = spawn_logged(&config, &log);
     // Writes stall: draining the old flows takes the whole drain time (10 s).
@@ -300,16 +329,16 @@ async fn sigterm_during_a_reload_stops_the_agent() {
 /// flows shipping, and applies once they can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_cannot_start_yet_keeps_the_old_flows_shipping() {
-    let env = TestEnv::start().await;
-    let Some(proxy) = proxy(&env, 7) else { return };
-    let stream = env.create_stream(1).await;
-    let d = dir("agent-reload-stall");
-    let config = write_config(
-        &d,
-        Some(proxy.endpoint()),
-        vec![flow(&d.join("*.log"), &stream)],
-        json!({}),
-    );
+    let Some(Faulty {
+        env,
+        proxy,
+        stream,
+        d,
+        config,
+    }) = faulty("agent-reload-stall", 7, 1).await
+    else {
+        return;
+    };
     let log = d.join("agent.log");
     let agent = spawn_logged(&config, &log);
     append(&d.join("a.log"), numbered("a", 0..10));
@@ -351,16 +380,16 @@ async fn a_reload_that_cannot_start_yet_keeps_the_old_flows_shipping() {
 /// acknowledged is read again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_writes_stall_leaves_one_whole_checkpoint_file() {
-    let env = TestEnv::start().await;
-    let Some(proxy) = proxy(&env, 5) else { return };
-    let stream = env.create_stream(1).await;
-    let d = dir("agent-term-stall");
-    let config = write_config(
-        &d,
-        Some(proxy.endpoint()),
-        vec![flow(&d.join("*.log"), &stream)],
-        json!({}),
-    );
+    let Some(Faulty {
+        env,
+        proxy,
+        stream,
+        d,
+        config,
+    }) = faulty("agent-term-stall", 5, 1).await
+    else {
+        return;
+    };
     append(&d.join("a.log"), numbered("a", 0..100));
     let mut agent = spawn(&config);
     wait_for_lines(&env, &stream, &numbered("a", 0..100), "running").await;
