@@ -93,8 +93,8 @@ impl LegacyCheckpoint {
     /// Whether a file with this first-line CRC and inode is this entry's file.
     pub fn matches(&self, first_line_crc: Option<u32>, inode: Inode) -> bool {
         if let Some(hex) = self.fingerprint.strip_prefix("crc32:") {
-            return u32::from_str_radix(hex, 16).ok().is_some()
-                && first_line_crc == u32::from_str_radix(hex, 16).ok();
+            let crc = u32::from_str_radix(hex, 16).ok();
+            return crc.is_some() && first_line_crc == crc;
         }
         if let Some(rest) = self.fingerprint.strip_prefix("devino:") {
             let mut it = rest.split(':').map(str::parse::<u64>);

@@ -78,18 +78,24 @@ impl Fingerprint {
     }
 }
 
-/// CRC32 of the first `len` bytes; `None` if the file holds fewer.
-fn crc_of(file: &File, len: u32) -> std::io::Result<Option<u32>> {
-    let mut buf = vec![0u8; len as usize];
+/// Reads from the file's start until `buf` is full or the file ends; the bytes read.
+pub fn read_head(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         let n = file.read_at(&mut buf[got..], got as u64)?;
         if n == 0 {
-            return Ok(None);
+            break;
         }
         got += n;
     }
-    Ok(Some(crc32fast::hash(&buf)))
+    Ok(got)
+}
+
+/// CRC32 of the first `len` bytes; `None` if the file holds fewer.
+fn crc_of(file: &File, len: u32) -> std::io::Result<Option<u32>> {
+    let mut buf = vec![0u8; len as usize];
+    let got = read_head(file, &mut buf)?;
+    Ok((got == buf.len()).then(|| crc32fast::hash(&buf)))
 }
 
 /// CRC32 of a file's first line (or first 8 KiB): the identity of checkpoint files written

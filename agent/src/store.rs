@@ -98,7 +98,8 @@ impl Drop for StoreTask {
     }
 }
 
-fn unix_now() -> u64 {
+/// Now, in Unix seconds (the checkpoint file's `seen`).
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -201,9 +202,8 @@ impl State {
                 || now.saturating_sub(s.entry.seen) <= ttl
                 || !(uptime_over_ttl || scanned.contains(&s.entry.flow))
         });
-        self.legacy.retain(|_, l| {
-            uptime_over_ttl.then_some(()).is_none() || now.saturating_sub(l.seen) <= ttl
-        });
+        self.legacy
+            .retain(|_, l| !uptime_over_ttl || now.saturating_sub(l.seen) <= ttl);
         let pruned = before - self.files.len() - self.legacy.len();
         if pruned > 0 {
             metrics::counter!("agent_checkpoints_expired_total").increment(pruned as u64);

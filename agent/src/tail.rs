@@ -31,7 +31,7 @@ use crate::checkpoint::{FileCheckpoint, FlowKey, LegacyCheckpoint};
 use crate::config::{FileIdentity, Flow, InitialPosition, Oversized};
 use crate::identity::{self, Fingerprint, Inode, Known, Verdict};
 use crate::lines::{Assembler, Out, Rules};
-use crate::store::{EntryId, FlowEntries, next_id};
+use crate::store::{EntryId, FlowEntries, next_id, unix_now};
 
 /// Most bytes read from one file in one round.
 pub const FILE_READ_MAX: usize = 256 * 1024;
@@ -157,7 +157,7 @@ impl Index {
     fn candidates(&self, f: &Found) -> Vec<Known<(bool, EntryId)>> {
         let mut out: Vec<usize> = self.by_inode.get(&f.inode).cloned().unwrap_or_default();
         let mut head = vec![0u8; identity::FINGERPRINT_MAX as usize];
-        let n = read_full(&f.file, &mut head);
+        let n = identity::read_head(&f.file, &mut head).unwrap_or(0);
         for &len in &self.lens {
             let len_usize = len as usize;
             if len_usize > n || u64::from(len) > f.len {
@@ -175,18 +175,6 @@ impl Index {
         out.dedup();
         out.into_iter().map(|i| self.known[i]).collect()
     }
-}
-
-/// Reads from the start until `buf` is full or the file ends; the bytes read.
-fn read_full(file: &File, buf: &mut [u8]) -> usize {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], got as u64) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    got
 }
 
 /// A file found by a scan.
@@ -226,12 +214,6 @@ impl std::fmt::Debug for Tailer {
             .field("idle", &self.idle.len())
             .finish()
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Tailer {
@@ -616,7 +598,7 @@ impl Tailer {
                 if let Some(i) = self.idle.get_mut(&id) {
                     i.orphan_since = by_content.then_some(now);
                 }
-                self.new_file(f, now, true);
+                self.new_file(f, true);
             }
             Verdict::CopyOf((false, id)) => {
                 let short = self.idle.get(&id).is_some_and(|i| f.len < i.offset);
@@ -635,7 +617,7 @@ impl Tailer {
             | Verdict::Same((true, _))
             | Verdict::Truncated((true, _))
             | Verdict::CopyOf((true, _)) => {
-                self.new_file(f, now, false);
+                self.new_file(f, false);
             }
         }
     }
@@ -685,8 +667,7 @@ impl Tailer {
         }
     }
 
-    fn new_file(&mut self, f: Found, now: Instant, reread: bool) {
-        let _ = now;
+    fn new_file(&mut self, f: Found, reread: bool) {
         let mut offset = if reread { 0 } else { self.start_offset(&f) };
         if self.first_scan && !self.legacy.is_empty() {
             let crc = identity::first_line_crc(&f.file);
