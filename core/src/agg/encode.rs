@@ -55,6 +55,10 @@ pub enum TryAdd {
 /// goes to the shard that the first record would go to. A caller that groups records by predicted
 /// shard (the producer does) therefore keeps every user record on its own shard.
 ///
+/// A caller that keeps the records itself (to hand them back on failure, as the producer does)
+/// uses [`AggregateLayout`] instead: the same accounting without a second reference to each
+/// record's data.
+///
 /// ```
 /// use bytes::Bytes;
 /// use kinesis_core::{agg::{Aggregator, TryAdd}, PartitionKey, UserRecord};
@@ -70,6 +74,93 @@ pub enum TryAdd {
 /// ```
 #[derive(Debug)]
 pub struct Aggregator {
+    layout: AggregateLayout,
+    data: Vec<Bytes>,
+}
+
+impl Aggregator {
+    /// An empty aggregator for records of at most `max_bytes` (data + partition key),
+    /// `1..=10 MiB`; [`DEFAULT_MAX_RECORD_BYTES`] is the API default.
+    pub fn new(max_bytes: usize) -> Result<Self, AggregateError> {
+        Ok(Self {
+            layout: AggregateLayout::new(max_bytes)?,
+            data: Vec::new(),
+        })
+    }
+
+    /// The configured maximum record size.
+    pub fn max_bytes(&self) -> usize {
+        self.layout.max_bytes()
+    }
+
+    /// Number of user records added since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.layout.len()
+    }
+
+    /// Whether no user record is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.layout.is_empty()
+    }
+
+    /// Size (data + outer partition key) of the Kinesis record [`finish`](Self::finish) would
+    /// return now; 0 when empty.
+    pub fn size_bytes(&self) -> usize {
+        self.layout.size_bytes()
+    }
+
+    /// The exact size the Kinesis record would have with `record` added.
+    pub fn size_with(&self, record: &UserRecord) -> usize {
+        self.layout.size_with(record)
+    }
+
+    /// Adds `record` if the result still fits the maximum; otherwise hands it back in
+    /// [`TryAdd::Full`]. A record that could never fit, even alone, is an error.
+    pub fn try_add(&mut self, record: UserRecord) -> Result<TryAdd, AggregateError> {
+        if !self.layout.try_add(&record)? {
+            return Ok(TryAdd::Full(record));
+        }
+        self.data.push(record.data);
+        Ok(TryAdd::Added)
+    }
+
+    /// Takes what was added as one Kinesis record and empties the aggregator; `None` if empty.
+    pub fn finish(&mut self) -> Option<KinesisRecord> {
+        let out = self.layout.finish(&self.data).ok().flatten();
+        self.data.clear();
+        out
+    }
+}
+
+/// The records given to [`AggregateLayout::finish`] are not the ones added (a caller's bug).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("aggregate of {expected} records finished with {given} that do not match them")]
+pub struct LayoutMismatch {
+    /// Records added.
+    pub expected: usize,
+    /// Data given to `finish`.
+    pub given: usize,
+}
+
+/// The exact size accounting and key tables of one aggregate whose records the caller keeps:
+/// [`try_add`](Self::try_add) takes a reference (no copy, no reference count), and
+/// [`finish`](Self::finish) is given the same records' data, in the same order, to write.
+///
+/// ```
+/// use bytes::Bytes;
+/// use kinesis_core::{agg::AggregateLayout, PartitionKey, UserRecord};
+/// let records: Vec<UserRecord> = (0..3)
+///     .map(|i| UserRecord::new(PartitionKey::new(format!("k{i}")).unwrap(), None, Bytes::from("hi")))
+///     .collect();
+/// let mut layout = AggregateLayout::new(1024 * 1024).unwrap();
+/// for r in &records {
+///     assert!(layout.try_add(r).unwrap()); // false: full, finish first
+/// }
+/// let kr = layout.finish(records.iter().map(|r| &r.data)).unwrap().unwrap();
+/// assert_eq!(kr.user_records, 3);
+/// ```
+#[derive(Debug)]
+pub struct AggregateLayout {
     max_bytes: usize,
     pk_index: HashMap<PartitionKey, u64, RandomState>,
     pk_table: Vec<PartitionKey>,
@@ -92,7 +183,7 @@ struct Lookup {
 struct Entry {
     pk: u64,
     ehk: Option<u64>,
-    data: Bytes,
+    data_len: usize,
     /// Length of the `Record` message (without its tag and length prefix).
     len: usize,
 }
@@ -109,9 +200,8 @@ fn field_len(payload: usize) -> usize {
     1 + varint_len(payload as u64) + payload
 }
 
-impl Aggregator {
-    /// An empty aggregator for records of at most `max_bytes` (data + partition key),
-    /// `1..=10 MiB`; [`DEFAULT_MAX_RECORD_BYTES`] is the API default.
+impl AggregateLayout {
+    /// An empty layout for records of at most `max_bytes` (data + partition key), `1..=10 MiB`.
     pub fn new(max_bytes: usize) -> Result<Self, AggregateError> {
         if max_bytes == 0 || max_bytes > MAX_RECORD_BYTES_LIMIT {
             return Err(AggregateError::InvalidMaxSize(max_bytes));
@@ -148,7 +238,7 @@ impl Aggregator {
     pub fn size_bytes(&self) -> usize {
         match self.records.as_slice() {
             [] => 0,
-            [only] => only.data.len() + self.pk_table[0].len_bytes(),
+            [only] => only.data_len + self.pk_table[0].len_bytes(),
             _ => self.aggregated_size(self.body_len),
         }
     }
@@ -196,9 +286,10 @@ impl Aggregator {
         (body, rec_len)
     }
 
-    /// Adds `record` if the result still fits the maximum; otherwise hands it back in
-    /// [`TryAdd::Full`]. A record that could never fit, even alone, is an error.
-    pub fn try_add(&mut self, record: UserRecord) -> Result<TryAdd, AggregateError> {
+    /// Adds `record` if the result still fits the maximum and returns `true`; `false` (nothing
+    /// added) when it does not: finish, then add it to the empty layout. A record that could
+    /// never fit, even alone, is an error.
+    pub fn try_add(&mut self, record: &UserRecord) -> Result<bool, AggregateError> {
         let alone = record.size_bytes();
         if alone > self.max_bytes {
             return Err(AggregateError::RecordTooLarge {
@@ -206,10 +297,10 @@ impl Aggregator {
                 limit: self.max_bytes,
             });
         }
-        let found = self.lookup(&record);
-        let (body, rec_len) = self.body_len_with(&record, &found);
+        let found = self.lookup(record);
+        let (body, rec_len) = self.body_len_with(record, &found);
         if !self.records.is_empty() && self.aggregated_size(body) > self.max_bytes {
-            return Ok(TryAdd::Full(record));
+            return Ok(false);
         }
         self.body_len = body;
         if self.records.is_empty() {
@@ -218,7 +309,7 @@ impl Aggregator {
         let pk = found.pk.unwrap_or_else(|| {
             let i = self.pk_table.len() as u64;
             self.pk_index.insert(record.partition_key.clone(), i);
-            self.pk_table.push(record.partition_key);
+            self.pk_table.push(record.partition_key.clone());
             i
         });
         let ehk = record.explicit_hash_key.map(|h| {
@@ -232,28 +323,49 @@ impl Aggregator {
         self.records.push(Entry {
             pk,
             ehk,
-            data: record.data,
+            data_len: record.data.len(),
             len: rec_len,
         });
-        Ok(TryAdd::Added)
+        Ok(true)
     }
 
-    /// Takes what was added as one Kinesis record and empties the aggregator; `None` if empty.
-    pub fn finish(&mut self) -> Option<KinesisRecord> {
-        let out = match self.records.len() {
-            0 => None,
-            n => Some(KinesisRecord {
-                partition_key: self.pk_table[0].clone(),
-                explicit_hash_key: self.first_ehk,
-                data: match self.records.as_slice() {
-                    [only] => only.data.clone(),
-                    _ => self.serialize(),
-                },
-                user_records: n,
-            }),
-        };
+    /// Writes what was added as one Kinesis record, from `data`: the data of the records added,
+    /// in the order they were added. Empties the layout; `Ok(None)` if it was empty. Data that
+    /// does not match what was added (count or lengths) is refused, and the layout emptied.
+    pub fn finish<'a>(
+        &mut self,
+        data: impl IntoIterator<Item = &'a Bytes>,
+    ) -> Result<Option<KinesisRecord>, LayoutMismatch> {
+        let out = self.write(data);
         self.clear();
         out
+    }
+
+    fn write<'a>(
+        &self,
+        data: impl IntoIterator<Item = &'a Bytes>,
+    ) -> Result<Option<KinesisRecord>, LayoutMismatch> {
+        let n = self.records.len();
+        let mut data = data.into_iter();
+        let bytes = match self.records.as_slice() {
+            [] => return Ok(None),
+            [only] => match (data.next(), data.next()) {
+                (Some(d), None) if d.len() == only.data_len => d.clone(),
+                (first, _) => {
+                    return Err(LayoutMismatch {
+                        expected: 1,
+                        given: usize::from(first.is_some()) + 1,
+                    });
+                }
+            },
+            _ => self.serialize(&mut data)?,
+        };
+        Ok(Some(KinesisRecord {
+            partition_key: self.pk_table[0].clone(),
+            explicit_hash_key: self.first_ehk,
+            data: bytes,
+            user_records: n,
+        }))
     }
 
     fn clear(&mut self) {
@@ -268,7 +380,10 @@ impl Aggregator {
 
     /// Writes magic + `AggregatedRecord` + MD5(`AggregatedRecord`). Fields go in field-number
     /// order, as C++ protobuf (the KPL) writes them, and required fields are always written.
-    fn serialize(&self) -> Bytes {
+    fn serialize<'a>(
+        &self,
+        data: &mut impl Iterator<Item = &'a Bytes>,
+    ) -> Result<Bytes, LayoutMismatch> {
         let mut buf = Vec::with_capacity(MAGIC.len() + self.body_len + DIGEST_LEN);
         buf.extend_from_slice(&MAGIC);
         for pk in &self.pk_table {
@@ -277,7 +392,16 @@ impl Aggregator {
         for ehk in &self.ehk_table {
             put_len_field(&mut buf, 0x12, ehk.as_bytes());
         }
-        for e in &self.records {
+        let mismatch = |given| LayoutMismatch {
+            expected: self.records.len(),
+            given,
+        };
+        for (i, e) in self.records.iter().enumerate() {
+            let d = match data.next() {
+                Some(d) if d.len() == e.data_len => d,
+                Some(_) => return Err(mismatch(i + 1)),
+                None => return Err(mismatch(i)),
+            };
             let mut head = [0u8; 32];
             let mut n = 0;
             head[n] = 0x1A;
@@ -293,14 +417,17 @@ impl Aggregator {
             }
             head[n] = 0x1A;
             n += 1;
-            n += write_varint(&mut head[n..], e.data.len() as u64);
+            n += write_varint(&mut head[n..], d.len() as u64);
             buf.extend_from_slice(&head[..n]);
-            buf.extend_from_slice(&e.data);
+            buf.extend_from_slice(d);
+        }
+        if data.next().is_some() {
+            return Err(mismatch(self.records.len() + 1));
         }
         let digest = md5_digest(&buf[MAGIC.len()..]);
         buf.extend_from_slice(&digest);
         debug_assert_eq!(buf.len(), MAGIC.len() + self.body_len + DIGEST_LEN);
-        Bytes::from(buf)
+        Ok(Bytes::from(buf))
     }
 }
 
@@ -349,6 +476,33 @@ mod tests {
             let mut b = [0u8; 10];
             assert_eq!(write_varint(&mut b, v), n);
         }
+    }
+
+    #[test]
+    fn layout_refuses_data_that_does_not_match() {
+        let rec = |k: &str, d: &'static str| {
+            UserRecord::new(PartitionKey::new(k).unwrap(), None, Bytes::from(d))
+        };
+        let (a, b) = (rec("a", "one"), rec("b", "two"));
+        let mut l = AggregateLayout::new(1024).unwrap();
+        for (added, given, ok) in [
+            (vec![&a, &b], vec![&a.data, &b.data], true),
+            (vec![&a, &b], vec![&a.data], false),
+            (vec![&a, &b], vec![&a.data, &b.data, &b.data], false),
+            (vec![&a, &b], vec![&a.data, &Bytes::from("four")], false),
+            (vec![&a], vec![&a.data], true),
+            (vec![&a], vec![], false),
+            (vec![&a], vec![&a.data, &a.data], false),
+            (vec![&a], vec![&Bytes::from("x")], false),
+        ] {
+            for r in &added {
+                assert!(l.try_add(r).unwrap());
+            }
+            let out = l.finish(given.iter().copied());
+            assert_eq!(out.is_ok(), ok, "{} added, {} given", added.len(), given.len());
+            assert!(l.is_empty(), "emptied either way");
+        }
+        assert_eq!(l.finish([]), Ok(None));
     }
 
     #[test]
