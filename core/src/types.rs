@@ -68,8 +68,15 @@ fn clip(s: &str) -> String {
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;
 
 /// A partition key: 1 to 256 Unicode characters. Its hash routes the record to a shard.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PartitionKey(Arc<str>);
+///
+/// The hash (MD5, as Kinesis computes it) is computed once, when the key is made, and travels
+/// with every clone: a service that reuses its keys (hosts, tenants, devices) hashes each once,
+/// not once per record. Equality, order and `Hash` are the key text's.
+#[derive(Clone)]
+pub struct PartitionKey {
+    key: Arc<str>,
+    hash: HashKey,
+}
 
 impl PartitionKey {
     /// Validates and wraps a partition key.
@@ -79,34 +86,63 @@ impl PartitionKey {
         if chars == 0 || chars > MAX_PARTITION_KEY_CHARS {
             return Err(InvalidInput::PartitionKeyLength { chars });
         }
-        Ok(Self(key))
+        let hash = crate::hash::hash_key(&key);
+        Ok(Self { key, hash })
     }
 
     /// The key as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.key
     }
 
     /// Number of UTF-8 bytes, as Kinesis counts it against the record size limit.
     pub fn len_bytes(&self) -> usize {
-        self.0.len()
+        self.key.len()
     }
 
     /// The 128-bit hash key that Kinesis computes for this partition key.
     pub fn hash_key(&self) -> HashKey {
-        crate::hash::hash_key(self.as_str())
+        self.hash
+    }
+}
+
+impl PartialEq for PartitionKey {
+    fn eq(&self, other: &Self) -> bool {
+        // Different hashes: different keys, without comparing the text.
+        self.hash == other.hash && self.key == other.key
+    }
+}
+
+impl Eq for PartitionKey {}
+
+impl std::hash::Hash for PartitionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // A function of the text (equal keys hash equally), and 16 bytes however long the key.
+        self.hash.0.hash(state);
+    }
+}
+
+impl PartialOrd for PartitionKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PartitionKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
     }
 }
 
 impl fmt::Debug for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&*self.key, f)
     }
 }
 
 impl fmt::Display for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.0)
+        f.pad(&self.key)
     }
 }
 
@@ -556,6 +592,24 @@ mod tests {
         // 256 characters of 4 bytes each is fine: the limit is in characters.
         assert!(PartitionKey::new("🔑".repeat(256)).is_ok());
         assert!(PartitionKey::new("🔑".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn partition_key_hash_equality_and_order_follow_the_text() {
+        let keys = ["b", "a", "user-42", "🔑", "a"].map(|k| PartitionKey::new(k).unwrap());
+        for k in &keys {
+            assert_eq!(k.hash_key(), crate::hash::hash_key(k.as_str()));
+            assert_eq!(k.clone(), *k);
+        }
+        assert_eq!(keys[1], keys[4]);
+        assert_ne!(keys[0], keys[1]);
+        let mut sorted: Vec<&str> = keys.iter().map(PartitionKey::as_str).collect();
+        sorted.sort_unstable();
+        let mut by_key = keys.to_vec();
+        by_key.sort();
+        assert_eq!(by_key.iter().map(PartitionKey::as_str).collect::<Vec<_>>(), sorted);
+        let set: std::collections::HashSet<PartitionKey> = keys.iter().cloned().collect();
+        assert_eq!(set.len(), 4);
     }
 
     #[test]
