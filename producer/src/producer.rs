@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::api::KinesisApi;
 use crate::config::{ProducerConfig, batch_buffer_cost, buffer_cost};
-use crate::driver::{BatchIn, Command, Driver, Incoming, Pending, Reply, ShutdownReport};
+use crate::driver::{Command, Driver, Incoming, ShutdownReport};
 use crate::error::{BuildError, SendBatchError, SendError, TrySendError, TrySendErrorKind};
 use crate::receipt::{BatchOutcome, BatchReceipt, PutReceipt};
 use crate::stats::{ProducerStats, Stats};
@@ -235,17 +235,11 @@ impl Producer {
         let (reply, rx) = oneshot::channel();
         // MD5 of the key here, on the caller's thread, not in the single driver task.
         let hash = record.hash_key();
-        let pending = Pending {
-            record,
-            hash,
-            reply: Reply::One(reply, permit),
-            arrived: Instant::now(),
-            attempts: 0,
-            possible_duplicate: false,
-            last_error: None,
-            epoch: 0,
-        };
-        match self.inner.records.send(Incoming::One(pending)) {
+        match self
+            .inner
+            .records
+            .send(Incoming::one(record, hash, reply, permit))
+        {
             Ok(()) => Ok(PutReceipt::new(rx)),
             Err(mpsc::error::SendError(Incoming::One(p))) => Err(p.record),
             // Proven invariant: the channel hands back what was sent.
@@ -339,22 +333,13 @@ impl Producer {
                 records,
             });
         };
-        let batch = BatchIn {
-            records,
-            hashes,
-            arrived: Instant::now(),
-            reply,
-            permit,
-        };
-        match self.inner.records.send(Incoming::Batch(batch)) {
+        let batch = Incoming::batch(records, hashes, reply, permit);
+        match self.inner.records.send(batch) {
             Ok(()) => Ok(BatchReceipt::new(rx)),
             Err(mpsc::error::SendError(incoming)) => Err(SendBatchError {
                 reason: SendError::Closed,
                 index: None,
-                records: match incoming {
-                    Incoming::Batch(b) => b.records,
-                    Incoming::One(p) => vec![p.record],
-                },
+                records: incoming.into_records(),
             }),
         }
     }

@@ -1,0 +1,374 @@
+//! Per-shard buffers: the aggregate being built and the queue of finished Kinesis records of
+//! each predicted shard.
+//!
+//! ```text
+//!   Pending ─► shard_key(hash) ─► ShardState.aggregator + members ──(full | deadline | flush)─┐
+//!        └─(too large, or no aggregation)───────────────────────────────────────────────────┤
+//!                                                                                            ▼
+//!   retries, re-routed records ─► requeue_front_at (re-aggregated, in order) ─► ShardState.ready
+//!                                                            (front)            │
+//!                                                       `waiting`: shards with ready records
+//! ```
+
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
+use foldhash::HashMapExt as _;
+use kinesis_core::agg::{Aggregator, TryAdd};
+use kinesis_core::shard_map::{Shard, ShardMap};
+use kinesis_core::{HashKey, KinesisRecord, ShardId, UserRecord};
+use tokio::time::{Duration, Instant};
+
+use super::Driver;
+use super::messages::Pending;
+use crate::config::ProducerConfig;
+use crate::limiter::ShardLimiter;
+
+/// Key of a shard's state. `None` holds records whose hash key no open shard covers (possible
+/// while resharding): they go plain and unlimited until the map is refreshed.
+pub(super) type ShardKey = Option<ShardId>;
+
+/// A finished Kinesis record and the user records in it, in order.
+pub(super) struct Ready {
+    pub(super) key: ShardKey,
+    pub(super) kr: KinesisRecord,
+    pub(super) members: Vec<Pending>,
+    pub(super) deadline: Instant,
+    /// The earliest arrival among the members: the first to reach the TTL.
+    pub(super) oldest: Instant,
+}
+
+impl Ready {
+    pub(super) fn new(
+        key: ShardKey,
+        kr: KinesisRecord,
+        members: Vec<Pending>,
+        deadline: Instant,
+    ) -> Self {
+        let oldest = members.iter().map(|m| m.arrived).min().unwrap_or(deadline);
+        Self {
+            key,
+            kr,
+            members,
+            deadline,
+            oldest,
+        }
+    }
+}
+
+pub(super) struct ShardState {
+    aggregator: Option<Aggregator>,
+    pub(super) members: Vec<Pending>,
+    pub(super) agg_deadline: Option<Instant>,
+    pub(super) ready: VecDeque<Ready>,
+    pub(super) limiter: Option<ShardLimiter>,
+    /// Kinesis records of this shard in the collector or in flight.
+    pub(super) in_flight: usize,
+    /// `preserve_order`: nothing leaves this shard before this time (a retry is waiting).
+    pub(super) blocked_until: Option<Instant>,
+    /// Its rate limit held records back, and the backlog is not sent yet.
+    pub(super) held_back: bool,
+}
+
+impl ShardState {
+    fn new(cfg: &ProducerConfig, key: &ShardKey, now: Instant) -> Self {
+        Self {
+            aggregator: if cfg.aggregation && key.is_some() {
+                Aggregator::new(cfg.aggregation_max_bytes).ok()
+            } else {
+                None
+            },
+            members: Vec::new(),
+            agg_deadline: None,
+            ready: VecDeque::new(),
+            limiter: key
+                .as_ref()
+                .map(|_| ShardLimiter::new(cfg.rate_limit_percent, now)),
+            in_flight: 0,
+            blocked_until: None,
+            held_back: false,
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.ready.is_empty() && self.in_flight == 0
+    }
+
+    /// Turns the aggregate being built into a ready Kinesis record.
+    pub(super) fn finish_aggregate(&mut self, key: &ShardKey) {
+        let Some(agg) = self.aggregator.as_mut() else {
+            return;
+        };
+        if let Some(kr) = agg.finish() {
+            // The next aggregate will likely hold as many: sized once, no growth slack.
+            let next = Vec::with_capacity(self.members.len());
+            let members = std::mem::replace(&mut self.members, next);
+            let deadline = self.agg_deadline.take().unwrap_or_else(Instant::now);
+            self.ready
+                .push_back(Ready::new(key.clone(), kr, members, deadline));
+        }
+    }
+
+    /// Drops the aggregate being built and hands back every record held here (the shard
+    /// closed: they go elsewhere).
+    pub(super) fn drain(&mut self) -> Vec<Pending> {
+        if let Some(agg) = self.aggregator.as_mut() {
+            let _ = agg.finish();
+        }
+        let mut moved: Vec<Pending> = std::mem::take(&mut self.members);
+        self.agg_deadline = None;
+        for r in self.ready.drain(..) {
+            moved.extend(r.members);
+        }
+        moved
+    }
+}
+
+/// Every shard's buffers, and the shards with ready records waiting for tokens, a request slot
+/// or the collector.
+pub(super) struct Buffers {
+    pub(super) shards: HashMap<ShardKey, ShardState>,
+    pub(super) waiting: Vec<ShardKey>,
+}
+
+impl Buffers {
+    pub(super) fn new() -> Self {
+        Self {
+            shards: HashMap::new(),
+            waiting: Vec::new(),
+        }
+    }
+
+    pub(super) fn state(
+        &mut self,
+        cfg: &ProducerConfig,
+        key: &ShardKey,
+        now: Instant,
+    ) -> &mut ShardState {
+        if !self.shards.contains_key(key) {
+            self.shards
+                .insert(key.clone(), ShardState::new(cfg, key, now));
+        }
+        // Proven invariant: inserted just above if it was missing.
+        self.shards
+            .get_mut(key)
+            .unwrap_or_else(|| unreachable!("shard state inserted just before"))
+    }
+
+    /// Puts a record in `key`'s buffer: into its aggregate, or alone after what is buffered.
+    pub(super) fn enqueue(
+        &mut self,
+        cfg: &ProducerConfig,
+        key: ShardKey,
+        p: Pending,
+        now: Instant,
+    ) {
+        let deadline = now.max(p.arrived) + cfg.record_max_buffered_time;
+        let max_count = cfg.aggregation_max_count;
+        let st = self.state(cfg, &key, now);
+        let ready_before = st.ready.len();
+        let fits = st
+            .aggregator
+            .as_ref()
+            .is_some_and(|a| p.record.size_bytes() <= a.max_bytes());
+        match st.aggregator.as_mut() {
+            Some(agg) if fits => {
+                // Full: finish and start a new aggregate; the record fits an empty one.
+                if let Ok(TryAdd::Full(_)) = agg.try_add(p.record.clone()) {
+                    st.finish_aggregate(&key);
+                    if let Some(agg) = st.aggregator.as_mut() {
+                        let _ = agg.try_add(p.record.clone());
+                    }
+                }
+                st.members.push(p);
+                st.agg_deadline = Some(st.agg_deadline.map_or(deadline, |d| d.min(deadline)));
+                if st.members.len() >= max_count {
+                    st.finish_aggregate(&key);
+                }
+            }
+            _ => {
+                // No aggregation here, or too large for an aggregate: alone, after what is
+                // buffered (order).
+                st.finish_aggregate(&key);
+                let kr = plain(&p.record);
+                st.ready
+                    .push_back(Ready::new(key.clone(), kr, vec![p], deadline));
+            }
+        }
+        // Once per new ready record, not per user record: pump() sorts this list.
+        if st.ready.len() > ready_before {
+            self.waiting.push(key);
+        }
+    }
+
+    /// Puts records back at the front of `key` (every one belongs to it), re-aggregated, in
+    /// order, and holds the shard for `delay`.
+    pub(super) fn requeue_front_at(
+        &mut self,
+        cfg: &ProducerConfig,
+        key: ShardKey,
+        members: Vec<Pending>,
+        now: Instant,
+        delay: Duration,
+    ) {
+        let deadline = now + delay;
+        let front = reaggregate(cfg, &key, members, deadline);
+        let st = self.state(cfg, &key, now);
+        for r in front.into_iter().rev() {
+            st.ready.push_front(r);
+        }
+        st.blocked_until = Some(deadline);
+        self.waiting.push(key);
+    }
+
+    /// Finishes every aggregate (a flush): everything buffered is ready to go.
+    pub(super) fn flush_all(&mut self) {
+        self.finish_due(None);
+    }
+
+    /// Finishes the aggregates whose deadline is past (every one when `now` is `None`), and
+    /// marks every shard with ready records as waiting.
+    pub(super) fn finish_due(&mut self, now: Option<Instant>) {
+        for (k, st) in &mut self.shards {
+            if !st.members.is_empty() && now.is_none_or(|t| st.agg_deadline.is_some_and(|d| d <= t))
+            {
+                st.finish_aggregate(k);
+            }
+            if !st.ready.is_empty() {
+                self.waiting.push(k.clone());
+            }
+        }
+    }
+
+    /// Forgets idle buffers of shards no longer open.
+    pub(super) fn retain_open(&mut self, map: &ShardMap) {
+        self.shards.retain(|k, st| {
+            let open = k
+                .as_ref()
+                .is_none_or(|id| map.get(id).is_some_and(Shard::is_open));
+            open || !st.is_idle()
+        });
+    }
+
+    /// Keys of the shards that are no longer open under `map` (and the unmapped one).
+    pub(super) fn stale(&self, map: &ShardMap) -> Vec<ShardKey> {
+        self.shards
+            .keys()
+            .filter(|k| {
+                k.as_ref()
+                    .is_none_or(|id| !map.get(id).is_some_and(Shard::is_open))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Takes every record held, unsent.
+    pub(super) fn take_all(&mut self) -> Vec<Pending> {
+        let mut unsent = Vec::new();
+        for st in self.shards.values_mut() {
+            unsent.append(&mut st.members);
+            for r in st.ready.drain(..) {
+                unsent.extend(r.members);
+            }
+        }
+        unsent
+    }
+}
+
+/// `members`, all of `key`, as ready Kinesis records in order: aggregated as far as they fit
+/// (when `key` aggregates), a record too large for an aggregate alone.
+fn reaggregate(
+    cfg: &ProducerConfig,
+    key: &ShardKey,
+    members: Vec<Pending>,
+    deadline: Instant,
+) -> Vec<Ready> {
+    let mut front: Vec<Ready> = Vec::new();
+    let mut agg = if cfg.aggregation && key.is_some() {
+        Aggregator::new(cfg.aggregation_max_bytes).ok()
+    } else {
+        None
+    };
+    let mut group: Vec<Pending> = Vec::new();
+    let close = |agg: &mut Option<Aggregator>, group: &mut Vec<Pending>, front: &mut Vec<Ready>| {
+        if let Some(kr) = agg.as_mut().and_then(Aggregator::finish) {
+            front.push(Ready::new(key.clone(), kr, std::mem::take(group), deadline));
+        }
+    };
+    for m in members {
+        let fits = agg
+            .as_ref()
+            .is_some_and(|a| m.record.size_bytes() <= a.max_bytes());
+        if fits {
+            if let Some(Ok(TryAdd::Full(_))) = agg.as_mut().map(|a| a.try_add(m.record.clone())) {
+                close(&mut agg, &mut group, &mut front);
+                if let Some(a) = agg.as_mut() {
+                    let _ = a.try_add(m.record.clone());
+                }
+            }
+            group.push(m);
+        } else {
+            close(&mut agg, &mut group, &mut front);
+            let kr = plain(&m.record);
+            front.push(Ready::new(key.clone(), kr, vec![m], deadline));
+        }
+    }
+    close(&mut agg, &mut group, &mut front);
+    front
+}
+
+impl Driver {
+    pub(super) fn shard_key(&self, hash: HashKey) -> ShardKey {
+        self.map.shard_for(hash).map(|s| s.shard_id.clone())
+    }
+
+    /// Routes a record to its predicted shard's buffer.
+    pub(super) fn enqueue(&mut self, p: Pending, now: Instant) {
+        let key = self.shard_key(p.hash);
+        self.buffers.enqueue(&self.cfg, key, p, now);
+    }
+
+    /// Puts records back at the front of their shard, re-aggregated, in order, and holds the
+    /// shard for `delay` (`preserve_order`; retries that are due).
+    pub(super) fn requeue_front(
+        &mut self,
+        key: ShardKey,
+        members: Vec<Pending>,
+        now: Instant,
+        delay: Duration,
+    ) {
+        if key
+            .as_ref()
+            .is_some_and(|k| self.map.get(k).is_some_and(Shard::is_open))
+        {
+            self.buffers
+                .requeue_front_at(&self.cfg, key, members, now, delay);
+            return;
+        }
+        // The shard closed (the stream resharded) or was never mapped: each member goes to the
+        // shard that owns its key now, in order. Routing them all by one member would build an
+        // aggregate with keys outside the shard it lands on, which a KCL consumer drops whole
+        // while the producer counts it delivered (found by the chaos test).
+        let mut groups: Vec<(ShardKey, Vec<Pending>)> = Vec::new();
+        for m in members {
+            let k = self.shard_key(m.hash);
+            match groups.iter_mut().find(|(g, _)| *g == k) {
+                Some((_, v)) => v.push(m),
+                None => groups.push((k, vec![m])),
+            }
+        }
+        for (k, ms) in groups {
+            self.buffers.requeue_front_at(&self.cfg, k, ms, now, delay);
+        }
+    }
+}
+
+/// A user record as a plain (not aggregated) Kinesis record.
+pub(super) fn plain(r: &UserRecord) -> KinesisRecord {
+    KinesisRecord {
+        partition_key: r.partition_key.clone(),
+        explicit_hash_key: r.explicit_hash_key,
+        data: r.data.clone(),
+        user_records: 1,
+    }
+}

@@ -1,0 +1,158 @@
+//! What the handle and the driver say to each other: a record the handle accepted
+//! ([`Pending`]), a batch ([`BatchIn`]), who learns a record's fate ([`Reply`]), the handle's
+//! commands and the shutdown report.
+//!
+//! ```text
+//!   Producer::send ─► Incoming::one(Pending::new(record, hash, reply)) ─┐
+//!   Producer::send_batch ─► Incoming::batch(records, hashes, ..) ───────┼─► records channel
+//!   Producer::flush / shutdown ─► Command ──────────────────────────────┴─► control channel
+//! ```
+
+use std::sync::Arc;
+
+use kinesis_core::{HashKey, UserRecord};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::time::Instant;
+
+use crate::receipt::{BatchOutcome, Outcome};
+
+/// A record the handle accepted.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) record: UserRecord,
+    pub(crate) hash: HashKey,
+    pub(crate) reply: Reply,
+    pub(crate) arrived: Instant,
+    pub(crate) attempts: u32,
+    /// An earlier attempt may have stored it: a call with an unknown outcome, or an aggregate
+    /// stored on a shard that does not own all its keys.
+    pub(crate) possible_duplicate: bool,
+    pub(crate) last_error: Option<Arc<str>>,
+    /// Stamped by the driver when it takes the record (flush accounting).
+    pub(crate) epoch: u64,
+}
+
+impl Pending {
+    /// A record accepted now, not yet attempted.
+    pub(crate) fn new(record: UserRecord, hash: HashKey, reply: Reply) -> Self {
+        Self::arrived_at(record, hash, reply, Instant::now())
+    }
+
+    fn arrived_at(record: UserRecord, hash: HashKey, reply: Reply, arrived: Instant) -> Self {
+        Self {
+            record,
+            hash,
+            reply,
+            arrived,
+            attempts: 0,
+            possible_duplicate: false,
+            last_error: None,
+            epoch: 0,
+        }
+    }
+
+    /// Member `index` of batch `id`, which arrived at `arrived`, in epoch `epoch`.
+    pub(crate) fn member(
+        record: UserRecord,
+        hash: HashKey,
+        id: u64,
+        index: usize,
+        arrived: Instant,
+        epoch: u64,
+    ) -> Self {
+        // send_batch keeps batches below 4 GiB of buffer: far fewer records.
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        let mut p = Self::arrived_at(record, hash, Reply::Batch { id, index }, arrived);
+        p.epoch = epoch;
+        p
+    }
+}
+
+/// Who learns a record's fate.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Its own receipt (`send`, `try_send`) and buffer space.
+    One(oneshot::Sender<Outcome>, OwnedSemaphorePermit),
+    /// A member of a batch (`send_batch`): the batch's receipt (which holds the buffer space
+    /// of all), at `index`.
+    Batch { id: u64, index: u32 },
+}
+
+/// What the handle hands the driver.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    One(Pending),
+    Batch(BatchIn),
+}
+
+impl Incoming {
+    /// One record with its own receipt and buffer space.
+    pub(crate) fn one(
+        record: UserRecord,
+        hash: HashKey,
+        reply: oneshot::Sender<Outcome>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self::One(Pending::new(record, hash, Reply::One(reply, permit)))
+    }
+
+    /// A batch, arrived now: `hashes[i]` is the hash key of `records[i]`.
+    pub(crate) fn batch(
+        records: Vec<UserRecord>,
+        hashes: Vec<HashKey>,
+        reply: oneshot::Sender<BatchOutcome>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self::Batch(BatchIn {
+            records,
+            hashes,
+            arrived: Instant::now(),
+            reply,
+            permit,
+        })
+    }
+
+    /// The records, handed back when the driver is gone.
+    pub(crate) fn into_records(self) -> Vec<UserRecord> {
+        match self {
+            Self::One(p) => vec![p.record],
+            Self::Batch(b) => b.records,
+        }
+    }
+}
+
+/// A batch from `send_batch`: records and their hash keys, one receipt and one permit.
+#[derive(Debug)]
+pub(crate) struct BatchIn {
+    pub(crate) records: Vec<UserRecord>,
+    pub(crate) hashes: Vec<HashKey>,
+    pub(crate) arrived: Instant,
+    pub(crate) reply: oneshot::Sender<BatchOutcome>,
+    pub(crate) permit: OwnedSemaphorePermit,
+}
+
+/// What the handle asks of the driver.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Flush(oneshot::Sender<()>),
+    Shutdown {
+        deadline: Instant,
+        done: oneshot::Sender<ShutdownReport>,
+    },
+}
+
+/// What `shutdown` returns.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// User records delivered over the producer's life.
+    pub delivered: u64,
+    /// User records failed over the producer's life (their receipts say why), including those
+    /// below.
+    pub failed: u64,
+    /// Records never sent, handed back (their receipts fail with `Cancelled`).
+    pub undelivered: Vec<UserRecord>,
+    /// Records whose PutRecords call was still running at the deadline: they may or may not be
+    /// in the stream (their receipts fail with `Unknown`).
+    pub in_flight: Vec<UserRecord>,
+}

@@ -1,0 +1,186 @@
+//! The shard map: refreshing it, re-routing the buffers of shards that closed, and checking
+//! aggregates stored on a shard the producer did not predict.
+//!
+//! ```text
+//!   stored on the predicted shard ───────────────────────────► delivered
+//!   stored elsewhere ─► refresh wanted ─► the map knows the shard?
+//!        ├─ yes: every key in its range? ─ yes ─► delivered
+//!        │                               └ no ──► sent again (possible_duplicate), WrongShard
+//!        └─ no: unverified ─► checked the same way after the next refresh
+//!   refreshed ─► buffers of closed (and unmapped) shards re-routed under the new map
+//!   refresh failed ─► again after 1 s, doubling, at most 30 s
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::future::BoxFuture;
+use kinesis_core::shard_map::{Shard, ShardMap};
+use kinesis_core::{AwsError, Backoff, BackoffConfig, HashKeyRange, SequenceNumber, ShardId};
+use tokio::time::{Duration, Instant};
+use tracing::warn;
+
+use super::Driver;
+use super::buffers::ShardKey;
+use super::messages::Pending;
+use super::settlement::number;
+
+const WRONG_SHARD: &str =
+    "WrongShard: the aggregate was stored on a shard that does not own this key";
+/// Waits between shard-map refreshes that failed: 1 s, doubling, at most 30 s (the KPL: 1 s,
+/// ×1.5, at most 30 s).
+const REFRESH_BACKOFF: BackoffConfig =
+    BackoffConfig::new(Duration::from_secs(1), Duration::from_secs(30));
+
+/// The shard-map refresh: running, wanted, or due at `next_at`.
+pub(super) struct Refresh {
+    pub(super) running: Option<BoxFuture<'static, Result<Vec<Shard>, AwsError>>>,
+    pub(super) wanted: bool,
+    failures: u32,
+    backoff: Backoff,
+    pause: Duration,
+    pub(super) next_at: Instant,
+    /// Aggregates stored on a shard the map does not know yet: settled after the next refresh.
+    pub(super) unverified: Vec<(ShardId, SequenceNumber, Vec<Pending>)>,
+}
+
+impl Refresh {
+    pub(super) fn new(interval: Duration) -> Self {
+        Self {
+            running: None,
+            wanted: false,
+            failures: 0,
+            backoff: REFRESH_BACKOFF.build(),
+            pause: Duration::ZERO,
+            next_at: Instant::now() + interval,
+            unverified: Vec::new(),
+        }
+    }
+
+    /// Whether a refresh should start now.
+    pub(super) fn due(&self, now: Instant) -> bool {
+        self.running.is_none() && (self.wanted || now >= self.next_at)
+    }
+}
+
+impl Driver {
+    pub(super) fn start_refresh(&mut self) {
+        let api = Arc::clone(&self.api);
+        let stream = self.stream.clone();
+        // After failures, wait (REFRESH_BACKOFF); at once otherwise.
+        let wait = self.refresh.pause;
+        self.refresh.wanted = false;
+        self.refresh.running = Some(Box::pin(async move {
+            tokio::time::sleep(wait).await;
+            api.list_shards(stream).await
+        }));
+    }
+
+    pub(super) fn refreshed(&mut self, result: Result<Vec<Shard>, AwsError>) {
+        let now = Instant::now();
+        let r = &mut self.refresh;
+        let shards = match result {
+            Ok(s) => s,
+            Err(e) => {
+                r.failures += 1;
+                r.pause = r
+                    .backoff
+                    .next_delay_for(e.kind())
+                    .unwrap_or(REFRESH_BACKOFF.max);
+                r.wanted = true;
+                warn!(message = "Shard map refresh failed.", stream = %self.stream, error = %e, failures = r.failures);
+                return;
+            }
+        };
+        r.failures = 0;
+        r.backoff.reset();
+        r.pause = Duration::ZERO;
+        r.next_at = now + self.cfg.shard_map_refresh_interval;
+        self.map = ShardMap::new(shards);
+        metrics::counter!("ShardMapRefreshes").increment(1);
+        // Buffers of shards that are no longer open (and the unmapped one): re-route what they
+        // hold under the new map.
+        for k in self.buffers.stale(&self.map) {
+            let Some(st) = self.buffers.shards.get_mut(&k) else {
+                continue;
+            };
+            for m in st.drain() {
+                self.enqueue(m, now);
+            }
+        }
+        for (actual, seq, members) in std::mem::take(&mut self.refresh.unverified) {
+            let numbered = number(members);
+            match self.map.get(&actual).map(|s| s.hash_key_range) {
+                Some(range) => self.settle_by_range(&actual, &seq, range, numbered, now),
+                None => {
+                    warn!(message = "Records stored on a shard the stream does not list; counting them delivered.", shard_id = %actual);
+                    self.settlement
+                        .deliver(&self.stats, &actual, &seq, numbered);
+                }
+            }
+        }
+    }
+
+    /// A Kinesis record predicted for `predicted` was stored on `actual` at `seq`.
+    pub(super) fn succeeded(
+        &mut self,
+        predicted: &ShardKey,
+        actual: ShardId,
+        seq: SequenceNumber,
+        members: Vec<Pending>,
+        now: Instant,
+    ) {
+        let numbered = number(members);
+        if predicted.as_ref() == Some(&actual) || numbered.len() == 1 {
+            if predicted.as_ref() != Some(&actual) {
+                self.refresh.wanted = true;
+            }
+            self.settlement
+                .deliver(&self.stats, &actual, &seq, numbered);
+            return;
+        }
+        // An aggregate on a shard we did not predict (the stream resharded). KCL consumers drop
+        // a whole aggregate holding a key outside the shard's range, so those members are sent
+        // again (as the KPL does).
+        self.refresh.wanted = true;
+        match self.map.get(&actual).map(|s| s.hash_key_range) {
+            Some(range) => self.settle_by_range(&actual, &seq, range, numbered, now),
+            None => {
+                self.refresh.unverified.push((
+                    actual,
+                    seq,
+                    numbered.into_iter().map(|(_, m)| m).collect(),
+                ));
+            }
+        }
+    }
+
+    fn settle_by_range(
+        &mut self,
+        actual: &ShardId,
+        seq: &SequenceNumber,
+        range: HashKeyRange,
+        numbered: Vec<(u64, Pending)>,
+        now: Instant,
+    ) {
+        if numbered.iter().all(|(_, m)| range.contains(m.hash)) {
+            self.settlement.deliver(&self.stats, actual, seq, numbered);
+            return;
+        }
+        // The consumer will drop this aggregate: nothing in it counts as delivered. Each member
+        // goes to the front of the shard that owns its key under the current map; a reader
+        // that does not apply the KCL's rule sees it twice.
+        let error: Arc<str> = WRONG_SHARD.into();
+        let ttl = self.cfg.record_ttl;
+        for (_, mut m) in numbered {
+            m.last_error = Some(Arc::clone(&error));
+            m.possible_duplicate = true;
+            if now >= m.arrived + ttl {
+                self.expire(m, now);
+            } else {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                self.retries.push(m, now);
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Retries: when a failed record goes again, and when it has run out of time.
+//!
+//! ```text
+//!   failed entry ──────────────────► front of its shard at once (paced by its token buckets)
+//!   whole-call failure ─► CallBackoff (one pause for all calls) ─► Retries heap ─► (due) front
+//!   preserve_order ─────────────────► front of its shard, held there for the pause
+//!   the next attempt would come after record_ttl ─► fails now: Expired { last_error }
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use foldhash::HashMap;
+use kinesis_core::{Backoff, BackoffConfig, ErrorKind};
+use tokio::time::{Duration, Instant};
+
+use super::Driver;
+use super::buffers::{Ready, ShardKey};
+use super::messages::Pending;
+use crate::config::ProducerConfig;
+use crate::error::FailureReason;
+
+struct RetryItem {
+    at: Instant,
+    seq: u64,
+    pending: Pending,
+}
+
+impl PartialEq for RetryItem {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for RetryItem {}
+impl PartialOrd for RetryItem {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for RetryItem {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// The pause after whole-call failures: one backoff for every call, since they all go to the
+/// same endpoint. Calls fail together (a load balancer drops its connections, an outage): only
+/// a failure of a call sent after the pause last grew grows it again, the others wait as long,
+/// and only a prompt answer to such a call (within half the request timeout) resets it: a
+/// slow answer says the endpoint is still struggling.
+pub(super) struct CallBackoff {
+    backoff: Backoff,
+    pause: Duration,
+    /// Calls with an id from this one on were sent after the pause last changed.
+    since: u64,
+}
+
+impl CallBackoff {
+    pub(super) fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            backoff: BackoffConfig::new(min, max).build(),
+            pause: Duration::ZERO,
+            since: 0,
+        }
+    }
+
+    /// The pause before retrying the records of call `id`, which failed with `kind`.
+    pub(super) fn failed(&mut self, id: u64, kind: ErrorKind, next_call: u64) -> Duration {
+        if id >= self.since || self.pause.is_zero() {
+            let max = self.backoff.config().max;
+            self.pause = self.backoff.next_delay_for(kind).unwrap_or(max);
+            self.since = next_call;
+        }
+        self.pause
+    }
+
+    /// Call `id` was answered.
+    pub(super) fn answered(&mut self, id: u64, next_call: u64) {
+        if id >= self.since && !self.pause.is_zero() {
+            self.backoff.reset();
+            self.pause = Duration::ZERO;
+            self.since = next_call;
+        }
+    }
+}
+
+/// Records waiting out a pause, earliest first, and the pause.
+pub(super) struct Retries {
+    heap: BinaryHeap<Reverse<RetryItem>>,
+    seq: u64,
+    pub(super) call_backoff: CallBackoff,
+}
+
+impl Retries {
+    pub(super) fn new(cfg: &ProducerConfig) -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            seq: 0,
+            call_backoff: CallBackoff::new(cfg.retry_min_delay, cfg.retry_max_delay),
+        }
+    }
+
+    /// At `at`, `m` goes to the front of its shard.
+    pub(super) fn push(&mut self, m: Pending, at: Instant) {
+        self.seq += 1;
+        self.heap.push(Reverse(RetryItem {
+            at,
+            seq: self.seq,
+            pending: m,
+        }));
+    }
+
+    /// The records due at `now`, earliest first.
+    pub(super) fn take_due(&mut self, now: Instant) -> Vec<Pending> {
+        let mut due = Vec::new();
+        while let Some(Reverse(top)) = self.heap.peek() {
+            if top.at > now {
+                break;
+            }
+            let Some(Reverse(item)) = self.heap.pop() else {
+                break;
+            };
+            due.push(item.pending);
+        }
+        due
+    }
+
+    /// Every record waiting, unsent.
+    pub(super) fn take_all(&mut self) -> impl Iterator<Item = Pending> + '_ {
+        self.heap.drain().map(|Reverse(item)| item.pending)
+    }
+}
+
+impl Driver {
+    /// Due retries are the oldest records: they go to the front of their shard's queue, not
+    /// behind a backlog that may be throttled again before they get their turn.
+    pub(super) fn requeue_due(&mut self, now: Instant) {
+        let mut due: HashMap<ShardKey, Vec<Pending>> = HashMap::default();
+        for p in self.retries.take_due(now) {
+            let key = self.shard_key(p.hash);
+            due.entry(key).or_default().push(p);
+        }
+        for (key, members) in due {
+            self.requeue_front(key, members, now, Duration::ZERO);
+        }
+    }
+
+    /// Sends the members of a failed Kinesis record again after `delay` (zero: at once, at the
+    /// front of their shard, as far as its token buckets allow), or fails those whose TTL would
+    /// pass first.
+    pub(super) fn retry_all(
+        &mut self,
+        key: ShardKey,
+        members: Vec<Pending>,
+        error: &Arc<str>,
+        delay: Duration,
+        now: Instant,
+    ) {
+        let ttl = self.cfg.record_ttl;
+        let mut live = Vec::with_capacity(members.len());
+        for mut m in members {
+            m.last_error = Some(Arc::clone(error));
+            if now + delay >= m.arrived + ttl {
+                // The next attempt would come after the TTL: fail now rather than wait for nothing.
+                self.expire(m, now);
+            } else {
+                live.push(m);
+            }
+        }
+        if live.is_empty() {
+            return;
+        }
+        self.stats
+            .retries
+            .fetch_add(live.len() as u64, Ordering::Relaxed);
+        if delay.is_zero() || self.cfg.preserve_order {
+            // preserve_order: the shard waits out the delay with them at its front.
+            self.requeue_front(key, live, now, delay);
+        } else {
+            for m in live {
+                self.retries.push(m, now + delay);
+            }
+        }
+    }
+
+    /// A ready record with a member past its TTL: fail the expired, re-buffer the rest.
+    pub(super) fn expire_members(&mut self, r: Ready, now: Instant) {
+        let ttl = self.cfg.record_ttl;
+        let mut live = Vec::new();
+        for m in r.members {
+            if now.duration_since(m.arrived) >= ttl {
+                self.expire(m, now);
+            } else {
+                live.push(m);
+            }
+        }
+        if live.is_empty() {
+            return;
+        }
+        if self.cfg.preserve_order {
+            self.requeue_front(r.key, live, now, Duration::ZERO);
+        } else {
+            for m in live {
+                self.enqueue(m, now);
+            }
+        }
+    }
+
+    pub(super) fn expire(&mut self, m: Pending, now: Instant) {
+        metrics::counter!("UserRecordExpired").increment(1);
+        let elapsed = now.duration_since(m.arrived);
+        let last_error = m.last_error.clone();
+        self.settlement.fail(
+            &self.stats,
+            m,
+            FailureReason::Expired {
+                elapsed,
+                last_error,
+            },
+        );
+    }
+}

@@ -1,0 +1,375 @@
+//! Settlement: every record's receipt (or its batch's), and the flush epochs.
+//!
+//! ```text
+//!   admitted ─► stamped with the current epoch ─► ... ─► deliver / fail ─► receipt resolves
+//!                                                          │                (a batch's: with
+//!                                                          ▼                 its last member)
+//!   flush() ─► waits on the epoch it closed ◄── resolve_flushes: no older epoch outstanding
+//! ```
+//!
+//! A flush closes the current epoch: it waits for exactly the records stamped before it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use foldhash::HashMap;
+use foldhash::HashMapExt as _;
+use kinesis_core::{SequenceNumber, ShardId};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+use super::messages::{BatchIn, Pending, Reply};
+use crate::error::{FailureReason, PutError};
+use crate::receipt::{BatchFailure, BatchOutcome, Delivered};
+use crate::stats::Stats;
+
+/// Unsettled records per epoch. Records are stamped with the current epoch; a flush closes it.
+#[derive(Debug, Default)]
+pub(super) struct Epochs {
+    epoch: u64,
+    /// Unsettled records of the current epoch (the hot path) ...
+    current: usize,
+    /// ... and of older epochs (flushes wait on those).
+    outstanding: BTreeMap<u64, usize>,
+}
+
+impl Epochs {
+    /// Stamps `n` records with the current epoch.
+    pub(super) fn stamp(&mut self, n: usize) -> u64 {
+        self.current += n;
+        self.epoch
+    }
+
+    /// A record of `epoch` settled.
+    pub(super) fn settle(&mut self, epoch: u64) {
+        if epoch == self.epoch {
+            self.current = self.current.saturating_sub(1);
+            return;
+        }
+        if let Some(c) = self.outstanding.get_mut(&epoch) {
+            *c -= 1;
+            if *c == 0 {
+                self.outstanding.remove(&epoch);
+            }
+        }
+    }
+
+    /// Closes the current epoch; returns it.
+    pub(super) fn close(&mut self) -> u64 {
+        let closed = self.epoch;
+        if self.current > 0 {
+            self.outstanding.insert(self.epoch, self.current);
+        }
+        self.current = 0;
+        self.epoch += 1;
+        closed
+    }
+
+    /// Whether every record of `epoch` (and older) is settled.
+    pub(super) fn settled_through(&self, epoch: u64) -> bool {
+        self.outstanding
+            .keys()
+            .next()
+            .is_none_or(|&oldest| oldest > epoch)
+    }
+
+    /// Whether any record is unsettled.
+    pub(super) fn any_unsettled(&self) -> bool {
+        self.current > 0 || !self.outstanding.is_empty()
+    }
+}
+
+/// A batch with members not yet settled.
+struct OpenBatch {
+    remaining: usize,
+    delivered: usize,
+    possible_duplicates: Vec<usize>,
+    failed: Vec<BatchFailure>,
+    reply: oneshot::Sender<BatchOutcome>,
+    /// Released when the last member settles.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Receipts, batches and flushes.
+pub(super) struct Settlement {
+    pub(super) epochs: Epochs,
+    flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
+    /// Batches from `send_batch` with members not yet settled.
+    open_batches: HashMap<u64, OpenBatch>,
+    next_batch: u64,
+}
+
+impl Settlement {
+    pub(super) fn new() -> Self {
+        Self {
+            epochs: Epochs::default(),
+            flush_waiters: Vec::new(),
+            open_batches: HashMap::new(),
+            next_batch: 0,
+        }
+    }
+
+    /// Stamps a record with the current epoch.
+    pub(super) fn admit(&mut self, p: &mut Pending) {
+        p.epoch = self.epochs.stamp(1);
+    }
+
+    /// Opens a batch's account; returns how many members it has and the members, stamped
+    /// with the current epoch (an empty batch is answered at once).
+    pub(super) fn open_batch(
+        &mut self,
+        b: BatchIn,
+    ) -> (usize, impl Iterator<Item = Pending> + use<>) {
+        let BatchIn {
+            records,
+            hashes,
+            arrived,
+            reply,
+            permit,
+        } = b;
+        let n = records.len();
+        let id = self.next_batch;
+        if n == 0 {
+            let _ = reply.send(BatchOutcome::default());
+        } else {
+            self.next_batch += 1;
+            self.open_batches.insert(
+                id,
+                OpenBatch {
+                    remaining: n,
+                    delivered: 0,
+                    possible_duplicates: Vec::new(),
+                    failed: Vec::new(),
+                    reply,
+                    _permit: permit,
+                },
+            );
+        }
+        let epoch = self.epochs.stamp(n);
+        let members =
+            records
+                .into_iter()
+                .zip(hashes)
+                .enumerate()
+                .map(move |(index, (record, hash))| {
+                    Pending::member(record, hash, id, index, arrived, epoch)
+                });
+        (n, members)
+    }
+
+    /// A flush waits for every record taken before it.
+    pub(super) fn flush(&mut self, done: oneshot::Sender<()>) {
+        let closed = self.epochs.close();
+        self.flush_waiters.push((closed, done));
+    }
+
+    /// A flush is waiting.
+    pub(super) fn flushing(&self) -> bool {
+        !self.flush_waiters.is_empty()
+    }
+
+    /// Answers the flushes whose records are all settled.
+    pub(super) fn resolve_flushes(&mut self) {
+        if self.flush_waiters.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.flush_waiters);
+        for (epoch, done) in waiters {
+            if self.epochs.settled_through(epoch) {
+                let _ = done.send(());
+            } else {
+                self.flush_waiters.push((epoch, done));
+            }
+        }
+    }
+
+    /// Answers every flush (the producer stopped).
+    pub(super) fn release_flushes(&mut self) {
+        for (_, done) in self.flush_waiters.drain(..) {
+            let _ = done.send(());
+        }
+    }
+
+    /// `delivered` members of batch `id`, or one failed member, are settled; the batch's
+    /// receipt resolves with its last one.
+    fn batch_settled(&mut self, id: u64, delivered: usize, failure: Option<BatchFailure>) {
+        let Some(b) = self.open_batches.get_mut(&id) else {
+            return;
+        };
+        b.delivered += delivered;
+        b.remaining -= delivered;
+        if let Some(f) = failure {
+            b.remaining -= 1;
+            b.failed.push(f);
+        }
+        if b.remaining == 0
+            && let Some(b) = self.open_batches.remove(&id)
+        {
+            let mut failed = b.failed;
+            failed.sort_unstable_by_key(|f| f.index);
+            let mut possible_duplicates = b.possible_duplicates;
+            possible_duplicates.sort_unstable();
+            let _ = b.reply.send(BatchOutcome {
+                delivered: b.delivered,
+                possible_duplicates,
+                failed,
+            });
+        }
+    }
+
+    /// Fails a record: its receipt (or its batch's entry) gets the reason and the record.
+    pub(super) fn fail(&mut self, stats: &Stats, m: Pending, reason: FailureReason) {
+        self.epochs.settle(m.epoch);
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+        let error = PutError {
+            reason,
+            attempts: m.attempts,
+            record: m.record,
+        };
+        match m.reply {
+            Reply::One(tx, _permit) => {
+                let _ = tx.send(Err(Box::new(error)));
+            }
+            Reply::Batch { id, index } => {
+                let index = index as usize;
+                self.batch_settled(id, 0, Some(BatchFailure { index, error }));
+            }
+        }
+    }
+
+    /// Delivers the members of one Kinesis record stored on `shard` at `seq`.
+    pub(super) fn deliver(
+        &mut self,
+        stats: &Stats,
+        shard: &ShardId,
+        seq: &SequenceNumber,
+        members: Vec<(u64, Pending)>,
+    ) {
+        let n = members.len() as u64;
+        // Counted before any receipt resolves: a caller who saw its receipts sees the counts.
+        stats.delivered.fetch_add(n, Ordering::Relaxed);
+        let mut permits: Option<OwnedSemaphorePermit> = None;
+        let mut first_try = 0;
+        // Members of one batch come in runs: settle a run at once.
+        let mut run: Option<(u64, usize)> = None;
+        for (sub, m) in members {
+            self.epochs.settle(m.epoch);
+            if m.attempts <= 1 {
+                first_try += 1;
+            } else {
+                metrics::histogram!("RetriesPerRecord").record(f64::from(m.attempts - 1));
+            }
+            match m.reply {
+                Reply::One(tx, permit) => {
+                    // One release for the whole call instead of one per record.
+                    match permits.as_mut() {
+                        Some(p) => p.merge(permit),
+                        None => permits = Some(permit),
+                    }
+                    let _ = tx.send(Ok(Delivered {
+                        shard_id: shard.clone(),
+                        sequence_number: seq.clone(),
+                        sub_sequence_number: sub,
+                        attempts: m.attempts,
+                        possible_duplicate: m.possible_duplicate,
+                    }));
+                }
+                Reply::Batch { id, index } => {
+                    if m.possible_duplicate
+                        && let Some(b) = self.open_batches.get_mut(&id)
+                    {
+                        b.possible_duplicates.push(index as usize);
+                    }
+                    match run.as_mut() {
+                        Some((rid, n)) if *rid == id => *n += 1,
+                        _ => {
+                            if let Some((rid, n)) = run.replace((id, 1)) {
+                                self.batch_settled(rid, n, None);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((rid, n)) = run {
+            self.batch_settled(rid, n, None);
+        }
+        metrics::histogram!("RetriesPerRecord").record_many(0.0, first_try);
+        metrics::counter!("UserRecordsPut").increment(n);
+    }
+}
+
+/// Sub-sequence numbers: positions inside the aggregate (0 for a plain record).
+pub(super) fn number(members: Vec<Pending>) -> Vec<(u64, Pending)> {
+    let aggregated = members.len() > 1;
+    members
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| (if aggregated { i as u64 } else { 0 }, m))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Epochs;
+
+    /// A step on the epochs: stamp n records, settle one of an epoch, or close (a flush).
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        Stamp(usize),
+        Settle(u64),
+        Close,
+    }
+    use Step::{Close, Settle, Stamp};
+
+    #[test]
+    fn a_flush_waits_for_exactly_the_records_stamped_before_it() {
+        // (steps, epoch asked about, settled through it?, anything unsettled?)
+        let table: &[(&[Step], u64, bool, bool)] = &[
+            (&[], 0, true, false),
+            (&[Stamp(2), Close], 0, false, true),
+            (&[Stamp(2), Close, Settle(0)], 0, false, true),
+            (&[Stamp(2), Close, Settle(0), Settle(0)], 0, true, false),
+            // Records after the flush are not waited for.
+            (&[Stamp(1), Close, Stamp(5)], 0, false, true),
+            (&[Stamp(1), Close, Stamp(5), Settle(0)], 0, true, true),
+            // Settled before the flush closed its epoch: nothing to wait for.
+            (&[Stamp(1), Settle(0), Close], 0, true, false),
+            // An empty epoch closes without an entry; the older one still holds.
+            (&[Stamp(1), Close, Close, Stamp(1)], 1, false, true),
+            (&[Stamp(1), Close, Close, Settle(0)], 1, true, false),
+            // A later flush waits for the older epoch too.
+            (
+                &[Stamp(1), Close, Stamp(1), Close, Settle(1)],
+                1,
+                false,
+                true,
+            ),
+            (
+                &[Stamp(1), Close, Stamp(1), Close, Settle(1), Settle(0)],
+                1,
+                true,
+                false,
+            ),
+        ];
+        for (steps, epoch, settled, unsettled) in table {
+            let mut e = Epochs::default();
+            for s in *steps {
+                match *s {
+                    Stamp(n) => {
+                        e.stamp(n);
+                    }
+                    Settle(epoch) => e.settle(epoch),
+                    Close => {
+                        e.close();
+                    }
+                }
+            }
+            assert_eq!(
+                e.settled_through(*epoch),
+                *settled,
+                "{steps:?} through {epoch}"
+            );
+            assert_eq!(e.any_unsettled(), *unsettled, "{steps:?}");
+        }
+    }
+}

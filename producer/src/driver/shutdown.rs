@@ -1,0 +1,105 @@
+//! Stopping: at the shutdown deadline (or when every handle is dropped) every record still held
+//! is settled and handed back.
+//!
+//! ```text
+//!   shutdown(d) ─► flush everything ─► all settled, or d passed ─► abandon ─► ShutdownReport
+//!   handles dropped ─────────────────────────────────────────────► abandon
+//!   abandon: unsent (buffers, collector, retries) ─► Cancelled, in `undelivered`
+//!            in a running call ─────────────────────► Unknown, in `in_flight`
+//!            stored on a shard not checked yet ─────► delivered
+//! ```
+
+use std::sync::atomic::Ordering;
+
+use kinesis_core::UserRecord;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::Driver;
+use super::messages::{Incoming, Pending, ShutdownReport};
+use super::settlement::number;
+use crate::error::FailureReason;
+
+impl Driver {
+    /// Settles every record still held: unsent ones fail with `Cancelled`, those in a running
+    /// call with `Unknown`. Returns both lists of records.
+    pub(super) fn abandon(
+        &mut self,
+        records: &mut mpsc::UnboundedReceiver<Incoming>,
+        why: &str,
+    ) -> (Vec<UserRecord>, Vec<UserRecord>) {
+        // Nothing new can arrive after this; what is queued is settled with the rest.
+        records.close();
+        let now = Instant::now();
+        while let Ok(p) = records.try_recv() {
+            let n = self.unpack(p, |d, p| {
+                let key = d.shard_key(p.hash);
+                d.buffers.state(&d.cfg, &key, now).members.push(p);
+            });
+            self.stats.received.fetch_add(n, Ordering::Relaxed);
+        }
+        let mut unsent: Vec<Pending> = self.buffers.take_all();
+        for r in self.collector.ready.drain(..) {
+            unsent.extend(r.members);
+        }
+        unsent.extend(self.retries.take_all());
+        // Stored, on a shard we could not check yet: count them delivered as far as we know.
+        for (actual, seq, members) in std::mem::take(&mut self.refresh.unverified) {
+            self.settlement
+                .deliver(&self.stats, &actual, &seq, number(members));
+        }
+        // Drop the running calls; their outcome stays unknown.
+        let flying = self.calls.abandon();
+        self.stats.calls_in_flight.store(0, Ordering::Relaxed);
+        let (n_unsent, n_flying) = (unsent.len(), flying.len());
+        let mut undelivered = Vec::with_capacity(n_unsent);
+        for m in unsent {
+            undelivered.push(m.record.clone());
+            self.settlement
+                .fail(&self.stats, m, FailureReason::Cancelled);
+        }
+        let mut in_flight = Vec::with_capacity(n_flying);
+        for m in flying {
+            in_flight.push(m.record.clone());
+            self.settlement.fail(&self.stats, m, FailureReason::Unknown);
+        }
+        if n_unsent + n_flying > 0 {
+            warn!(
+                message = "Producer stopped with records not delivered; their receipts say so and hand them back.",
+                reason = why,
+                unsent = n_unsent,
+                in_flight = n_flying
+            );
+            metrics::counter!("UserRecordsCancelled").increment((n_unsent + n_flying) as u64);
+        }
+        (undelivered, in_flight)
+    }
+
+    /// At a shutdown's deadline, or once nothing is left: abandons what is left and answers the
+    /// shutdown. Returns whether the driver is done.
+    pub(super) fn finish_shutdown_if_due(
+        &mut self,
+        records: &mut mpsc::UnboundedReceiver<Incoming>,
+    ) -> bool {
+        let Some((deadline, _)) = &self.shutdown else {
+            return false;
+        };
+        if self.settlement.epochs.any_unsettled() && Instant::now() < *deadline {
+            return false;
+        }
+        let Some((_, reply)) = self.shutdown.take() else {
+            return false;
+        };
+        let (undelivered, in_flight) = self.abandon(records, "shutdown deadline passed");
+        let report = ShutdownReport {
+            delivered: self.stats.delivered.load(Ordering::Relaxed),
+            failed: self.stats.failed.load(Ordering::Relaxed),
+            undelivered,
+            in_flight,
+        };
+        self.settlement.release_flushes();
+        let _ = reply.send(report);
+        true
+    }
+}
