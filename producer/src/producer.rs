@@ -164,6 +164,31 @@ impl Producer {
         }
     }
 
+    /// [`start`](Self::start) for the driver's unit tests, with a fake API.
+    #[cfg(test)]
+    pub(crate) fn start_with_api(
+        config: ProducerConfig,
+        api: Arc<dyn KinesisApi>,
+        stream: StreamRef,
+        map: ShardMap,
+    ) -> Self {
+        Self::start(config, api, stream, map)
+    }
+
+    /// Runs `f` on the driver's state, in its task, between two events (unit tests).
+    #[cfg(test)]
+    pub(crate) async fn probe<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Driver) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        let probe = crate::driver::Probe(Box::new(move |d| {
+            let _ = tx.send(f(d));
+        }));
+        self.inner.control.send(Command::Probe(probe)).ok()?;
+        rx.await.ok()
+    }
+
     fn cost(&self, record: &UserRecord) -> Result<u32, SendError> {
         self.checked_size(record)?;
         // validate() keeps max_buffered_bytes below 4 GiB and above the cost of the largest
@@ -196,6 +221,10 @@ impl Producer {
     }
 
     /// Hands a record to the producer if the buffer has room now; otherwise gives it back.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record comes back by value, as the public TrySendError promises"
+    )]
     pub fn try_send(&self, record: UserRecord) -> Result<PutReceipt, TrySendError> {
         let cost = match self.cost(&record) {
             Ok(c) => c,
@@ -243,7 +272,7 @@ impl Producer {
             Ok(()) => Ok(PutReceipt::new(rx)),
             Err(mpsc::error::SendError(Incoming::One(p))) => Err(p.record),
             // Proven invariant: the channel hands back what was sent.
-            Err(mpsc::error::SendError(Incoming::Batch(_))) => {
+            Err(mpsc::error::SendError(Incoming::Batch(_) | Incoming::Flush(_))) => {
                 unreachable!("a single record was sent")
             }
         }
@@ -349,9 +378,11 @@ impl Producer {
     /// waited for.
     pub async fn flush(&self) -> Result<(), SendError> {
         let (done, rx) = oneshot::channel();
+        // With the records, not on the control channel: the driver must see it after the
+        // records sent before it and before those sent after.
         self.inner
-            .control
-            .send(Command::Flush(done))
+            .records
+            .send(Incoming::Flush(done))
             .map_err(|_| SendError::Closed)?;
         rx.await.map_err(|_| SendError::Closed)
     }

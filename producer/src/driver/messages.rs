@@ -4,8 +4,9 @@
 //!
 //! ```text
 //!   Producer::send ─► Incoming::one(Pending::new(record, hash, reply)) ─┐
-//!   Producer::send_batch ─► Incoming::batch(records, hashes, ..) ───────┼─► records channel
-//!   Producer::flush / shutdown ─► Command ──────────────────────────────┴─► control channel
+//!   Producer::send_batch ─► Incoming::batch(records, hashes, ..) ───────┤
+//!   Producer::flush ─► Incoming::Flush ─────────────────────────────────┴─► records channel
+//!   Producer::shutdown ─► Command ────────────────────────────────────────► control channel
 //! ```
 
 use std::sync::Arc;
@@ -78,11 +79,14 @@ pub(crate) enum Reply {
     Batch { id: u64, index: u32 },
 }
 
-/// What the handle hands the driver.
+/// What the handle hands the driver, in the order it was sent.
 #[derive(Debug)]
 pub(crate) enum Incoming {
     One(Pending),
     Batch(BatchIn),
+    /// `flush`: answered once every record sent before it is settled. It travels with the
+    /// records, so that it covers exactly those sent before it.
+    Flush(oneshot::Sender<()>),
 }
 
 impl Incoming {
@@ -117,6 +121,7 @@ impl Incoming {
         match self {
             Self::One(p) => vec![p.record],
             Self::Batch(b) => b.records,
+            Self::Flush(_) => Vec::new(),
         }
     }
 }
@@ -134,11 +139,24 @@ pub(crate) struct BatchIn {
 /// What the handle asks of the driver.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Flush(oneshot::Sender<()>),
     Shutdown {
         deadline: Instant,
         done: oneshot::Sender<ShutdownReport>,
     },
+    /// Unit tests: look at the driver's state between two events.
+    #[cfg(test)]
+    Probe(Probe),
+}
+
+/// A look at the driver's state (unit tests).
+#[cfg(test)]
+pub(crate) struct Probe(pub(crate) Box<dyn FnOnce(&super::Driver) + Send>);
+
+#[cfg(test)]
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Probe")
+    }
 }
 
 /// What `shutdown` returns.

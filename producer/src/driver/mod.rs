@@ -39,6 +39,8 @@ mod refresh;
 mod retries;
 mod settlement;
 mod shutdown;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -51,6 +53,8 @@ use kinesis_core::shard_map::ShardMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+#[cfg(test)]
+pub(crate) use messages::Probe;
 pub use messages::ShutdownReport;
 pub(crate) use messages::{Command, Incoming};
 
@@ -131,11 +135,12 @@ impl Driver {
             tokio::select! {
                 // Every branch is cancel-safe: mpsc recv, FuturesUnordered::next, interval tick,
                 // sleep, and a boxed future polled in place.
-                // Control first: a flush or shutdown must not wait behind a flood of records.
+                // Control first: a shutdown must not wait behind a flood of records. (A flush
+                // travels with the records: it covers exactly those sent before it.)
                 biased;
                 Some(cmd) = control.recv() => {
                     // Records sent before the command are in their channel: take them first, so a
-                    // flush or shutdown covers them.
+                    // shutdown covers them.
                     let now = Instant::now();
                     while let Ok(p) = records.try_recv() {
                         let n = self.admit(p, now);
@@ -195,7 +200,8 @@ impl Driver {
         self.unpack(incoming, |d, p| d.enqueue(p, now))
     }
 
-    /// Opens a batch's account and hands each record (stamped with the current epoch) to `f`.
+    /// Opens a batch's account and hands each record (stamped with the current epoch) to `f`;
+    /// a flush closes the epoch.
     fn unpack(&mut self, incoming: Incoming, mut f: impl FnMut(&mut Self, Pending)) -> u64 {
         match incoming {
             Incoming::One(mut p) => {
@@ -210,16 +216,22 @@ impl Driver {
                 }
                 n as u64
             }
+            Incoming::Flush(done) => {
+                self.settlement.flush(done);
+                self.buffers.flush_all();
+                0
+            }
         }
     }
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Flush(done) => self.settlement.flush(done),
             Command::Shutdown { deadline, done } => {
                 self.shutdown = Some((deadline, done));
                 self.settlement.epochs.close();
             }
+            #[cfg(test)]
+            Command::Probe(probe) => return (probe.0)(self),
         }
         self.buffers.flush_all();
     }

@@ -222,3 +222,119 @@ impl Driver {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{CallBackoff, Retries};
+    use crate::driver::messages::{Pending, Reply};
+    use kinesis_core::{ErrorKind, HashKey, PartitionKey, UserRecord};
+    use tokio::time::{Duration, Instant};
+
+    #[derive(Debug, Clone, Copy)]
+    enum Event {
+        /// Call `id` failed; calls up to `next` were sent.
+        Failed { id: u64, next: u64 },
+        /// Call `id` was answered promptly.
+        Answered { id: u64, next: u64 },
+    }
+    use Event::{Answered, Failed};
+
+    #[test]
+    fn only_calls_sent_since_the_pause_changed_grow_or_reset_it() {
+        let ms = Duration::from_millis;
+        // (events, the pause after them lies in [lo, hi))
+        let table: &[(&[Event], (Duration, Duration))] = &[
+            (&[Failed { id: 0, next: 3 }], (ms(50), ms(100))),
+            // Calls 1 and 2 were sent before the pause grew: they wait as long, no growth.
+            (
+                &[
+                    Failed { id: 0, next: 3 },
+                    Failed { id: 1, next: 3 },
+                    Failed { id: 2, next: 3 },
+                ],
+                (ms(50), ms(100)),
+            ),
+            // Call 3 was sent after: it grows the pause.
+            (
+                &[Failed { id: 0, next: 3 }, Failed { id: 3, next: 4 }],
+                (ms(100), ms(200)),
+            ),
+            (
+                &[
+                    Failed { id: 0, next: 1 },
+                    Failed { id: 1, next: 2 },
+                    Failed { id: 2, next: 3 },
+                ],
+                (ms(200), ms(400)),
+            ),
+            // Capped at max.
+            (
+                &[
+                    Failed { id: 0, next: 1 },
+                    Failed { id: 1, next: 2 },
+                    Failed { id: 2, next: 3 },
+                    Failed { id: 3, next: 4 },
+                    Failed { id: 4, next: 5 },
+                ],
+                (ms(400), ms(800)),
+            ),
+            // An answer to a call sent before the pause grew does not reset it ...
+            (
+                &[
+                    Failed { id: 0, next: 2 },
+                    Answered { id: 1, next: 2 },
+                    Failed { id: 2, next: 3 },
+                ],
+                (ms(100), ms(200)),
+            ),
+            // ... an answer to one sent after does: the next failure starts over.
+            (
+                &[
+                    Failed { id: 0, next: 1 },
+                    Failed { id: 1, next: 2 },
+                    Answered { id: 2, next: 3 },
+                    Failed { id: 3, next: 4 },
+                ],
+                (ms(50), ms(100)),
+            ),
+        ];
+        for (events, (lo, hi)) in table {
+            let mut b = CallBackoff::new(ms(100), ms(800));
+            let mut pause = Duration::ZERO;
+            for e in *events {
+                match *e {
+                    Failed { id, next } => pause = b.failed(id, ErrorKind::Transient, next),
+                    Answered { id, next } => b.answered(id, next),
+                }
+            }
+            assert!(pause >= *lo && pause < *hi, "{events:?}: {pause:?}");
+        }
+    }
+
+    fn pending(i: u32) -> Pending {
+        let record = UserRecord::new(PartitionKey::new("k").unwrap(), None, "x".into());
+        Pending::new(record, HashKey(0), Reply::Batch { id: 0, index: i })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_come_due_earliest_first_and_not_before_their_time() {
+        let mut r = Retries::new(&crate::ProducerConfig::default());
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        for (i, at) in [(0, 30), (1, 10), (2, 20), (3, 10)] {
+            r.push(pending(i), now + ms(at));
+        }
+        let index = |ps: Vec<Pending>| -> Vec<u32> {
+            ps.into_iter()
+                .map(|p| match p.reply {
+                    Reply::Batch { index, .. } => index,
+                    Reply::One(..) => unreachable!(),
+                })
+                .collect()
+        };
+        assert_eq!(index(r.take_due(now + ms(9))), Vec::<u32>::new());
+        // Same time: in the order they were pushed.
+        assert_eq!(index(r.take_due(now + ms(20))), [1, 3, 2]);
+        assert_eq!(index(r.take_due(now + ms(100))), [0]);
+    }
+}

@@ -1,0 +1,130 @@
+//! Time: TTL expiry, the backoff between whole-call failures, shutdown at its deadline.
+
+use tokio::time::{Duration, Instant};
+
+use super::{Answer, FakeApi, config, one_shard, record, start, transient};
+use crate::error::FailureReason;
+use crate::receipt::ReceiptError;
+
+#[tokio::test(start_paused = true)]
+async fn a_record_that_keeps_failing_expires_at_its_ttl_with_the_last_error() {
+    let api = FakeApi::new(one_shard(), |_, _| Answer::Error(transient()));
+    let cfg = config();
+    let (ttl, max_pause) = (cfg.record_ttl, cfg.retry_max_delay);
+    let p = start(cfg, one_shard(), &api);
+    let sent = Instant::now();
+    let receipt = p.send(record("a", "r0")).await.unwrap();
+    let err = receipt.await.unwrap_err();
+    let took = sent.elapsed();
+    let Some(FailureReason::Expired {
+        elapsed,
+        last_error,
+    }) = err.reason()
+    else {
+        panic!("expected Expired, got {err:?}");
+    };
+    // It fails when the next attempt would come after the TTL: within one pause of it, and
+    // never after it.
+    assert!(
+        *elapsed <= ttl && *elapsed + max_pause >= ttl,
+        "{elapsed:?}"
+    );
+    assert!(took <= ttl + Duration::from_millis(10), "{took:?}");
+    assert!(
+        last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("connection reset by peer")),
+        "{last_error:?}"
+    );
+    let ReceiptError::Failed(e) = err else {
+        unreachable!()
+    };
+    assert_eq!(e.attempts as usize, api.calls().len());
+    assert!(e.attempts >= 3, "retried until the TTL: {}", e.attempts);
+}
+
+#[tokio::test(start_paused = true)]
+async fn whole_call_failures_are_retried_after_growing_jittered_pauses() {
+    const FAILURES: usize = 6;
+    let api = FakeApi::new(one_shard(), |n, _| {
+        if n < FAILURES {
+            Answer::Error(transient())
+        } else {
+            Answer::Store
+        }
+    });
+    let mut cfg = config();
+    cfg.record_ttl = Duration::from_secs(60);
+    cfg.retry_min_delay = Duration::from_millis(100);
+    cfg.retry_max_delay = Duration::from_millis(1600);
+    let (min, max) = (cfg.retry_min_delay, cfg.retry_max_delay);
+    let p = start(cfg, one_shard(), &api);
+    let d = p.send(record("a", "r0")).await.unwrap().await.unwrap();
+    assert_eq!(d.attempts as usize, FAILURES + 1);
+    let calls = api.calls();
+    assert_eq!(calls.len(), FAILURES + 1);
+    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].at - w[0].at).collect();
+    // The n-th pause is drawn in [step/2, step), step = min × 2^n capped at max; the driver
+    // sends a due retry within two ticks (5 ms each).
+    let tick = Duration::from_millis(11);
+    for (n, gap) in gaps.iter().enumerate() {
+        let step = (min * 2u32.pow(n as u32)).min(max);
+        assert!(
+            *gap >= step / 2 && *gap < step + tick,
+            "pause {n}: {gap:?} not in [{:?}, {step:?}) ({gaps:?})",
+            step / 2
+        );
+    }
+    // Growing: the last pause is several times the first.
+    assert!(gaps[FAILURES - 1] > gaps[0] * 4, "{gaps:?}");
+    // Jittered: not exactly the steps (equal jitter draws the upper half at random).
+    let on_steps = gaps
+        .iter()
+        .enumerate()
+        .filter(|(n, g)| {
+            let half = (min * 2u32.pow(*n as u32)).min(max) / 2;
+            g.abs_diff(half) < tick
+        })
+        .count();
+    assert!(on_steps < gaps.len(), "no jitter: {gaps:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_returns_at_its_deadline_handing_back_what_is_unsettled() {
+    let api = FakeApi::new(one_shard(), |_, _| Answer::Never);
+    let mut cfg = config();
+    // One plain record per call, one call at a time: one record in flight, the rest unsent.
+    cfg.aggregation = false;
+    cfg.collection_max_count = 1;
+    cfg.max_in_flight_requests = 1;
+    let p = start(cfg, one_shard(), &api);
+    let mut receipts = Vec::new();
+    for i in 0..3 {
+        receipts.push(p.send(record("a", &format!("r{i}"))).await.unwrap());
+    }
+    let started = Instant::now();
+    let report = p.shutdown(Duration::from_secs(2)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(2) + Duration::from_millis(10),
+        "{took:?}"
+    );
+    let data = |rs: &[kinesis_core::UserRecord]| {
+        let mut d: Vec<String> = rs
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+            .collect();
+        d.sort();
+        d
+    };
+    assert_eq!(data(&report.in_flight), ["r0"]);
+    assert_eq!(data(&report.undelivered), ["r1", "r2"]);
+    assert_eq!((report.delivered, report.failed), (0, 3));
+    let reasons: Vec<String> = futures::future::join_all(receipts)
+        .await
+        .into_iter()
+        .map(|o| format!("{:?}", o.unwrap_err().reason().unwrap()))
+        .collect();
+    assert_eq!(reasons, ["Unknown", "Cancelled", "Cancelled"]);
+    assert_eq!(api.calls().len(), 1);
+}
