@@ -9,7 +9,12 @@
 //! ```
 //!
 //! CPU is the client process's user + system time (`/proc/self/stat`), so "records/s per core"
-//! is records ÷ CPU seconds. Linux only.
+//! is records ÷ CPU seconds. Linux only. A `metrics` recorder (the Prometheus exporter's, as the
+//! agent installs it) records every metric the producer emits, as in production.
+//!
+//! The floor row is the work no pipeline can avoid for the same records, with no pipeline at
+//! all: MD5 of each partition key (shard prediction), the aggregates' protobuf (prost), their
+//! MD5, base64 of them and SHA-256 of the base64 (SigV4 signs the request body).
 
 #![allow(
     clippy::unwrap_used,
@@ -73,6 +78,80 @@ fn records(n: usize) -> Vec<UserRecord> {
         .collect()
 }
 
+#[derive(Clone, PartialEq, prost::Message)]
+struct AggRecord {
+    #[prost(uint64, tag = "1")]
+    partition_key_index: u64,
+    #[prost(bytes = "bytes", tag = "3")]
+    data: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Aggregated {
+    #[prost(string, repeated, tag = "1")]
+    partition_key_table: Vec<String>,
+    #[prost(message, repeated, tag = "3")]
+    records: Vec<AggRecord>,
+}
+
+/// The floor: hashing and encoding the same records need, without a pipeline (see the module
+/// docs). Aggregates are cut at the producer's default 50 KiB.
+fn run_floor(n: usize) -> Run {
+    use md5::Digest as _;
+    use prost::Message as _;
+    let input = records(n);
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let mut sink = 0u64;
+    let seal = |agg: &mut Aggregated, keys: &mut foldhash::HashMap<String, u64>, sink: &mut u64| {
+        let body = agg.encode_to_vec();
+        let digest = md5::Md5::digest(&body);
+        let mut data = Vec::with_capacity(4 + body.len() + 16);
+        data.extend_from_slice(&[0xF3, 0x89, 0x9A, 0xC2]);
+        data.extend_from_slice(&body);
+        data.extend_from_slice(&digest);
+        let b64 = aws_smithy_types::base64::encode(&data);
+        let sig = <sha2::Sha256 as sha2::Digest>::digest(b64.as_bytes());
+        *sink = sink.wrapping_add(u64::from(sig[0]));
+        agg.partition_key_table.clear();
+        agg.records.clear();
+        keys.clear();
+    };
+    let mut agg = Aggregated::default();
+    let mut keys: foldhash::HashMap<String, u64> = foldhash::HashMap::default();
+    let mut size = 0;
+    for r in &input {
+        let hash = md5::Md5::digest(r.partition_key.as_str().as_bytes());
+        sink = sink.wrapping_add(u64::from(hash[0]));
+        if size + r.data.len() + 20 > 51_200 {
+            seal(&mut agg, &mut keys, &mut sink);
+            size = 0;
+        }
+        let key = r.partition_key.as_str();
+        let idx = if let Some(&i) = keys.get(key) {
+            i
+        } else {
+            let i = keys.len() as u64;
+            keys.insert(key.to_owned(), i);
+            agg.partition_key_table.push(key.to_owned());
+            size += key.len() + 2;
+            i
+        };
+        size += r.data.len() + 6;
+        agg.records.push(AggRecord {
+            partition_key_index: idx,
+            data: r.data.clone(),
+        });
+    }
+    seal(&mut agg, &mut keys, &mut sink);
+    std::hint::black_box(sink);
+    Run {
+        name: "floor: md5+protobuf+base64+sha256",
+        records: n,
+        wall: t0.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - cpu0,
+    }
+}
+
 struct Run {
     name: &'static str,
     records: usize,
@@ -80,7 +159,17 @@ struct Run {
     cpu: f64,
 }
 
-async fn run_producer(url: &str, aggregation: bool, n: usize) -> Run {
+/// How the `send` scenario awaits its receipts.
+#[derive(Clone, Copy, PartialEq)]
+enum Await {
+    /// In order, from a queue (they mostly resolve in order): what a service settling its
+    /// records as it goes does, with no allocation per receipt.
+    InOrder,
+    /// In a `FuturesUnordered` (one task node allocated per receipt, each polled twice).
+    Unordered,
+}
+
+async fn run_producer(url: &str, aggregation: bool, n: usize, wait: Await) -> Run {
     // Without aggregation, 16 shards at 150 % allow only 24,000 records/s: lift the limiter so
     // the run measures the pipeline's CPU, not the rate limit.
     let rate_limit_percent = if aggregation { 150 } else { 100_000 };
@@ -96,26 +185,43 @@ async fn run_producer(url: &str, aggregation: bool, n: usize) -> Run {
         .unwrap();
     let input = records(n);
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    let mut receipts = futures::stream::FuturesUnordered::new();
-    for r in input {
-        receipts.push(p.send(r).await.unwrap());
-        // Settle receipts as we go, as a service would.
-        while receipts.len() > 100_000 {
-            receipts.next().await.unwrap().unwrap();
+    // Settle receipts as we go, as a service would: at most 100,000 outstanding.
+    const OUTSTANDING: usize = 100_000;
+    match wait {
+        Await::InOrder => {
+            let mut receipts = std::collections::VecDeque::with_capacity(OUTSTANDING + 1);
+            for r in input {
+                receipts.push_back(p.send(r).await.unwrap());
+                if receipts.len() > OUTSTANDING {
+                    receipts.pop_front().unwrap().await.unwrap();
+                }
+            }
+            for r in receipts {
+                r.await.unwrap();
+            }
         }
-    }
-    while let Some(r) = receipts.next().await {
-        r.unwrap();
+        Await::Unordered => {
+            let mut receipts = futures::stream::FuturesUnordered::new();
+            for r in input {
+                receipts.push(p.send(r).await.unwrap());
+                while receipts.len() > OUTSTANDING {
+                    receipts.next().await.unwrap().unwrap();
+                }
+            }
+            while let Some(r) = receipts.next().await {
+                r.unwrap();
+            }
+        }
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     assert_eq!(p.stats().user_records_delivered as usize, n);
     p.shutdown(Duration::from_secs(10)).await;
     Run {
-        name: if aggregation {
-            "producer, aggregation on"
-        } else {
-            "producer, aggregation off"
+        name: match (aggregation, wait) {
+            (true, Await::InOrder) => "producer, send, aggregation on",
+            (true, Await::Unordered) => "  same, receipts unordered",
+            (false, _) => "producer, send, aggregation off",
         },
         records: n,
         wall,
@@ -162,14 +268,21 @@ async fn run_naive(url: &str, n: usize) -> Run {
     let c = client(url);
     let input = records(n);
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    let calls = input.chunks(500).map(|chunk| {
+    // The loop owns its records, as a service does: they are moved into the requests (no copy
+    // of the data) and freed once sent, inside the measured time, as the producer's are.
+    let mut input = input.into_iter();
+    let calls = std::iter::from_fn(move || {
+        let chunk: Vec<UserRecord> = input.by_ref().take(500).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    })
+    .map(|chunk| {
         let c = c.clone();
         let entries: Vec<PutRecordsRequestEntry> = chunk
-            .iter()
+            .into_iter()
             .map(|r| {
                 PutRecordsRequestEntry::builder()
                     .partition_key(r.partition_key.as_str())
-                    .data(Blob::new(r.data.to_vec()))
+                    .data(Blob::new(Vec::from(r.data)))
                     .build()
                     .unwrap()
             })
@@ -298,24 +411,47 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // As in production: every metric the producer emits is recorded (kept until scraped).
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
     rt.block_on(async {
         let ep = kinesis_testkit::fast_endpoint::FastEndpoint::spawn(false);
         // Warm-up: connections, allocator.
-        run_producer(&ep.url, true, 50_000).await;
+        run_producer(&ep.url, true, 50_000, Await::InOrder).await;
         let mut runs = Vec::new();
+        // BENCH_ONLY=send|unordered|batch|plain|raw|floor runs one scenario (for profiling).
+        let only = std::env::var("BENCH_ONLY").ok();
+        let on = |s: &str| only.as_deref().is_none_or(|o| o == s);
         for _ in 0..2 {
-            runs.push(run_producer(&ep.url, true, n).await);
-            runs.push(run_batches(&ep.url, n).await);
-            runs.push(run_producer(&ep.url, false, n / 4).await);
-            runs.push(run_naive(&ep.url, n / 4).await);
+            if on("send") {
+                runs.push(run_producer(&ep.url, true, n, Await::InOrder).await);
+            }
+            if on("unordered") {
+                runs.push(run_producer(&ep.url, true, n, Await::Unordered).await);
+            }
+            if on("batch") {
+                runs.push(run_batches(&ep.url, n).await);
+            }
+            if on("plain") {
+                runs.push(run_producer(&ep.url, false, n / 4, Await::InOrder).await);
+            }
+            if on("raw") {
+                runs.push(run_naive(&ep.url, n / 4).await);
+            }
+            if on("floor") {
+                runs.push(run_floor(n));
+            }
+            // What a scrape does: drains the recorded histograms.
+            prometheus.run_upkeep();
         }
         println!(
             "{RECORD_BYTES}-byte records, {KEYS} keys, {SHARDS} shards; endpoint in a separate process; two rounds"
         );
-        println!("{:<30} {:>10} {:>9} {:>9} {:>16} {:>12} {:>8}", "scenario", "records", "wall s", "cpu s", "records/s/core", "µs cpu/rec", "wall/s");
+        println!("{:<34} {:>10} {:>9} {:>9} {:>16} {:>12} {:>8}", "scenario", "records", "wall s", "cpu s", "records/s/core", "µs cpu/rec", "wall/s");
         for r in &runs {
             println!(
-                "{:<30} {:>10} {:>9.2} {:>9.2} {:>16.0} {:>12.3} {:>8.0}",
+                "{:<34} {:>10} {:>9.2} {:>9.2} {:>16.0} {:>12.3} {:>8.0}",
                 r.name,
                 r.records,
                 r.wall,
@@ -325,17 +461,25 @@ fn main() {
                 r.records as f64 / r.wall
             );
         }
+        if only.is_some() {
+            return;
+        }
         let per_core = |name: &str| {
             let v: Vec<f64> = runs.iter().filter(|r| r.name == name).map(|r| r.records as f64 / r.cpu).collect();
             v.iter().sum::<f64>() / v.len() as f64
         };
-        let agg = per_core("producer, aggregation on");
+        let agg = per_core("producer, send, aggregation on");
         let naive = per_core("raw SDK, 500 per PutRecords");
         let batched = per_core("producer, send_batch of 1000");
-        println!("ratio producer (aggregation on) / raw SDK, records per CPU second: {:.1}x", agg / naive);
+        println!("ratio producer send (aggregation on) / raw SDK, records per CPU second: {:.1}x", agg / naive);
         println!("ratio producer send_batch / raw SDK, records per CPU second: {:.1}x", batched / naive);
+        let floor = per_core("floor: md5+protobuf+base64+sha256");
+        println!("CPU per record as a multiple of the floor: send {:.1}x, send_batch {:.1}x, raw SDK {:.1}x", floor / agg, floor / batched, floor / naive);
         drop(ep);
     });
+    if std::env::var_os("BENCH_ONLY").is_some() {
+        return;
+    }
     let stalled = kinesis_testkit::fast_endpoint::FastEndpoint::spawn(true);
     for mode in ["rss", "rss-batch", "rss-large"] {
         let out = Command::new(std::env::current_exe().unwrap())

@@ -368,7 +368,8 @@ impl AggregateLayout {
         }))
     }
 
-    fn clear(&mut self) {
+    /// Empties the layout without writing anything (its records are going elsewhere).
+    pub fn clear(&mut self) {
         self.pk_index.clear();
         self.pk_table.clear();
         self.ehk_index.clear();
