@@ -1,6 +1,7 @@
 //! The handle: [`Producer`] (cheap to clone) and its builder.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
@@ -264,13 +265,19 @@ impl Producer {
         let (reply, rx) = oneshot::channel();
         // MD5 of the key here, on the caller's thread, not in the single driver task.
         let hash = record.hash_key();
+        // Counted before the driver can settle it: outstanding_records() never reads low.
+        let accepted = &self.inner.stats.accepted;
+        accepted.fetch_add(1, Ordering::Relaxed);
         match self
             .inner
             .records
             .send(Incoming::one(record, hash, reply, permit))
         {
             Ok(()) => Ok(PutReceipt::new(rx)),
-            Err(mpsc::error::SendError(Incoming::One(p))) => Err(p.record),
+            Err(mpsc::error::SendError(Incoming::One(p))) => {
+                accepted.fetch_sub(1, Ordering::Relaxed);
+                Err(p.record)
+            }
             // Proven invariant: the channel hands back what was sent.
             Err(mpsc::error::SendError(Incoming::Batch(_) | Incoming::Flush(_))) => {
                 unreachable!("a single record was sent")
@@ -362,14 +369,20 @@ impl Producer {
                 records,
             });
         };
+        let n = records.len() as u64;
+        let accepted = &self.inner.stats.accepted;
+        accepted.fetch_add(n, Ordering::Relaxed);
         let batch = Incoming::batch(records, hashes, reply, permit);
         match self.inner.records.send(batch) {
             Ok(()) => Ok(BatchReceipt::new(rx)),
-            Err(mpsc::error::SendError(incoming)) => Err(SendBatchError {
-                reason: SendError::Closed,
-                index: None,
-                records: incoming.into_records(),
-            }),
+            Err(mpsc::error::SendError(incoming)) => {
+                accepted.fetch_sub(n, Ordering::Relaxed);
+                Err(SendBatchError {
+                    reason: SendError::Closed,
+                    index: None,
+                    records: incoming.into_records(),
+                })
+            }
         }
     }
 
@@ -406,6 +419,26 @@ impl Producer {
     /// Counters since the producer was built.
     pub fn stats(&self) -> ProducerStats {
         self.inner.stats.snapshot()
+    }
+
+    /// User records accepted (by `send`, `try_send`, `send_batch`) and not yet delivered or
+    /// failed: buffered, in flight, or waiting for a retry. The KPL's
+    /// `getOutstandingRecordsCount`, for shedding load. Cheap (three atomic loads) and exact:
+    /// a record counts from the moment its `send` returns until just before its receipt
+    /// resolves, however many attempts it takes.
+    pub fn outstanding_records(&self) -> u64 {
+        self.inner.stats.outstanding()
+    }
+
+    /// How long the oldest record not yet delivered or failed has waited since it was sent;
+    /// `None` when there is none. The KPL's `getOldestRecordTimeInMillis`, for shedding load.
+    ///
+    /// Cheap (one atomic load). The driver publishes the oldest record's arrival after each
+    /// event, to within 100 ms: the value may be up to ~100 ms too old, never too young, and a
+    /// record the driver has not taken from its channel yet (microseconds, normally) does not
+    /// count until it has.
+    pub fn oldest_record_age(&self) -> Option<Duration> {
+        self.inner.stats.oldest_age()
     }
 
     /// Bytes of buffer space free now (of `max_buffered_bytes`).

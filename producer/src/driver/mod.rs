@@ -189,6 +189,7 @@ impl Driver {
             }
             self.pump();
             self.settlement.resolve_flushes();
+            self.settlement.publish(&self.stats);
             if self.finish_shutdown_if_due(&mut records) {
                 return;
             }
@@ -243,6 +244,7 @@ impl Driver {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        self.settlement.tick(&self.stats, now);
         let urgent = self.urgent();
         self.buffers.finish_due((!urgent).then_some(now));
         // Backoff holds even during a flush or shutdown: they wait for the retries, not skip them.

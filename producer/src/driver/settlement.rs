@@ -9,33 +9,45 @@
 //!
 //! A flush closes the current epoch: it waits for exactly the records stamped before it.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 use foldhash::HashMap;
 use foldhash::HashMapExt as _;
 use kinesis_core::{SequenceNumber, ShardId};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::time::{Duration, Instant};
 
 use super::messages::{BatchIn, Pending, Reply};
 use crate::error::{FailureReason, PutError};
 use crate::receipt::{BatchFailure, BatchOutcome, Delivered};
 use crate::stats::Stats;
 
-/// Unsettled records per epoch. Records are stamped with the current epoch; a flush closes it.
+/// Unsettled records per epoch. Records are stamped with the current epoch; a flush closes
+/// it, and so does time ([`AGE_GRANULARITY`]), so that each epoch's oldest arrival tells the
+/// age of the oldest unsettled record.
 #[derive(Debug, Default)]
 pub(super) struct Epochs {
     epoch: u64,
-    /// Unsettled records of the current epoch (the hot path) ...
+    /// Unsettled records of the current epoch (the hot path), and their earliest arrival ...
     current: usize,
-    /// ... and of older epochs (flushes wait on those).
-    outstanding: BTreeMap<u64, usize>,
+    current_oldest: Option<Instant>,
+    /// ... and of the closed epochs `base..epoch`, in order (0 for one fully settled); the
+    /// front one has unsettled records. Flushes wait on those.
+    outstanding: VecDeque<(usize, Instant)>,
+    base: u64,
 }
 
+/// How long an epoch stays open at most: the oldest record's age is known to this much.
+pub(super) const AGE_GRANULARITY: Duration = Duration::from_millis(100);
+
 impl Epochs {
-    /// Stamps `n` records with the current epoch.
-    pub(super) fn stamp(&mut self, n: usize) -> u64 {
-        self.current += n;
+    /// Stamps `n` records that arrived at `arrived` with the current epoch.
+    pub(super) fn stamp(&mut self, n: usize, arrived: Instant) -> u64 {
+        if n > 0 {
+            self.current += n;
+            self.current_oldest = Some(self.current_oldest.map_or(arrived, |t| t.min(arrived)));
+        }
         self.epoch
     }
 
@@ -43,21 +55,34 @@ impl Epochs {
     pub(super) fn settle(&mut self, epoch: u64) {
         if epoch == self.epoch {
             self.current = self.current.saturating_sub(1);
+            if self.current == 0 {
+                self.current_oldest = None;
+            }
             return;
         }
-        if let Some(c) = self.outstanding.get_mut(&epoch) {
-            *c -= 1;
-            if *c == 0 {
-                self.outstanding.remove(&epoch);
-            }
+        let Some(i) = epoch.checked_sub(self.base) else {
+            return;
+        };
+        if let Some((c, _)) = usize::try_from(i)
+            .ok()
+            .and_then(|i| self.outstanding.get_mut(i))
+        {
+            *c = c.saturating_sub(1);
+        }
+        while self.outstanding.front().is_some_and(|(c, _)| *c == 0) {
+            self.outstanding.pop_front();
+            self.base += 1;
         }
     }
 
     /// Closes the current epoch; returns it.
     pub(super) fn close(&mut self) -> u64 {
         let closed = self.epoch;
-        if self.current > 0 {
-            self.outstanding.insert(self.epoch, self.current);
+        match self.current_oldest.take() {
+            Some(oldest) if self.current > 0 => self.outstanding.push_back((self.current, oldest)),
+            // Nothing unsettled in it: nothing to wait for, unless older epochs hold records.
+            _ if self.outstanding.is_empty() => self.base = closed + 1,
+            _ => self.outstanding.push_back((0, Instant::now())),
         }
         self.current = 0;
         self.epoch += 1;
@@ -66,15 +91,22 @@ impl Epochs {
 
     /// Whether every record of `epoch` (and older) is settled.
     pub(super) fn settled_through(&self, epoch: u64) -> bool {
-        self.outstanding
-            .keys()
-            .next()
-            .is_none_or(|&oldest| oldest > epoch)
+        self.outstanding.is_empty() || self.base > epoch
     }
 
     /// Whether any record is unsettled.
     pub(super) fn any_unsettled(&self) -> bool {
         self.current > 0 || !self.outstanding.is_empty()
+    }
+
+    /// The arrival of the oldest unsettled record, to [`AGE_GRANULARITY`]: the earliest
+    /// arrival in the oldest epoch with unsettled records (whose earliest may have settled).
+    pub(super) fn oldest(&self) -> Option<Instant> {
+        match self.outstanding.front() {
+            Some((_, t)) => Some(*t),
+            None if self.current > 0 => self.current_oldest,
+            None => None,
+        }
     }
 }
 
@@ -92,6 +124,8 @@ struct OpenBatch {
 /// Receipts, batches and flushes.
 pub(super) struct Settlement {
     pub(super) epochs: Epochs,
+    /// When the current epoch was opened by time (flushes open epochs too).
+    epoch_opened: Option<Instant>,
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
     /// Batches from `send_batch` with members not yet settled.
     open_batches: HashMap<u64, OpenBatch>,
@@ -102,6 +136,7 @@ impl Settlement {
     pub(super) fn new() -> Self {
         Self {
             epochs: Epochs::default(),
+            epoch_opened: None,
             flush_waiters: Vec::new(),
             open_batches: HashMap::new(),
             next_batch: 0,
@@ -110,7 +145,25 @@ impl Settlement {
 
     /// Stamps a record with the current epoch.
     pub(super) fn admit(&mut self, p: &mut Pending) {
-        p.epoch = self.epochs.stamp(1);
+        p.epoch = self.epochs.stamp(1, p.arrived);
+    }
+
+    /// Closes the current epoch once it has been open for [`AGE_GRANULARITY`], and publishes
+    /// the oldest unsettled record's arrival.
+    pub(super) fn tick(&mut self, stats: &Stats, now: Instant) {
+        if self
+            .epoch_opened
+            .is_none_or(|t| now.saturating_duration_since(t) >= AGE_GRANULARITY)
+        {
+            self.epochs.close();
+            self.epoch_opened = Some(now);
+        }
+        self.publish(stats);
+    }
+
+    /// Publishes the oldest unsettled record's arrival (after each event).
+    pub(super) fn publish(&self, stats: &Stats) {
+        stats.publish_oldest(self.epochs.oldest());
     }
 
     /// Opens a batch's account; returns how many members it has and the members, stamped
@@ -144,7 +197,7 @@ impl Settlement {
                 },
             );
         }
-        let epoch = self.epochs.stamp(n);
+        let epoch = self.epochs.stamp(n, arrived);
         let members =
             records
                 .into_iter()
@@ -219,7 +272,7 @@ impl Settlement {
     /// Fails a record: its receipt (or its batch's entry) gets the reason and the record.
     pub(super) fn fail(&mut self, stats: &Stats, m: Pending, reason: FailureReason) {
         self.epochs.settle(m.epoch);
-        stats.failed.fetch_add(1, Ordering::Relaxed);
+        stats.failed.fetch_add(1, Ordering::Release);
         let error = PutError {
             reason,
             attempts: m.attempts,
@@ -246,7 +299,7 @@ impl Settlement {
     ) {
         let n = members.len() as u64;
         // Counted before any receipt resolves: a caller who saw its receipts sees the counts.
-        stats.delivered.fetch_add(n, Ordering::Relaxed);
+        stats.delivered.fetch_add(n, Ordering::Release);
         let mut permits: Option<OwnedSemaphorePermit> = None;
         let mut first_try = 0;
         // Members of one batch come in runs: settle a run at once.
@@ -311,6 +364,33 @@ pub(super) fn number(members: Vec<Pending>) -> Vec<(u64, Pending)> {
 #[cfg(test)]
 mod tests {
     use super::Epochs;
+    use tokio::time::{Duration, Instant};
+
+    #[test]
+    fn the_oldest_arrival_is_that_of_the_oldest_epoch_with_unsettled_records() {
+        let t0 = Instant::now();
+        let t = |ms| t0 + Duration::from_millis(ms);
+        let mut e = Epochs::default();
+        assert_eq!(e.oldest(), None);
+        let first = e.stamp(1, t(5));
+        e.stamp(1, t(0)); // arrived earlier, taken later: still the epoch's oldest
+        assert_eq!(e.oldest(), Some(t(0)));
+        e.close();
+        e.close(); // an empty epoch in between
+        let third = e.stamp(1, t(300));
+        assert_eq!(e.oldest(), Some(t(0)));
+        e.settle(first);
+        assert_eq!(
+            e.oldest(),
+            Some(t(0)),
+            "one of the first epoch is unsettled"
+        );
+        e.settle(first);
+        assert_eq!(e.oldest(), Some(t(300)));
+        e.settle(third);
+        assert_eq!(e.oldest(), None);
+        assert!(!e.any_unsettled());
+    }
 
     /// A step on the epochs: stamp n records, settle one of an epoch, or close (a flush).
     #[derive(Debug, Clone, Copy)]
@@ -356,7 +436,7 @@ mod tests {
             for s in *steps {
                 match *s {
                     Stamp(n) => {
-                        e.stamp(n);
+                        e.stamp(n, Instant::now());
                     }
                     Settle(epoch) => e.settle(epoch),
                     Close => {

@@ -64,6 +64,7 @@ impl Driver {
             in_flight.push(m.record.clone());
             self.settlement.fail(&self.stats, m, FailureReason::Unknown);
         }
+        self.settlement.publish(&self.stats);
         if n_unsent + n_flying > 0 {
             warn!(
                 message = "Producer stopped with records not delivered; their receipts say so and hand them back.",

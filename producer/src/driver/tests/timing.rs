@@ -128,3 +128,58 @@ async fn shutdown_returns_at_its_deadline_handing_back_what_is_unsettled() {
     assert_eq!(reasons, ["Unknown", "Cancelled", "Cancelled"]);
     assert_eq!(api.calls().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn outstanding_records_and_the_oldest_age_follow_records_until_they_settle() {
+    // The first call fails as a whole (a retry after a pause), later ones are answered after
+    // 500 ms.
+    let api = FakeApi::new(one_shard(), |n, _| {
+        if n == 0 {
+            Answer::Error(transient())
+        } else {
+            Answer::After(Duration::from_millis(500), Box::new(Answer::Store))
+        }
+    });
+    let p = start(config(), one_shard(), &api);
+    assert_eq!((p.outstanding_records(), p.oldest_record_age()), (0, None));
+    let started = Instant::now();
+    let one = p.send(record("a", "r0")).await.unwrap();
+    let batch = p
+        .send_batch(vec![record("b", "r1"), record("c", "r2")])
+        .await
+        .unwrap();
+    assert_eq!(
+        p.outstanding_records(),
+        3,
+        "counted as soon as send returns"
+    );
+    // Stuck: the first call failed, the retry is in flight.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.calls().len(), 2, "retried");
+    assert_eq!(p.outstanding_records(), 3);
+    let age = p.oldest_record_age().expect("records are unsettled");
+    let waited = started.elapsed();
+    assert!(
+        age >= waited && age <= waited + Duration::from_millis(110),
+        "{age:?} vs {waited:?}"
+    );
+    one.await.unwrap();
+    assert_eq!(batch.await.unwrap().delivered, 2);
+    assert_eq!((p.outstanding_records(), p.oldest_record_age()), (0, None));
+    // Records that are never answered stay counted until shutdown hands them back.
+    let api = FakeApi::new(one_shard(), |_, _| Answer::Never);
+    let p = start(config(), one_shard(), &api);
+    let stuck = p.send(record("a", "r0")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(p.outstanding_records(), 1);
+    let age = p.oldest_record_age().unwrap();
+    assert!(
+        age >= Duration::from_secs(2) && age <= Duration::from_millis(2110),
+        "{age:?}"
+    );
+    let q = p.clone();
+    let report = p.shutdown(Duration::from_millis(10)).await;
+    assert_eq!(report.in_flight.len(), 1);
+    assert!(stuck.await.is_err());
+    assert_eq!((q.outstanding_records(), q.oldest_record_age()), (0, None));
+}
