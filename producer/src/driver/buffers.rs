@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 
 use foldhash::HashMap;
 use foldhash::HashMapExt as _;
-use kinesis_core::agg::{Aggregator, TryAdd};
+use kinesis_core::agg::{AggregateLayout, LayoutMismatch};
 use kinesis_core::shard_map::{Shard, ShardMap};
 use kinesis_core::{HashKey, KinesisRecord, ShardId, UserRecord};
 use tokio::time::{Duration, Instant};
@@ -57,7 +57,9 @@ impl Ready {
 }
 
 pub(super) struct ShardState {
-    aggregator: Option<Aggregator>,
+    /// Sizes and key tables of the aggregate being built; its records are `members` (the
+    /// layout holds no second reference to their data).
+    aggregator: Option<AggregateLayout>,
     pub(super) members: Vec<Pending>,
     pub(super) agg_deadline: Option<Instant>,
     pub(super) ready: VecDeque<Ready>,
@@ -74,7 +76,7 @@ impl ShardState {
     fn new(cfg: &ProducerConfig, key: &ShardKey, now: Instant) -> Self {
         Self {
             aggregator: if cfg.aggregation && key.is_some() {
-                Aggregator::new(cfg.aggregation_max_bytes).ok()
+                AggregateLayout::new(cfg.aggregation_max_bytes).ok()
             } else {
                 None
             },
@@ -99,21 +101,22 @@ impl ShardState {
         let Some(agg) = self.aggregator.as_mut() else {
             return;
         };
-        if let Some(kr) = agg.finish() {
-            // The next aggregate will likely hold as many: sized once, no growth slack.
-            let next = Vec::with_capacity(self.members.len());
-            let members = std::mem::replace(&mut self.members, next);
-            let deadline = self.agg_deadline.take().unwrap_or_else(Instant::now);
-            self.ready
-                .push_back(Ready::new(key.clone(), kr, members, deadline));
+        let written = agg.finish(self.members.iter().map(|m| &m.record.data));
+        if self.members.is_empty() {
+            return;
         }
+        // The next aggregate will likely hold as many: sized once, no growth slack.
+        let next = Vec::with_capacity(self.members.len());
+        let members = std::mem::replace(&mut self.members, next);
+        let deadline = self.agg_deadline.take().unwrap_or_else(Instant::now);
+        push_finished(&mut self.ready, key, written, members, deadline);
     }
 
     /// Drops the aggregate being built and hands back every record held here (the shard
     /// closed: they go elsewhere).
     pub(super) fn drain(&mut self) -> Vec<Pending> {
         if let Some(agg) = self.aggregator.as_mut() {
-            let _ = agg.finish();
+            agg.clear();
         }
         let mut moved: Vec<Pending> = std::mem::take(&mut self.members);
         self.agg_deadline = None;
@@ -174,10 +177,10 @@ impl Buffers {
         match st.aggregator.as_mut() {
             Some(agg) if fits => {
                 // Full: finish and start a new aggregate; the record fits an empty one.
-                if let Ok(TryAdd::Full(_)) = agg.try_add(p.record.clone()) {
+                if let Ok(false) = agg.try_add(&p.record) {
                     st.finish_aggregate(&key);
                     if let Some(agg) = st.aggregator.as_mut() {
-                        let _ = agg.try_add(p.record.clone());
+                        let _ = agg.try_add(&p.record);
                     }
                 }
                 st.members.push(p);
@@ -285,25 +288,31 @@ fn reaggregate(
 ) -> Vec<Ready> {
     let mut front: Vec<Ready> = Vec::new();
     let mut agg = if cfg.aggregation && key.is_some() {
-        Aggregator::new(cfg.aggregation_max_bytes).ok()
+        AggregateLayout::new(cfg.aggregation_max_bytes).ok()
     } else {
         None
     };
     let mut group: Vec<Pending> = Vec::new();
-    let close = |agg: &mut Option<Aggregator>, group: &mut Vec<Pending>, front: &mut Vec<Ready>| {
-        if let Some(kr) = agg.as_mut().and_then(Aggregator::finish) {
-            front.push(Ready::new(key.clone(), kr, std::mem::take(group), deadline));
-        }
-    };
+    let close =
+        |agg: &mut Option<AggregateLayout>, group: &mut Vec<Pending>, front: &mut Vec<Ready>| {
+            if let Some(a) = agg.as_mut()
+                && !group.is_empty()
+            {
+                let written = a.finish(group.iter().map(|m| &m.record.data));
+                let mut ready = VecDeque::new();
+                push_finished(&mut ready, key, written, std::mem::take(group), deadline);
+                front.extend(ready);
+            }
+        };
     for m in members {
         let fits = agg
             .as_ref()
             .is_some_and(|a| m.record.size_bytes() <= a.max_bytes());
         if fits {
-            if let Some(Ok(TryAdd::Full(_))) = agg.as_mut().map(|a| a.try_add(m.record.clone())) {
+            if let Some(Ok(false)) = agg.as_mut().map(|a| a.try_add(&m.record)) {
                 close(&mut agg, &mut group, &mut front);
                 if let Some(a) = agg.as_mut() {
-                    let _ = a.try_add(m.record.clone());
+                    let _ = a.try_add(&m.record);
                 }
             }
             group.push(m);
@@ -359,6 +368,29 @@ impl Driver {
         }
         for (k, ms) in groups {
             self.buffers.requeue_front_at(&self.cfg, k, ms, now, delay);
+        }
+    }
+}
+
+/// Queues what a layout wrote for `members`. Should it refuse them (they are not the records
+/// it was given: a bug), each member goes alone instead, so that none is lost over it.
+fn push_finished(
+    ready: &mut VecDeque<Ready>,
+    key: &ShardKey,
+    written: Result<Option<KinesisRecord>, LayoutMismatch>,
+    members: Vec<Pending>,
+    deadline: Instant,
+) {
+    match written {
+        Ok(Some(kr)) => ready.push_back(Ready::new(key.clone(), kr, members, deadline)),
+        Ok(None) | Err(_) => {
+            if let Err(e) = written {
+                tracing::error!(message = "Aggregate layout did not match its records; sending them one by one.", error = %e);
+            }
+            for m in members {
+                let kr = plain(&m.record);
+                ready.push_back(Ready::new(key.clone(), kr, vec![m], deadline));
+            }
         }
     }
 }
