@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kinesis_core::{AwsError, ErrorKind, UserRecord};
+use kinesis_core::{AwsError, ErrorKind, ShardId, UserRecord};
 
 use crate::config::ConfigError;
 
@@ -100,8 +100,60 @@ pub struct PutError {
     pub reason: FailureReason,
     /// PutRecords attempts made for this record.
     pub attempts: u32,
+    /// Every attempt, in order, with when it started, how long it took and how it ended (the
+    /// KPL's `getAttempts()`): it tells a throttled shard (`EntryFailed` with
+    /// `ProvisionedThroughputExceededException`) from an endpoint that fails as a whole
+    /// (`CallFailed`) or a bad key. One entry per attempt counted in `attempts`.
+    pub attempt_log: Vec<Attempt>,
     /// The record, for the caller to keep, log or send elsewhere.
     pub record: UserRecord,
+}
+
+/// One PutRecords attempt of a record that was not delivered.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Attempt {
+    /// When its call was sent, counted from `send`.
+    pub started: Duration,
+    /// How long the call took: until its answer, or until the producer stopped waiting.
+    pub duration: Duration,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+}
+
+/// How one attempt of a record ended.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AttemptOutcome {
+    /// The call was answered and the record's entry failed, with this error code and message
+    /// (e.g. `ProvisionedThroughputExceededException`: the shard throttled it).
+    EntryFailed {
+        /// The entry's error code.
+        code: Arc<str>,
+        /// The entry's error message.
+        message: Arc<str>,
+    },
+    /// The whole call failed (a connection lost, a timeout, a 5xx, a throttled or refused call).
+    CallFailed(Arc<AwsError>),
+    /// Stored, in an aggregate, on a shard that does not own every key in it (the stream was
+    /// resharded): KCL consumers drop such an aggregate, so the record was sent again.
+    WrongShard {
+        /// The shard that stored the aggregate.
+        shard_id: ShardId,
+    },
+    /// No answer: the producer stopped while the call was running.
+    NoAnswer,
+}
+
+impl Attempt {
+    /// The error code, when the attempt failed with one (an entry's, or the whole call's).
+    pub fn error_code(&self) -> Option<&str> {
+        match &self.outcome {
+            AttemptOutcome::EntryFailed { code, .. } => Some(code),
+            AttemptOutcome::CallFailed(e) => e.code(),
+            AttemptOutcome::WrongShard { .. } | AttemptOutcome::NoAnswer => None,
+        }
+    }
 }
 
 impl PutError {

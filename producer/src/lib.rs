@@ -55,7 +55,8 @@ pub use config::{
 };
 pub use driver::ShutdownReport;
 pub use error::{
-    BuildError, FailureReason, PutError, SendBatchError, SendError, TrySendError, TrySendErrorKind,
+    Attempt, AttemptOutcome, BuildError, FailureReason, PutError, SendBatchError, SendError,
+    TrySendError, TrySendErrorKind,
 };
 pub use producer::{Producer, ProducerBuilder};
 pub use receipt::{

@@ -23,10 +23,11 @@ use tracing::{debug, warn};
 
 use super::Driver;
 use super::buffers::ShardKey;
-use super::messages::Pending;
+use super::messages::{Ended, Pending};
+use super::refresh::Stored;
 use crate::api::{EntryResult, INVALID_RESPONSE};
 use crate::config::ProducerConfig;
-use crate::error::FailureReason;
+use crate::error::{AttemptOutcome, FailureReason};
 use crate::window::{Sent, Window};
 
 /// The user records of one PutRecords call, per entry, kept here (not in the call's future) so
@@ -71,15 +72,27 @@ impl Calls {
         }
     }
 
-    /// Drops every running call (their outcome stays unknown); returns their records.
-    pub(super) fn abandon(&mut self) -> Vec<Pending> {
+    /// Drops every running call (their outcome stays unknown); returns their records, the
+    /// attempt logged as not answered.
+    pub(super) fn abandon(&mut self, now: Instant) -> Vec<Pending> {
         self.futures = FuturesUnordered::new();
         self.bytes = 0;
-        self.open
-            .drain()
-            .flat_map(|(_, c)| c.batch)
-            .flat_map(|(_, m)| m)
-            .collect()
+        let mut flying = Vec::new();
+        for (_, call) in self.open.drain() {
+            let ended = Ended {
+                sent_at: call.sent_at,
+                took: now.saturating_duration_since(call.sent_at),
+                outcome: AttemptOutcome::NoAnswer,
+                text: "no answer before the producer stopped".into(),
+            };
+            for (_, members) in call.batch {
+                for mut m in members {
+                    m.attempt_failed(&ended);
+                    flying.push(m);
+                }
+            }
+        }
+        flying
     }
 }
 
@@ -101,8 +114,8 @@ impl Driver {
             .store(self.calls.futures.len() as u64, Ordering::Relaxed);
         let took = now.saturating_duration_since(sent_at);
         match result {
-            Ok(results) => self.answered(id, batch, results, sent, took, now),
-            Err(e) => self.call_failed(id, batch, e, sent, took, now),
+            Ok(results) => self.answered(id, batch, results, (sent_at, sent), took, now),
+            Err(e) => self.call_failed(id, batch, e, (sent_at, sent), took, now),
         }
     }
 
@@ -111,7 +124,7 @@ impl Driver {
         id: u64,
         batch: Batch,
         results: Vec<EntryResult>,
-        sent: Sent,
+        (sent_at, sent): (Instant, Sent),
         took: Duration,
         now: Instant,
     ) {
@@ -133,14 +146,28 @@ impl Driver {
                         .kinesis_records_put
                         .fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("KinesisRecordsPut").increment(1);
-                    self.succeeded(&key, shard_id, sequence_number, members, now);
+                    let stored = Stored {
+                        shard_id,
+                        sequence_number,
+                        sent_at,
+                        took,
+                    };
+                    self.succeeded(&key, stored, members, now);
                 }
                 EntryResult::Failed { code, message } => {
                     let kind = classify_code(&code).unwrap_or(ErrorKind::Transient);
                     metrics::counter!("ErrorsByCode", "code" => code.to_string()).increment(1);
                     metrics::counter!("AllErrors").increment(1);
                     let text: Arc<str> = format!("{code}: {message}").into();
-                    if kind == ErrorKind::Throttled
+                    let throttled = kind == ErrorKind::Throttled;
+                    let invalid = &*code == INVALID_RESPONSE;
+                    let ended = Ended {
+                        sent_at,
+                        took,
+                        outcome: AttemptOutcome::EntryFailed { code, message },
+                        text: Arc::clone(&text),
+                    };
+                    if throttled
                         && let Some(l) = self
                             .buffers
                             .shards
@@ -149,8 +176,9 @@ impl Driver {
                     {
                         l.throttled(now);
                     }
-                    if kind == ErrorKind::Throttled && self.cfg.fail_if_throttled {
-                        for m in members {
+                    if throttled && self.cfg.fail_if_throttled {
+                        for mut m in members {
+                            m.attempt_failed(&ended);
                             self.settlement.fail(
                                 &self.stats,
                                 m,
@@ -158,7 +186,7 @@ impl Driver {
                             );
                         }
                     } else {
-                        if &*code == INVALID_RESPONSE {
+                        if invalid {
                             // Answered, but not readably: it may be stored.
                             for m in &mut members {
                                 m.possible_duplicate = true;
@@ -166,7 +194,7 @@ impl Driver {
                         }
                         // Not stored: send again at once, paced by the shard's buckets
                         // (emptied above if it was a throttle), not by a backoff.
-                        self.retry_all(key, members, &text, Duration::ZERO, now);
+                        self.retry_all(key, members, &ended, Duration::ZERO, now);
                     }
                 }
             }
@@ -178,7 +206,7 @@ impl Driver {
         id: u64,
         batch: Batch,
         e: AwsError,
-        sent: Sent,
+        (sent_at, sent): (Instant, Sent),
         took: Duration,
         now: Instant,
     ) {
@@ -227,7 +255,12 @@ impl Driver {
             warn!(message = "PutRecords rejected; failing its records.", stream = %self.stream, error = %e);
         }
         let e = Arc::new(e);
-        let text: Arc<str> = e.to_string().into();
+        let ended = Ended {
+            sent_at,
+            took,
+            outcome: AttemptOutcome::CallFailed(Arc::clone(&e)),
+            text: e.to_string().into(),
+        };
         for (key, mut members) in batch {
             self.release_in_flight(&key);
             if retryable {
@@ -236,9 +269,10 @@ impl Driver {
                         m.possible_duplicate = true;
                     }
                 }
-                self.retry_all(key, members, &text, delay, now);
+                self.retry_all(key, members, &ended, delay, now);
             } else {
-                for m in members {
+                for mut m in members {
+                    m.attempt_failed(&ended);
                     self.settlement
                         .fail(&self.stats, m, FailureReason::Rejected(Arc::clone(&e)));
                 }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use kinesis_core::{HashKey, UserRecord};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
+
+use crate::error::{Attempt, AttemptOutcome};
 
 use crate::receipt::{BatchOutcome, Outcome};
 
@@ -28,9 +30,29 @@ pub(crate) struct Pending {
     /// An earlier attempt may have stored it: a call with an unknown outcome, or an aggregate
     /// stored on a shard that does not own all its keys.
     pub(crate) possible_duplicate: bool,
-    pub(crate) last_error: Option<Arc<str>>,
+    /// Its failed attempts: allocated only once one failed (none on the success path).
+    pub(crate) failures: Option<Box<Failures>>,
     /// Stamped by the driver when it takes the record (flush accounting).
     pub(crate) epoch: u64,
+}
+
+/// A record's failed attempts.
+#[derive(Debug)]
+pub(crate) struct Failures {
+    /// The last failure as text, e.g. `ProvisionedThroughputExceededException: Rate exceeded`.
+    pub(crate) last_error: Arc<str>,
+    pub(crate) log: Vec<Attempt>,
+}
+
+/// How an attempt ended, for every record of a call (or of one entry).
+#[derive(Debug)]
+pub(crate) struct Ended {
+    /// When the call was sent, and how long it took.
+    pub(crate) sent_at: Instant,
+    pub(crate) took: Duration,
+    pub(crate) outcome: AttemptOutcome,
+    /// The outcome as text (the last error of an expired record).
+    pub(crate) text: Arc<str>,
 }
 
 impl Pending {
@@ -47,9 +69,40 @@ impl Pending {
             arrived,
             attempts: 0,
             possible_duplicate: false,
-            last_error: None,
+            failures: None,
             epoch: 0,
         }
+    }
+
+    /// One of its attempts ended without delivering it.
+    pub(crate) fn attempt_failed(&mut self, ended: &Ended) {
+        let attempt = Attempt {
+            started: ended.sent_at.saturating_duration_since(self.arrived),
+            duration: ended.took,
+            outcome: ended.outcome.clone(),
+        };
+        match self.failures.as_mut() {
+            Some(f) => {
+                f.last_error = Arc::clone(&ended.text);
+                f.log.push(attempt);
+            }
+            None => {
+                self.failures = Some(Box::new(Failures {
+                    last_error: Arc::clone(&ended.text),
+                    log: vec![attempt],
+                }));
+            }
+        }
+    }
+
+    /// The last failure as text.
+    pub(crate) fn last_error(&self) -> Option<Arc<str>> {
+        self.failures.as_ref().map(|f| Arc::clone(&f.last_error))
+    }
+
+    /// Its attempts that ended without delivering it, in order.
+    pub(crate) fn take_attempt_log(&mut self) -> Vec<Attempt> {
+        self.failures.take().map(|f| f.log).unwrap_or_default()
     }
 
     /// Member `index` of batch `id`, which arrived at `arrived`, in epoch `epoch`.

@@ -20,9 +20,11 @@ use kinesis_core::{AwsError, Backoff, BackoffConfig, HashKeyRange, SequenceNumbe
 use tokio::time::{Duration, Instant};
 use tracing::warn;
 
+use crate::error::AttemptOutcome;
+
 use super::Driver;
 use super::buffers::ShardKey;
-use super::messages::Pending;
+use super::messages::{Ended, Pending};
 use super::settlement::number;
 
 const WRONG_SHARD: &str =
@@ -41,7 +43,16 @@ pub(super) struct Refresh {
     pause: Duration,
     pub(super) next_at: Instant,
     /// Aggregates stored on a shard the map does not know yet: settled after the next refresh.
-    pub(super) unverified: Vec<(ShardId, SequenceNumber, Vec<Pending>)>,
+    pub(super) unverified: Vec<(Stored, Vec<Pending>)>,
+}
+
+/// Where a Kinesis record was stored, by a call sent at `sent_at` that took `took`.
+#[derive(Debug)]
+pub(super) struct Stored {
+    pub(super) shard_id: ShardId,
+    pub(super) sequence_number: SequenceNumber,
+    pub(super) sent_at: Instant,
+    pub(super) took: Duration,
 }
 
 impl Refresh {
@@ -108,72 +119,76 @@ impl Driver {
                 self.enqueue(m, now);
             }
         }
-        for (actual, seq, members) in std::mem::take(&mut self.refresh.unverified) {
+        for (stored, members) in std::mem::take(&mut self.refresh.unverified) {
             let numbered = number(members);
-            match self.map.get(&actual).map(|s| s.hash_key_range) {
-                Some(range) => self.settle_by_range(&actual, &seq, range, numbered, now),
+            match self.map.get(&stored.shard_id).map(|s| s.hash_key_range) {
+                Some(range) => self.settle_by_range(stored, range, numbered, now),
                 None => {
-                    warn!(message = "Records stored on a shard the stream does not list; counting them delivered.", shard_id = %actual);
-                    self.settlement
-                        .deliver(&self.stats, &actual, &seq, numbered);
+                    warn!(message = "Records stored on a shard the stream does not list; counting them delivered.", shard_id = %stored.shard_id);
+                    let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
+                    self.settlement.deliver(&self.stats, shard, seq, numbered);
                 }
             }
         }
     }
 
-    /// A Kinesis record predicted for `predicted` was stored on `actual` at `seq`.
+    /// A Kinesis record predicted for `predicted` was stored.
     pub(super) fn succeeded(
         &mut self,
         predicted: &ShardKey,
-        actual: ShardId,
-        seq: SequenceNumber,
+        stored: Stored,
         members: Vec<Pending>,
         now: Instant,
     ) {
         let numbered = number(members);
-        if predicted.as_ref() == Some(&actual) || numbered.len() == 1 {
-            if predicted.as_ref() != Some(&actual) {
+        let actual = &stored.shard_id;
+        if predicted.as_ref() == Some(actual) || numbered.len() == 1 {
+            if predicted.as_ref() != Some(actual) {
                 self.refresh.wanted = true;
             }
             self.settlement
-                .deliver(&self.stats, &actual, &seq, numbered);
+                .deliver(&self.stats, actual, &stored.sequence_number, numbered);
             return;
         }
         // An aggregate on a shard we did not predict (the stream resharded). KCL consumers drop
         // a whole aggregate holding a key outside the shard's range, so those members are sent
         // again (as the KPL does).
         self.refresh.wanted = true;
-        match self.map.get(&actual).map(|s| s.hash_key_range) {
-            Some(range) => self.settle_by_range(&actual, &seq, range, numbered, now),
+        match self.map.get(actual).map(|s| s.hash_key_range) {
+            Some(range) => self.settle_by_range(stored, range, numbered, now),
             None => {
-                self.refresh.unverified.push((
-                    actual,
-                    seq,
-                    numbered.into_iter().map(|(_, m)| m).collect(),
-                ));
+                let members = numbered.into_iter().map(|(_, m)| m).collect();
+                self.refresh.unverified.push((stored, members));
             }
         }
     }
 
     fn settle_by_range(
         &mut self,
-        actual: &ShardId,
-        seq: &SequenceNumber,
+        stored: Stored,
         range: HashKeyRange,
         numbered: Vec<(u64, Pending)>,
         now: Instant,
     ) {
         if numbered.iter().all(|(_, m)| range.contains(m.hash)) {
-            self.settlement.deliver(&self.stats, actual, seq, numbered);
+            let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
+            self.settlement.deliver(&self.stats, shard, seq, numbered);
             return;
         }
         // The consumer will drop this aggregate: nothing in it counts as delivered. Each member
         // goes to the front of the shard that owns its key under the current map; a reader
         // that does not apply the KCL's rule sees it twice.
-        let error: Arc<str> = WRONG_SHARD.into();
+        let ended = Ended {
+            sent_at: stored.sent_at,
+            took: stored.took,
+            outcome: AttemptOutcome::WrongShard {
+                shard_id: stored.shard_id,
+            },
+            text: WRONG_SHARD.into(),
+        };
         let ttl = self.cfg.record_ttl;
         for (_, mut m) in numbered {
-            m.last_error = Some(Arc::clone(&error));
+            m.attempt_failed(&ended);
             m.possible_duplicate = true;
             if now >= m.arrived + ttl {
                 self.expire(m, now);

@@ -9,7 +9,6 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use foldhash::HashMap;
@@ -18,7 +17,7 @@ use tokio::time::{Duration, Instant};
 
 use super::Driver;
 use super::buffers::{Ready, ShardKey};
-use super::messages::Pending;
+use super::messages::{Ended, Pending};
 use crate::config::ProducerConfig;
 use crate::error::FailureReason;
 
@@ -154,14 +153,14 @@ impl Driver {
         &mut self,
         key: ShardKey,
         members: Vec<Pending>,
-        error: &Arc<str>,
+        ended: &Ended,
         delay: Duration,
         now: Instant,
     ) {
         let ttl = self.cfg.record_ttl;
         let mut live = Vec::with_capacity(members.len());
         for mut m in members {
-            m.last_error = Some(Arc::clone(error));
+            m.attempt_failed(ended);
             if now + delay >= m.arrived + ttl {
                 // The next attempt would come after the TTL: fail now rather than wait for nothing.
                 self.expire(m, now);
@@ -211,7 +210,7 @@ impl Driver {
     pub(super) fn expire(&mut self, m: Pending, now: Instant) {
         metrics::counter!("UserRecordExpired").increment(1);
         let elapsed = now.duration_since(m.arrived);
-        let last_error = m.last_error.clone();
+        let last_error = m.last_error();
         self.settlement.fail(
             &self.stats,
             m,

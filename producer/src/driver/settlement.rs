@@ -270,12 +270,13 @@ impl Settlement {
     }
 
     /// Fails a record: its receipt (or its batch's entry) gets the reason and the record.
-    pub(super) fn fail(&mut self, stats: &Stats, m: Pending, reason: FailureReason) {
+    pub(super) fn fail(&mut self, stats: &Stats, mut m: Pending, reason: FailureReason) {
         self.epochs.settle(m.epoch);
         stats.failed.fetch_add(1, Ordering::Release);
         let error = PutError {
             reason,
             attempts: m.attempts,
+            attempt_log: m.take_attempt_log(),
             record: m.record,
         };
         match m.reply {

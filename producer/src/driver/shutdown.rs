@@ -45,12 +45,13 @@ impl Driver {
         }
         unsent.extend(self.retries.take_all());
         // Stored, on a shard we could not check yet: count them delivered as far as we know.
-        for (actual, seq, members) in std::mem::take(&mut self.refresh.unverified) {
+        for (stored, members) in std::mem::take(&mut self.refresh.unverified) {
+            let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
             self.settlement
-                .deliver(&self.stats, &actual, &seq, number(members));
+                .deliver(&self.stats, shard, seq, number(members));
         }
         // Drop the running calls; their outcome stays unknown.
-        let flying = self.calls.abandon();
+        let flying = self.calls.abandon(now);
         self.stats.calls_in_flight.store(0, Ordering::Relaxed);
         let (n_unsent, n_flying) = (unsent.len(), flying.len());
         let mut undelivered = Vec::with_capacity(n_unsent);

@@ -8,7 +8,7 @@ use tokio::time::Duration;
 use super::{
     Answer, FakeApi, config, one_shard, record, record_at, shard, shard_id, start, transient,
 };
-use crate::error::FailureReason;
+use crate::error::{AttemptOutcome, FailureReason};
 
 /// Whether any user record of the call has this data.
 fn holds(records: &[kinesis_core::KinesisRecord], data: &str) -> bool {
@@ -187,4 +187,43 @@ async fn with_preserve_order_a_retried_record_goes_before_later_ones_of_its_key(
     let calls = order_across_a_retry(false).await;
     let flat: Vec<&str> = calls.iter().flatten().map(String::as_str).collect();
     assert_eq!(flat, ["r0", "r1", "r2", "r0"], "calls: {calls:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_then_expired_record_lists_its_throttled_attempts() {
+    let api = FakeApi::new(one_shard(), |_, _| {
+        Answer::FailEntries("ProvisionedThroughputExceededException")
+    });
+    let mut cfg = config();
+    cfg.record_ttl = Duration::from_secs(1);
+    let p = start(cfg, one_shard(), &api);
+    let err = p.send(record("a", "r0")).await.unwrap().await.unwrap_err();
+    assert!(
+        matches!(err.reason(), Some(FailureReason::Expired { .. })),
+        "{err:?}"
+    );
+    let crate::ReceiptError::Failed(e) = err else {
+        unreachable!()
+    };
+    assert!(e.attempts > 1, "retried: {}", e.attempts);
+    assert_eq!(e.attempt_log.len(), e.attempts as usize);
+    for a in &e.attempt_log {
+        assert_eq!(
+            a.error_code(),
+            Some("ProvisionedThroughputExceededException"),
+            "{a:?}"
+        );
+        assert!(
+            matches!(&a.outcome, AttemptOutcome::EntryFailed { message, .. } if &**message == "scripted")
+        );
+    }
+    let starts: Vec<Duration> = e.attempt_log.iter().map(|a| a.started).collect();
+    assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:?}");
+    // The TTL is checked as a record enters the collector, where it may wait up to
+    // record_max_buffered_time (10 ms) more: the last attempt can start that late.
+    assert!(
+        *starts.last().unwrap() < Duration::from_millis(1010),
+        "{:?}",
+        &starts[starts.len() - 3..]
+    );
 }

@@ -3,7 +3,7 @@
 use tokio::time::{Duration, Instant};
 
 use super::{Answer, FakeApi, config, one_shard, record, start, transient};
-use crate::error::FailureReason;
+use crate::error::{AttemptOutcome, FailureReason};
 use crate::receipt::ReceiptError;
 
 #[tokio::test(start_paused = true)]
@@ -41,6 +41,15 @@ async fn a_record_that_keeps_failing_expires_at_its_ttl_with_the_last_error() {
     };
     assert_eq!(e.attempts as usize, api.calls().len());
     assert!(e.attempts >= 3, "retried until the TTL: {}", e.attempts);
+    // Every attempt is on the failure, as the calls went.
+    assert_eq!(e.attempt_log.len(), e.attempts as usize);
+    for (a, call) in e.attempt_log.iter().zip(api.calls()) {
+        assert_eq!(a.started, call.at - sent, "{a:?}");
+        assert!(
+            matches!(&a.outcome, AttemptOutcome::CallFailed(err) if err.to_string().contains("connection reset")),
+            "{a:?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -120,12 +129,26 @@ async fn shutdown_returns_at_its_deadline_handing_back_what_is_unsettled() {
     assert_eq!(data(&report.in_flight), ["r0"]);
     assert_eq!(data(&report.undelivered), ["r1", "r2"]);
     assert_eq!((report.delivered, report.failed), (0, 3));
-    let reasons: Vec<String> = futures::future::join_all(receipts)
-        .await
-        .into_iter()
-        .map(|o| format!("{:?}", o.unwrap_err().reason().unwrap()))
+    let outcomes = futures::future::join_all(receipts).await;
+    let reasons: Vec<String> = outcomes
+        .iter()
+        .map(|o| format!("{:?}", o.as_ref().unwrap_err().reason().unwrap()))
         .collect();
     assert_eq!(reasons, ["Unknown", "Cancelled", "Cancelled"]);
+    // The record in flight lists its unanswered attempt; the others were never sent.
+    let logs: Vec<Vec<String>> = outcomes
+        .iter()
+        .map(|o| {
+            let Err(ReceiptError::Failed(e)) = o else {
+                unreachable!()
+            };
+            e.attempt_log
+                .iter()
+                .map(|a| format!("{:?} {:?}", a.outcome, a.duration))
+                .collect()
+        })
+        .collect();
+    assert_eq!(logs, [vec!["NoAnswer 2s".to_owned()], vec![], vec![]]);
     assert_eq!(api.calls().len(), 1);
 }
 
