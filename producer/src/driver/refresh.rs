@@ -25,7 +25,6 @@ use crate::error::AttemptOutcome;
 use super::Driver;
 use super::buffers::ShardKey;
 use super::messages::{Ended, Pending};
-use super::settlement::number;
 
 const WRONG_SHARD: &str =
     "WrongShard: the aggregate was stored on a shard that does not own this key";
@@ -120,13 +119,12 @@ impl Driver {
             }
         }
         for (stored, members) in std::mem::take(&mut self.refresh.unverified) {
-            let numbered = number(members);
             match self.map.get(&stored.shard_id).map(|s| s.hash_key_range) {
-                Some(range) => self.settle_by_range(stored, range, numbered, now),
+                Some(range) => self.settle_by_range(stored, range, members, now),
                 None => {
                     warn!(message = "Records stored on a shard the stream does not list; counting them delivered.", shard_id = %stored.shard_id);
                     let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
-                    self.settlement.deliver(&self.stats, shard, seq, numbered);
+                    self.settlement.deliver(&self.stats, shard, seq, members);
                 }
             }
         }
@@ -140,14 +138,13 @@ impl Driver {
         members: Vec<Pending>,
         now: Instant,
     ) {
-        let numbered = number(members);
         let actual = &stored.shard_id;
-        if predicted.as_ref() == Some(actual) || numbered.len() == 1 {
+        if predicted.as_ref() == Some(actual) || members.len() == 1 {
             if predicted.as_ref() != Some(actual) {
                 self.refresh.wanted = true;
             }
             self.settlement
-                .deliver(&self.stats, actual, &stored.sequence_number, numbered);
+                .deliver(&self.stats, actual, &stored.sequence_number, members);
             return;
         }
         // An aggregate on a shard we did not predict (the stream resharded). KCL consumers drop
@@ -155,11 +152,8 @@ impl Driver {
         // again (as the KPL does).
         self.refresh.wanted = true;
         match self.map.get(actual).map(|s| s.hash_key_range) {
-            Some(range) => self.settle_by_range(stored, range, numbered, now),
-            None => {
-                let members = numbered.into_iter().map(|(_, m)| m).collect();
-                self.refresh.unverified.push((stored, members));
-            }
+            Some(range) => self.settle_by_range(stored, range, members, now),
+            None => self.refresh.unverified.push((stored, members)),
         }
     }
 
@@ -167,12 +161,12 @@ impl Driver {
         &mut self,
         stored: Stored,
         range: HashKeyRange,
-        numbered: Vec<(u64, Pending)>,
+        members: Vec<Pending>,
         now: Instant,
     ) {
-        if numbered.iter().all(|(_, m)| range.contains(m.hash)) {
+        if members.iter().all(|m| range.contains(m.hash)) {
             let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
-            self.settlement.deliver(&self.stats, shard, seq, numbered);
+            self.settlement.deliver(&self.stats, shard, seq, members);
             return;
         }
         // The consumer will drop this aggregate: nothing in it counts as delivered. Each member
@@ -187,7 +181,7 @@ impl Driver {
             text: WRONG_SHARD.into(),
         };
         let ttl = self.cfg.record_ttl;
-        for (_, mut m) in numbered {
+        for mut m in members {
             m.attempt_failed(&ended);
             m.possible_duplicate = true;
             if now >= m.arrived + ttl {

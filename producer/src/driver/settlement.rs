@@ -290,22 +290,25 @@ impl Settlement {
         }
     }
 
-    /// Delivers the members of one Kinesis record stored on `shard` at `seq`.
+    /// Delivers the members of one Kinesis record stored on `shard` at `seq`, in their order
+    /// in it: their sub-sequence numbers are their positions (0 for a plain record).
     pub(super) fn deliver(
         &mut self,
         stats: &Stats,
         shard: &ShardId,
         seq: &SequenceNumber,
-        members: Vec<(u64, Pending)>,
+        members: Vec<Pending>,
     ) {
         let n = members.len() as u64;
+        let aggregated = members.len() > 1;
         // Counted before any receipt resolves: a caller who saw its receipts sees the counts.
         stats.delivered.fetch_add(n, Ordering::Release);
         let mut permits: Option<OwnedSemaphorePermit> = None;
         let mut first_try = 0;
         // Members of one batch come in runs: settle a run at once.
         let mut run: Option<(u64, usize)> = None;
-        for (sub, m) in members {
+        for (i, m) in members.into_iter().enumerate() {
+            let sub = if aggregated { i as u64 } else { 0 };
             self.epochs.settle(m.epoch);
             if m.attempts <= 1 {
                 first_try += 1;
@@ -350,16 +353,6 @@ impl Settlement {
         metrics::histogram!("RetriesPerRecord").record_many(0.0, first_try);
         metrics::counter!("UserRecordsPut").increment(n);
     }
-}
-
-/// Sub-sequence numbers: positions inside the aggregate (0 for a plain record).
-pub(super) fn number(members: Vec<Pending>) -> Vec<(u64, Pending)> {
-    let aggregated = members.len() > 1;
-    members
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| (if aggregated { i as u64 } else { 0 }, m))
-        .collect()
 }
 
 #[cfg(test)]

@@ -18,7 +18,6 @@ use tracing::warn;
 
 use super::Driver;
 use super::messages::{Incoming, Pending, ShutdownReport};
-use super::settlement::number;
 use crate::error::FailureReason;
 
 impl Driver {
@@ -48,7 +47,7 @@ impl Driver {
         for (stored, members) in std::mem::take(&mut self.refresh.unverified) {
             let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
             self.settlement
-                .deliver(&self.stats, shard, seq, number(members));
+                .deliver(&self.stats, shard, seq, members);
         }
         // Drop the running calls; their outcome stays unknown.
         let flying = self.calls.abandon(now);
