@@ -156,7 +156,7 @@ impl ProducerConfig {
         if self.retry_min_delay > self.retry_max_delay {
             return err("retry_min_delay", "must not exceed retry_max_delay".into());
         }
-        let largest = cost(self.max_record_bytes, RECORD_OVERHEAD_BYTES);
+        let largest = self.largest_record_cost();
         if self.max_buffered_bytes < largest {
             return err(
                 "max_buffered_bytes",
@@ -167,6 +167,13 @@ impl ProducerConfig {
             return err("max_buffered_bytes", "must be below 4 GiB".into());
         }
         Ok(())
+    }
+}
+
+impl ProducerConfig {
+    /// Buffer bytes the largest record `send` accepts may hold (at most).
+    pub(crate) fn largest_record_cost(&self) -> usize {
+        cost(self.max_record_bytes, RECORD_OVERHEAD_BYTES)
     }
 }
 

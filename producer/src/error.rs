@@ -20,6 +20,10 @@ pub enum BuildError {
     /// The stream has no open shard.
     #[error("stream {0} has no open shard")]
     NoOpenShard(String),
+    /// [`Producers::shutdown`](crate::Producers::shutdown) was called: it builds no more
+    /// producers.
+    #[error("the producers were shut down")]
+    Closed,
 }
 
 impl BuildError {

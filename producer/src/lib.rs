@@ -34,6 +34,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! One producer for many streams (the KPL's `addUserRecord(stream, ...)`): [`Producers`] builds
+//! a [`Producer`] per stream on first use, with one configuration, and all of them take buffer
+//! space from one [`BufferPool`], so ten streams need one tuned buffer, not ten. The price: a
+//! stalled stream can fill the pool and hold up the others.
+//!
 //! Metrics go through the `metrics` facade with the KPL's names (`UserRecordsReceived`,
 //! `UserRecordsPut`, `KinesisRecordsPut`, `ErrorsByCode`, `AllErrors`, `RetriesPerRecord`,
 //! `RequestTime`, `UserRecordExpired`, ...); each PutRecords call runs in a `put_records`
@@ -44,9 +49,11 @@ mod config;
 mod driver;
 mod error;
 mod limiter;
+mod pool;
 mod producer;
 mod receipt;
 mod stats;
+mod streams;
 mod window;
 
 pub use config::{
@@ -58,8 +65,10 @@ pub use error::{
     Attempt, AttemptOutcome, BuildError, FailureReason, PutError, SendBatchError, SendError,
     TrySendError, TrySendErrorKind,
 };
+pub use pool::BufferPool;
 pub use producer::{Producer, ProducerBuilder};
 pub use receipt::{
     BatchFailure, BatchLost, BatchOutcome, BatchReceipt, Delivered, PutReceipt, ReceiptError,
 };
 pub use stats::ProducerStats;
+pub use streams::{Producers, StreamBatchError, StreamSendError};

@@ -7,13 +7,14 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use kinesis_core::shard_map::ShardMap;
 use kinesis_core::{StreamRef, UserRecord};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::api::KinesisApi;
 use crate::config::{ProducerConfig, batch_buffer_cost, buffer_cost};
 use crate::driver::{Command, Driver, Incoming, ShutdownReport};
 use crate::error::{BuildError, SendBatchError, SendError, TrySendError, TrySendErrorKind};
+use crate::pool::{BufferPool, Closing};
 use crate::receipt::{BatchOutcome, BatchReceipt, PutReceipt};
 use crate::stats::{ProducerStats, Stats};
 
@@ -24,12 +25,27 @@ pub struct ProducerBuilder {
     client: aws_sdk_kinesis::Client,
     stream: String,
     config: ProducerConfig,
+    pool: Option<BufferPool>,
 }
 
 impl ProducerBuilder {
     /// Replaces the default configuration.
     pub fn config(mut self, config: ProducerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Takes buffer space from `pool`, shared with other producers, instead of a buffer of
+    /// its own: `send` then waits, `try_send` reports `Full` and `send_batch` waits while the
+    /// *pool* is full, and a batch larger than the pool is refused (`BatchTooLarge`). This
+    /// producer's `max_buffered_bytes` is then ignored: there is no per-stream cap inside the
+    /// pool, so one stalled stream can fill all of it and hold up the others (see
+    /// [`BufferPool`]). Shutting this producer down does not affect the pool.
+    ///
+    /// `build` fails with [`BuildError::Config`] (field `buffer_pool`) if the pool cannot hold
+    /// one largest record (`max_record_bytes`).
+    pub fn buffer_pool(mut self, pool: BufferPool) -> Self {
+        self.pool = Some(pool);
         self
     }
 
@@ -41,6 +57,13 @@ impl ProducerBuilder {
     /// 30 s before `build` gives up with [`BuildError::Stream`].
     pub async fn build(self) -> Result<Producer, BuildError> {
         self.config.validate()?;
+        let pool = match self.pool {
+            Some(pool) => {
+                pool.check(&self.config)?;
+                pool
+            }
+            None => BufferPool::unchecked(self.config.max_buffered_bytes),
+        };
         let stream = StreamRef::parse(&self.stream).map_err(|e| {
             BuildError::Config(crate::config::ConfigError {
                 field: "stream",
@@ -78,7 +101,7 @@ impl ProducerBuilder {
         if map.open_shards().next().is_none() {
             return Err(BuildError::NoOpenShard(stream.to_string()));
         }
-        Ok(Producer::start(self.config, api, stream, map))
+        Ok(Producer::start(self.config, api, stream, map, pool))
     }
 }
 
@@ -117,7 +140,10 @@ pub struct Producer {
 struct Inner {
     records: mpsc::UnboundedSender<Incoming>,
     control: mpsc::UnboundedSender<Command>,
-    permits: Arc<Semaphore>,
+    /// Its own (`max_buffered_bytes`) or one shared with other producers.
+    pool: BufferPool,
+    /// Set by `shutdown`: the pool may be shared, so it is not closed; waiting sends watch this.
+    closing: Closing,
     config: Arc<ProducerConfig>,
     stats: Arc<Stats>,
 }
@@ -129,6 +155,7 @@ impl Producer {
             client,
             stream: stream.into(),
             config: ProducerConfig::default(),
+            pool: None,
         }
     }
 
@@ -142,6 +169,7 @@ impl Producer {
         api: Arc<dyn KinesisApi>,
         stream: StreamRef,
         map: ShardMap,
+        pool: BufferPool,
     ) -> Self {
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
@@ -151,14 +179,14 @@ impl Producer {
         // The task stops by itself when every handle is dropped (the channels close) or after
         // shutdown(); it settles every record before it returns. The record channel is
         // unbounded, but every record in it holds buffer permits: memory stays under
-        // max_buffered_bytes.
+        // max_buffered_bytes (or the pool's capacity).
         tokio::spawn(driver.run(records_rx, control_rx));
-        let permits = Arc::new(Semaphore::new(config.max_buffered_bytes));
         Self {
             inner: Arc::new(Inner {
                 records,
                 control,
-                permits,
+                pool,
+                closing: Closing::default(),
                 config,
                 stats,
             }),
@@ -173,7 +201,8 @@ impl Producer {
         stream: StreamRef,
         map: ShardMap,
     ) -> Self {
-        Self::start(config, api, stream, map)
+        let pool = BufferPool::unchecked(config.max_buffered_bytes);
+        Self::start(config, api, stream, map, pool)
     }
 
     /// Runs `f` on the driver's state, in its task, between two events (unit tests).
@@ -192,8 +221,8 @@ impl Producer {
 
     fn cost(&self, record: &UserRecord) -> Result<u32, SendError> {
         self.checked_size(record)?;
-        // validate() keeps max_buffered_bytes below 4 GiB and above the cost of the largest
-        // record, so this fits.
+        // validate() keeps max_buffered_bytes (BufferPool::new and check() a pool) below 4 GiB
+        // and above the cost of the largest record, so this fits.
         Ok(u32::try_from(buffer_cost(record)).unwrap_or(u32::MAX))
     }
 
@@ -206,6 +235,32 @@ impl Producer {
         Ok(size)
     }
 
+    /// Waits for `cost` bytes of buffer space, failing with `Closed` once this producer is
+    /// shut down (even while the pool, shared with others, stays open). Cancel-safe: dropping
+    /// the future gives back whatever it had been assigned.
+    async fn acquire(&self, cost: u32) -> Result<OwnedSemaphorePermit, SendError> {
+        let closing = &self.inner.closing;
+        if closing.is_closed() {
+            return Err(SendError::Closed);
+        }
+        let permits = self.inner.pool.permits();
+        // The common case, free space, without a select.
+        let permit = match Arc::clone(permits).try_acquire_many_owned(cost) {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                () = closing.closed() => return Err(SendError::Closed),
+                p = Arc::clone(permits).acquire_many_owned(cost) => {
+                    p.map_err(|_| SendError::Closed)?
+                }
+            },
+        };
+        // Shut down while it waited (or just now): give the space back.
+        if closing.is_closed() {
+            return Err(SendError::Closed);
+        }
+        Ok(permit)
+    }
+
     /// Hands a record to the producer, waiting while the buffer is full (backpressure). The
     /// returned receipt resolves once the record is delivered or has failed.
     ///
@@ -214,10 +269,7 @@ impl Producer {
     /// dropped with it and nothing was enqueued.
     pub async fn send(&self, record: UserRecord) -> Result<PutReceipt, SendError> {
         let cost = self.cost(&record)?;
-        let permit = Arc::clone(&self.inner.permits)
-            .acquire_many_owned(cost)
-            .await
-            .map_err(|_| SendError::Closed)?;
+        let permit = self.acquire(cost).await?;
         self.enqueue(record, permit).map_err(|_| SendError::Closed)
     }
 
@@ -236,20 +288,17 @@ impl Producer {
                 });
             }
         };
-        let permit = match Arc::clone(&self.inner.permits).try_acquire_many_owned(cost) {
+        // The pool is never closed (it may be shared): this producer's flag says it is shut.
+        let acquired = if self.inner.closing.is_closed() {
+            Err(TrySendErrorKind::Invalid(SendError::Closed))
+        } else {
+            Arc::clone(self.inner.pool.permits())
+                .try_acquire_many_owned(cost)
+                .map_err(|_| TrySendErrorKind::Full)
+        };
+        let permit = match acquired {
             Ok(p) => p,
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                return Err(TrySendError {
-                    kind: TrySendErrorKind::Full,
-                    record,
-                });
-            }
-            Err(tokio::sync::TryAcquireError::Closed) => {
-                return Err(TrySendError {
-                    kind: TrySendErrorKind::Invalid(SendError::Closed),
-                    record,
-                });
-            }
+            Err(kind) => return Err(TrySendError { kind, record }),
         };
         self.enqueue(record, permit).map_err(|record| TrySendError {
             kind: TrySendErrorKind::Invalid(SendError::Closed),
@@ -297,8 +346,8 @@ impl Producer {
     /// released when the whole batch is settled.
     ///
     /// A record over `max_record_bytes`, or a batch that needs more than `max_buffered_bytes`
-    /// (the sum of [`batch_buffer_cost`](crate::batch_buffer_cost)), is refused whole and
-    /// handed back.
+    /// (the sum of [`batch_buffer_cost`](crate::batch_buffer_cost); with a [`BufferPool`], more
+    /// than the pool's capacity), is refused whole and handed back.
     ///
     /// # Cancellation
     /// Cancel-safe: if this future is dropped while waiting for buffer space, the records are
@@ -344,7 +393,7 @@ impl Producer {
             };
             hashes.push(hash);
         }
-        let capacity = self.inner.config.max_buffered_bytes;
+        let capacity = self.inner.pool.capacity();
         if needed > capacity {
             return Err(SendBatchError {
                 reason: SendError::BatchTooLarge { needed, capacity },
@@ -357,17 +406,17 @@ impl Producer {
             let _ = reply.send(BatchOutcome::default());
             return Ok(BatchReceipt::new(rx));
         }
-        // needed <= max_buffered_bytes, which validate() keeps below 4 GiB.
+        // needed <= the pool's capacity, which is below 4 GiB.
         let cost = u32::try_from(needed).unwrap_or(u32::MAX);
-        let Ok(permit) = Arc::clone(&self.inner.permits)
-            .acquire_many_owned(cost)
-            .await
-        else {
-            return Err(SendBatchError {
-                reason: SendError::Closed,
-                index: None,
-                records,
-            });
+        let permit = match self.acquire(cost).await {
+            Ok(p) => p,
+            Err(reason) => {
+                return Err(SendBatchError {
+                    reason,
+                    index: None,
+                    records,
+                });
+            }
         };
         let n = records.len() as u64;
         let accepted = &self.inner.stats.accepted;
@@ -402,9 +451,11 @@ impl Producer {
 
     /// Stops taking records, sends everything buffered, and waits for the results until
     /// `deadline` has passed. What is left then is handed back in the report. Other clones of
-    /// this handle can no longer send.
+    /// this handle can no longer send: their waiting `send`s fail with `Closed`. A shared
+    /// [`BufferPool`] stays open for the other producers, and gets this one's space back as
+    /// its records are settled.
     pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
-        self.inner.permits.close();
+        self.inner.closing.close();
         let (done, rx) = oneshot::channel();
         let sent = self.inner.control.send(Command::Shutdown {
             deadline: Instant::now() + deadline,
@@ -441,9 +492,16 @@ impl Producer {
         self.inner.stats.oldest_age()
     }
 
-    /// Bytes of buffer space free now (of `max_buffered_bytes`).
+    /// Bytes of buffer space free now (of `max_buffered_bytes`, or of the shared pool's
+    /// capacity: then the space free to every producer of the pool).
     pub fn available_buffer_bytes(&self) -> usize {
-        self.inner.permits.available_permits()
+        self.inner.pool.available_bytes()
+    }
+
+    /// The buffer budget this producer takes space from: its own (`max_buffered_bytes`), or
+    /// the pool given to [`ProducerBuilder::buffer_pool`].
+    pub fn buffer_pool(&self) -> &BufferPool {
+        &self.inner.pool
     }
 
     /// The configuration in use.
