@@ -42,7 +42,11 @@
 //! Metrics go through the `metrics` facade with the KPL's names (`UserRecordsReceived`,
 //! `UserRecordsPut`, `KinesisRecordsPut`, `ErrorsByCode`, `AllErrors`, `RetriesPerRecord`,
 //! `RequestTime`, `UserRecordExpired`, ...); each PutRecords call runs in a `put_records`
-//! tracing span.
+//! tracing span. Metrics are emitted per PutRecords call or per Kinesis record, never per user
+//! record: `RetriesPerRecord` records only the records that were retried (the KPL also emits a
+//! zero for every record delivered at first try; those are `UserRecordsPut` minus the
+//! histogram's count), since a recorder like the Prometheus exporter's keeps each histogram
+//! value until it is scraped.
 
 mod api;
 mod config;
