@@ -246,8 +246,41 @@ impl HashKeyRange {
 }
 
 /// A shard id such as `shardId-000000000007`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ShardId(Arc<str>);
+///
+/// Carries a hash of its text, computed once when made: maps keyed by shard (the producer looks
+/// one up per record) hash 8 bytes, not the text. Equality and order are the text's.
+#[derive(Clone)]
+pub struct ShardId {
+    id: Arc<str>,
+    hash: u64,
+}
+
+impl PartialEq for ShardId {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.id == other.id
+    }
+}
+
+impl Eq for ShardId {}
+
+impl std::hash::Hash for ShardId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // A function of the text: equal ids hash equally.
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for ShardId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ShardId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.id.cmp(&other.id)
+    }
+}
 
 impl ShardId {
     /// Validates a shard id: 1 to 128 characters of `[a-zA-Z0-9_.-]` (Kinesis API pattern).
@@ -261,30 +294,32 @@ impl ShardId {
         if !ok {
             return Err(InvalidInput::ShardId { value: clip(&id) });
         }
-        Ok(Self(id))
+        use std::hash::BuildHasher as _;
+        let hash = foldhash::fast::FixedState::with_seed(0x5348_4152_4449_4421).hash_one(&*id);
+        Ok(Self { id, hash })
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
     }
 
     /// The number in `shardId-000000000123` (123), if the id has that form. Kinesis numbers
     /// shards in creation order, so children have higher numbers than their parents.
     pub fn index(&self) -> Option<u64> {
-        self.0.strip_prefix("shardId-").and_then(|n| n.parse().ok())
+        self.id.strip_prefix("shardId-").and_then(|n| n.parse().ok())
     }
 }
 
 impl fmt::Debug for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 
 impl fmt::Display for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.0)
+        f.pad(&self.id)
     }
 }
 
@@ -592,6 +627,22 @@ mod tests {
         // 256 characters of 4 bytes each is fine: the limit is in characters.
         assert!(PartitionKey::new("🔑".repeat(256)).is_ok());
         assert!(PartitionKey::new("🔑".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn shard_id_equality_hash_and_order_follow_the_text() {
+        let ids = ["shardId-000000000002", "shardId-000000000010", "s", "shardId-000000000002"]
+            .map(|k| ShardId::new(k).unwrap());
+        assert_eq!(ids[0], ids[3]);
+        assert_ne!(ids[0], ids[1]);
+        let mut sorted = ids.to_vec();
+        sorted.sort();
+        let text: Vec<&str> = sorted.iter().map(ShardId::as_str).collect();
+        assert_eq!(text, ["s", "shardId-000000000002", "shardId-000000000002", "shardId-000000000010"]);
+        let set: std::collections::HashSet<ShardId> = ids.iter().cloned().collect();
+        assert_eq!(set.len(), 3);
+        assert_eq!(ids[1].index(), Some(10));
+        assert_eq!(format!("{} {:?}", ids[2], ids[2]), "s s");
     }
 
     #[test]

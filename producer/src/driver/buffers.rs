@@ -148,14 +148,10 @@ impl Buffers {
         key: &ShardKey,
         now: Instant,
     ) -> &mut ShardState {
-        if !self.shards.contains_key(key) {
-            self.shards
-                .insert(key.clone(), ShardState::new(cfg, key, now));
-        }
-        // Proven invariant: inserted just above if it was missing.
+        // One lookup per record (the key clone is a reference count).
         self.shards
-            .get_mut(key)
-            .unwrap_or_else(|| unreachable!("shard state inserted just before"))
+            .entry(key.clone())
+            .or_insert_with(|| ShardState::new(cfg, key, now))
     }
 
     /// Puts a record in `key`'s buffer: into its aggregate, or alone after what is buffered.
