@@ -307,7 +307,9 @@ impl ShardId {
     /// The number in `shardId-000000000123` (123), if the id has that form. Kinesis numbers
     /// shards in creation order, so children have higher numbers than their parents.
     pub fn index(&self) -> Option<u64> {
-        self.id.strip_prefix("shardId-").and_then(|n| n.parse().ok())
+        self.id
+            .strip_prefix("shardId-")
+            .and_then(|n| n.parse().ok())
     }
 }
 
@@ -631,14 +633,27 @@ mod tests {
 
     #[test]
     fn shard_id_equality_hash_and_order_follow_the_text() {
-        let ids = ["shardId-000000000002", "shardId-000000000010", "s", "shardId-000000000002"]
-            .map(|k| ShardId::new(k).unwrap());
+        let ids = [
+            "shardId-000000000002",
+            "shardId-000000000010",
+            "s",
+            "shardId-000000000002",
+        ]
+        .map(|k| ShardId::new(k).unwrap());
         assert_eq!(ids[0], ids[3]);
         assert_ne!(ids[0], ids[1]);
         let mut sorted = ids.to_vec();
         sorted.sort();
         let text: Vec<&str> = sorted.iter().map(ShardId::as_str).collect();
-        assert_eq!(text, ["s", "shardId-000000000002", "shardId-000000000002", "shardId-000000000010"]);
+        assert_eq!(
+            text,
+            [
+                "s",
+                "shardId-000000000002",
+                "shardId-000000000002",
+                "shardId-000000000010"
+            ]
+        );
         let set: std::collections::HashSet<ShardId> = ids.iter().cloned().collect();
         assert_eq!(set.len(), 3);
         assert_eq!(ids[1].index(), Some(10));
@@ -658,7 +673,10 @@ mod tests {
         sorted.sort_unstable();
         let mut by_key = keys.to_vec();
         by_key.sort();
-        assert_eq!(by_key.iter().map(PartitionKey::as_str).collect::<Vec<_>>(), sorted);
+        assert_eq!(
+            by_key.iter().map(PartitionKey::as_str).collect::<Vec<_>>(),
+            sorted
+        );
         let set: std::collections::HashSet<PartitionKey> = keys.iter().cloned().collect();
         assert_eq!(set.len(), 4);
     }

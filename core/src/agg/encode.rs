@@ -500,7 +500,13 @@ mod tests {
                 assert!(l.try_add(r).unwrap());
             }
             let out = l.finish(given.iter().copied());
-            assert_eq!(out.is_ok(), ok, "{} added, {} given", added.len(), given.len());
+            assert_eq!(
+                out.is_ok(),
+                ok,
+                "{} added, {} given",
+                added.len(),
+                given.len()
+            );
             assert!(l.is_empty(), "emptied either way");
         }
         assert_eq!(l.finish([]), Ok(None));

@@ -46,8 +46,7 @@ impl Driver {
         // Stored, on a shard we could not check yet: count them delivered as far as we know.
         for (stored, members) in std::mem::take(&mut self.refresh.unverified) {
             let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
-            self.settlement
-                .deliver(&self.stats, shard, seq, members);
+            self.settlement.deliver(&self.stats, shard, seq, members);
         }
         // Drop the running calls; their outcome stays unknown.
         let flying = self.calls.abandon(now);
