@@ -86,6 +86,17 @@ pub fn spawn(config: &Path) -> Child {
     command(config).stderr(Stdio::null()).spawn().unwrap()
 }
 
+/// The agent with glibc's malloc held to one arena (`MALLOC_ARENA_MAX=1`): by default each
+/// thread that allocates gets an arena of its own and each keeps what it once held, which
+/// buries the agent's own memory bounds under up to ~20 MiB of the allocator's.
+pub fn spawn_one_arena(config: &Path) -> Child {
+    command(config)
+        .env("MALLOC_ARENA_MAX", "1")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// The agent with its log written to `log`.
 pub fn spawn_logged(config: &Path, log: &Path) -> Child {
     let f = std::fs::OpenOptions::new()
@@ -145,10 +156,19 @@ pub async fn counts(env: &TestEnv, stream: &str) -> HashMap<String, usize> {
 
 /// Peak resident memory of a process, in MiB.
 pub fn peak_rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// Resident memory of a process now, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap()
         .parse()
