@@ -13,8 +13,10 @@
 //! agent installs it) records every metric the producer emits, as in production.
 //!
 //! The floor row is the work no pipeline can avoid for the same records, with no pipeline at
-//! all: MD5 of each partition key (shard prediction), the aggregates' protobuf (prost), their
-//! MD5, base64 of them and SHA-256 of the base64 (SigV4 signs the request body).
+//! all: the aggregates' protobuf (prost), their MD5, base64 of them and SHA-256 of the base64
+//! (SigV4 signs the request body). The keys' MD5 (shard prediction) is not in it: the bench's
+//! keys are made once and reused, and a key carries its hash from when it was made, in the
+//! floor as in the producer.
 
 #![allow(
     clippy::unwrap_used,
@@ -102,7 +104,7 @@ fn run_floor(n: usize) -> Run {
     let input = records(n);
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let mut sink = 0u64;
-    let seal = |agg: &mut Aggregated, keys: &mut foldhash::HashMap<String, u64>, sink: &mut u64| {
+    let seal = |agg: &mut Aggregated, keys: &mut foldhash::HashMap<&str, u64>, sink: &mut u64| {
         let body = agg.encode_to_vec();
         let digest = md5::Md5::digest(&body);
         let mut data = Vec::with_capacity(4 + body.len() + 16);
@@ -117,11 +119,9 @@ fn run_floor(n: usize) -> Run {
         keys.clear();
     };
     let mut agg = Aggregated::default();
-    let mut keys: foldhash::HashMap<String, u64> = foldhash::HashMap::default();
+    let mut keys: foldhash::HashMap<&str, u64> = foldhash::HashMap::default();
     let mut size = 0;
     for r in &input {
-        let hash = md5::Md5::digest(r.partition_key.as_str().as_bytes());
-        sink = sink.wrapping_add(u64::from(hash[0]));
         if size + r.data.len() + 20 > 51_200 {
             seal(&mut agg, &mut keys, &mut sink);
             size = 0;
@@ -131,7 +131,7 @@ fn run_floor(n: usize) -> Run {
             i
         } else {
             let i = keys.len() as u64;
-            keys.insert(key.to_owned(), i);
+            keys.insert(key, i);
             agg.partition_key_table.push(key.to_owned());
             size += key.len() + 2;
             i
@@ -145,7 +145,7 @@ fn run_floor(n: usize) -> Run {
     seal(&mut agg, &mut keys, &mut sink);
     std::hint::black_box(sink);
     Run {
-        name: "floor: md5+protobuf+base64+sha256",
+        name: "floor: protobuf+md5+base64+sha256",
         records: n,
         wall: t0.elapsed().as_secs_f64(),
         cpu: cpu_seconds() - cpu0,
@@ -473,7 +473,7 @@ fn main() {
         let batched = per_core("producer, send_batch of 1000");
         println!("ratio producer send (aggregation on) / raw SDK, records per CPU second: {:.1}x", agg / naive);
         println!("ratio producer send_batch / raw SDK, records per CPU second: {:.1}x", batched / naive);
-        let floor = per_core("floor: md5+protobuf+base64+sha256");
+        let floor = per_core("floor: protobuf+md5+base64+sha256");
         println!("CPU per record as a multiple of the floor: send {:.1}x, send_batch {:.1}x, raw SDK {:.1}x", floor / agg, floor / batched, floor / naive);
         drop(ep);
     });
