@@ -67,16 +67,48 @@ fn clip(s: &str) -> String {
 /// Maximum number of characters in a partition key (Kinesis API).
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;
 
+/// Text that carries a hash of itself, computed once when made: equality checks the hash
+/// first, `Hash` writes only the hash (a function of the text: equal texts hash equally, however
+/// long), and order is the text's. The shared core of [`PartitionKey`] and [`ShardId`].
+#[derive(Clone)]
+struct HashedText<H> {
+    text: Arc<str>,
+    hash: H,
+}
+
+impl<H: PartialEq> PartialEq for HashedText<H> {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.text == other.text
+    }
+}
+
+impl<H: Eq> Eq for HashedText<H> {}
+
+impl<H: std::hash::Hash> std::hash::Hash for HashedText<H> {
+    fn hash<S: std::hash::Hasher>(&self, state: &mut S) {
+        self.hash.hash(state);
+    }
+}
+
+impl<H: Eq> PartialOrd for HashedText<H> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<H: Eq> Ord for HashedText<H> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
 /// A partition key: 1 to 256 Unicode characters. Its hash routes the record to a shard.
 ///
 /// The hash (MD5, as Kinesis computes it) is computed once, when the key is made, and travels
 /// with every clone: a service that reuses its keys (hosts, tenants, devices) hashes each once,
 /// not once per record. Equality, order and `Hash` are the key text's.
-#[derive(Clone)]
-pub struct PartitionKey {
-    key: Arc<str>,
-    hash: HashKey,
-}
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionKey(HashedText<HashKey>);
 
 impl PartitionKey {
     /// Validates and wraps a partition key.
@@ -87,62 +119,34 @@ impl PartitionKey {
             return Err(InvalidInput::PartitionKeyLength { chars });
         }
         let hash = crate::hash::hash_key(&key);
-        Ok(Self { key, hash })
+        Ok(Self(HashedText { text: key, hash }))
     }
 
     /// The key as text.
     pub fn as_str(&self) -> &str {
-        &self.key
+        &self.0.text
     }
 
     /// Number of UTF-8 bytes, as Kinesis counts it against the record size limit.
     pub fn len_bytes(&self) -> usize {
-        self.key.len()
+        self.0.text.len()
     }
 
     /// The 128-bit hash key that Kinesis computes for this partition key.
     pub fn hash_key(&self) -> HashKey {
-        self.hash
-    }
-}
-
-impl PartialEq for PartitionKey {
-    fn eq(&self, other: &Self) -> bool {
-        // Different hashes: different keys, without comparing the text.
-        self.hash == other.hash && self.key == other.key
-    }
-}
-
-impl Eq for PartitionKey {}
-
-impl std::hash::Hash for PartitionKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // A function of the text (equal keys hash equally), and 16 bytes however long the key.
-        self.hash.0.hash(state);
-    }
-}
-
-impl PartialOrd for PartitionKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for PartitionKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key.cmp(&other.key)
+        self.0.hash
     }
 }
 
 impl fmt::Debug for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.key, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.key)
+        f.pad(self.as_str())
     }
 }
 
@@ -249,38 +253,8 @@ impl HashKeyRange {
 ///
 /// Carries a hash of its text, computed once when made: maps keyed by shard (the producer looks
 /// one up per record) hash 8 bytes, not the text. Equality and order are the text's.
-#[derive(Clone)]
-pub struct ShardId {
-    id: Arc<str>,
-    hash: u64,
-}
-
-impl PartialEq for ShardId {
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.id == other.id
-    }
-}
-
-impl Eq for ShardId {}
-
-impl std::hash::Hash for ShardId {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // A function of the text: equal ids hash equally.
-        state.write_u64(self.hash);
-    }
-}
-
-impl PartialOrd for ShardId {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ShardId {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.id.cmp(&other.id)
-    }
-}
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(HashedText<u64>);
 
 impl ShardId {
     /// Validates a shard id: 1 to 128 characters of `[a-zA-Z0-9_.-]` (Kinesis API pattern).
@@ -296,18 +270,18 @@ impl ShardId {
         }
         use std::hash::BuildHasher as _;
         let hash = foldhash::fast::FixedState::with_seed(0x5348_4152_4449_4421).hash_one(&*id);
-        Ok(Self { id, hash })
+        Ok(Self(HashedText { text: id, hash }))
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.id
+        &self.0.text
     }
 
     /// The number in `shardId-000000000123` (123), if the id has that form. Kinesis numbers
     /// shards in creation order, so children have higher numbers than their parents.
     pub fn index(&self) -> Option<u64> {
-        self.id
+        self.as_str()
             .strip_prefix("shardId-")
             .and_then(|n| n.parse().ok())
     }
@@ -315,13 +289,13 @@ impl ShardId {
 
 impl fmt::Debug for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.id)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Display for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.id)
+        f.pad(self.as_str())
     }
 }
 
