@@ -312,15 +312,13 @@ impl Producer {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<PutReceipt, UserRecord> {
         let (reply, rx) = oneshot::channel();
-        // MD5 of the key here, on the caller's thread, not in the single driver task.
-        let hash = record.hash_key();
         // Counted before the driver can settle it: outstanding_records() never reads low.
         let accepted = &self.inner.stats.accepted;
         accepted.fetch_add(1, Ordering::Relaxed);
         match self
             .inner
             .records
-            .send(Incoming::one(record, hash, reply, permit))
+            .send(Incoming::one(record, reply, permit))
         {
             Ok(()) => Ok(PutReceipt::new(rx)),
             Err(mpsc::error::SendError(Incoming::One(p))) => {
@@ -340,8 +338,7 @@ impl Producer {
     ///
     /// This is the fast path for callers with many records at hand (a log shipper reading a
     /// file): one wake-up, one buffer reservation and one answer per batch instead of per
-    /// record, and the partition key is hashed once for a run of records that share it. The
-    /// records are aggregated and routed exactly as with [`send`](Self::send); sequence
+    /// record. The records are aggregated and routed exactly as with [`send`](Self::send); sequence
     /// numbers are not reported per record (use `send` when you need them). Buffer space is
     /// released when the whole batch is settled.
     ///
@@ -368,11 +365,8 @@ impl Producer {
         &self,
         records: Vec<UserRecord>,
     ) -> Result<BatchReceipt, SendBatchError> {
-        // One pass: sizes, buffer cost, and the hash keys (MD5 on the caller's thread, once per
-        // run of records sharing a key).
+        // One pass: sizes and buffer cost (a key carries its hash: nothing to compute here).
         let mut needed = 0usize;
-        let mut hashes = Vec::with_capacity(records.len());
-        let mut last: Option<(&kinesis_core::PartitionKey, kinesis_core::HashKey)> = None;
         for (i, r) in records.iter().enumerate() {
             if let Err(reason) = self.checked_size(r) {
                 return Err(SendBatchError {
@@ -382,16 +376,6 @@ impl Producer {
                 });
             }
             needed = needed.saturating_add(batch_buffer_cost(r));
-            let hash = match (&r.explicit_hash_key, last) {
-                (Some(h), _) => *h,
-                (None, Some((k, h))) if *k == r.partition_key => h,
-                (None, _) => {
-                    let h = r.partition_key.hash_key();
-                    last = Some((&r.partition_key, h));
-                    h
-                }
-            };
-            hashes.push(hash);
         }
         let capacity = self.inner.pool.capacity();
         if needed > capacity {
@@ -421,7 +405,7 @@ impl Producer {
         let n = records.len() as u64;
         let accepted = &self.inner.stats.accepted;
         accepted.fetch_add(n, Ordering::Relaxed);
-        let batch = Incoming::batch(records, hashes, reply, permit);
+        let batch = Incoming::batch(records, reply, permit);
         match self.inner.records.send(batch) {
             Ok(()) => Ok(BatchReceipt::new(rx)),
             Err(mpsc::error::SendError(incoming)) => {

@@ -329,7 +329,7 @@ impl Driver {
 
     /// Routes a record to its predicted shard's buffer.
     pub(super) fn enqueue(&mut self, p: Pending, now: Instant) {
-        let key = self.shard_key(p.hash);
+        let key = self.shard_key(p.hash());
         self.buffers.enqueue(&self.cfg, key, p, now);
     }
 
@@ -356,7 +356,7 @@ impl Driver {
         // while the producer counts it delivered (found by the chaos test).
         let mut groups: Vec<(ShardKey, Vec<Pending>)> = Vec::new();
         for m in members {
-            let k = self.shard_key(m.hash);
+            let k = self.shard_key(m.hash());
             match groups.iter_mut().find(|(g, _)| *g == k) {
                 Some((_, v)) => v.push(m),
                 None => groups.push((k, vec![m])),

@@ -3,8 +3,8 @@
 //! commands and the shutdown report.
 //!
 //! ```text
-//!   Producer::send ─► Incoming::one(Pending::new(record, hash, reply)) ─┐
-//!   Producer::send_batch ─► Incoming::batch(records, hashes, ..) ───────┤
+//!   Producer::send ─► Incoming::one(Pending::new(record, reply)) ─┐
+//!   Producer::send_batch ─► Incoming::batch(records, ..) ───────────────┤
 //!   Producer::flush ─► Incoming::Flush ─────────────────────────────────┴─► records channel
 //!   Producer::shutdown ─► Command ────────────────────────────────────────► control channel
 //! ```
@@ -23,7 +23,6 @@ use crate::receipt::{BatchOutcome, Outcome};
 #[derive(Debug)]
 pub(crate) struct Pending {
     pub(crate) record: UserRecord,
-    pub(crate) hash: HashKey,
     pub(crate) reply: Reply,
     pub(crate) arrived: Instant,
     pub(crate) attempts: u32,
@@ -57,14 +56,13 @@ pub(crate) struct Ended {
 
 impl Pending {
     /// A record accepted now, not yet attempted.
-    pub(crate) fn new(record: UserRecord, hash: HashKey, reply: Reply) -> Self {
-        Self::arrived_at(record, hash, reply, Instant::now())
+    pub(crate) fn new(record: UserRecord, reply: Reply) -> Self {
+        Self::arrived_at(record, reply, Instant::now())
     }
 
-    fn arrived_at(record: UserRecord, hash: HashKey, reply: Reply, arrived: Instant) -> Self {
+    fn arrived_at(record: UserRecord, reply: Reply, arrived: Instant) -> Self {
         Self {
             record,
-            hash,
             reply,
             arrived,
             attempts: 0,
@@ -72,6 +70,12 @@ impl Pending {
             failures: None,
             epoch: 0,
         }
+    }
+
+    /// The hash key that routes it (the explicit one, or its key's MD5, computed when the key
+    /// was made).
+    pub(crate) fn hash(&self) -> HashKey {
+        self.record.hash_key()
     }
 
     /// One of its attempts ended without delivering it.
@@ -108,7 +112,6 @@ impl Pending {
     /// Member `index` of batch `id`, which arrived at `arrived`, in epoch `epoch`.
     pub(crate) fn member(
         record: UserRecord,
-        hash: HashKey,
         id: u64,
         index: usize,
         arrived: Instant,
@@ -116,7 +119,7 @@ impl Pending {
     ) -> Self {
         // send_batch keeps batches below 4 GiB of buffer: far fewer records.
         let index = u32::try_from(index).unwrap_or(u32::MAX);
-        let mut p = Self::arrived_at(record, hash, Reply::Batch { id, index }, arrived);
+        let mut p = Self::arrived_at(record, Reply::Batch { id, index }, arrived);
         p.epoch = epoch;
         p
     }
@@ -146,23 +149,20 @@ impl Incoming {
     /// One record with its own receipt and buffer space.
     pub(crate) fn one(
         record: UserRecord,
-        hash: HashKey,
         reply: oneshot::Sender<Outcome>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
-        Self::One(Pending::new(record, hash, Reply::One(reply, permit)))
+        Self::One(Pending::new(record, Reply::One(reply, permit)))
     }
 
-    /// A batch, arrived now: `hashes[i]` is the hash key of `records[i]`.
+    /// A batch, arrived now.
     pub(crate) fn batch(
         records: Vec<UserRecord>,
-        hashes: Vec<HashKey>,
         reply: oneshot::Sender<BatchOutcome>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         Self::Batch(BatchIn {
             records,
-            hashes,
             arrived: Instant::now(),
             reply,
             permit,
@@ -179,11 +179,10 @@ impl Incoming {
     }
 }
 
-/// A batch from `send_batch`: records and their hash keys, one receipt and one permit.
+/// A batch from `send_batch`: records, one receipt and one permit.
 #[derive(Debug)]
 pub(crate) struct BatchIn {
     pub(crate) records: Vec<UserRecord>,
-    pub(crate) hashes: Vec<HashKey>,
     pub(crate) arrived: Instant,
     pub(crate) reply: oneshot::Sender<BatchOutcome>,
     pub(crate) permit: OwnedSemaphorePermit,

@@ -164,7 +164,7 @@ impl Driver {
         members: Vec<Pending>,
         now: Instant,
     ) {
-        if members.iter().all(|m| range.contains(m.hash)) {
+        if members.iter().all(|m| range.contains(m.hash())) {
             let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
             self.settlement.deliver(&self.stats, shard, seq, members);
             return;

@@ -138,7 +138,7 @@ impl Driver {
     pub(super) fn requeue_due(&mut self, now: Instant) {
         let mut due: HashMap<ShardKey, Vec<Pending>> = HashMap::default();
         for p in self.retries.take_due(now) {
-            let key = self.shard_key(p.hash);
+            let key = self.shard_key(p.hash());
             due.entry(key).or_default().push(p);
         }
         for (key, members) in due {
@@ -226,7 +226,7 @@ impl Driver {
 mod tests {
     use super::{CallBackoff, Retries};
     use crate::driver::messages::{Pending, Reply};
-    use kinesis_core::{ErrorKind, HashKey, PartitionKey, UserRecord};
+    use kinesis_core::{ErrorKind, PartitionKey, UserRecord};
     use tokio::time::{Duration, Instant};
 
     #[derive(Debug, Clone, Copy)]
@@ -312,7 +312,7 @@ mod tests {
 
     fn pending(i: u32) -> Pending {
         let record = UserRecord::new(PartitionKey::new("k").unwrap(), None, "x".into());
-        Pending::new(record, HashKey(0), Reply::Batch { id: 0, index: i })
+        Pending::new(record, Reply::Batch { id: 0, index: i })
     }
 
     #[tokio::test(start_paused = true)]

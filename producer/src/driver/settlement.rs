@@ -174,7 +174,6 @@ impl Settlement {
     ) -> (usize, impl Iterator<Item = Pending> + use<>) {
         let BatchIn {
             records,
-            hashes,
             arrived,
             reply,
             permit,
@@ -198,14 +197,10 @@ impl Settlement {
             );
         }
         let epoch = self.epochs.stamp(n, arrived);
-        let members =
-            records
-                .into_iter()
-                .zip(hashes)
-                .enumerate()
-                .map(move |(index, (record, hash))| {
-                    Pending::member(record, hash, id, index, arrived, epoch)
-                });
+        let members = records
+            .into_iter()
+            .enumerate()
+            .map(move |(index, record)| Pending::member(record, id, index, arrived, epoch));
         (n, members)
     }
 

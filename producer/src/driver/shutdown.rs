@@ -33,7 +33,7 @@ impl Driver {
         let now = Instant::now();
         while let Ok(p) = records.try_recv() {
             let n = self.unpack(p, |d, p| {
-                let key = d.shard_key(p.hash);
+                let key = d.shard_key(p.hash());
                 d.buffers.state(&d.cfg, &key, now).members.push(p);
             });
             self.stats.received.fetch_add(n, Ordering::Relaxed);
