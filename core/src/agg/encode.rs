@@ -132,14 +132,13 @@ impl Aggregator {
     }
 }
 
-/// The records given to [`AggregateLayout::finish`] are not the ones added (a caller's bug).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("aggregate of {expected} records finished with {given} that do not match them")]
+/// The data given to [`AggregateLayout::finish`] is not that of the records added (another
+/// count or other lengths: a caller's bug).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("aggregate of {expected} records finished with data that does not match them")]
 pub struct LayoutMismatch {
     /// Records added.
     pub expected: usize,
-    /// Data given to `finish`.
-    pub given: usize,
 }
 
 /// The exact size accounting and key tables of one aggregate whose records the caller keeps:
@@ -346,20 +345,22 @@ impl AggregateLayout {
         data: impl IntoIterator<Item = &'a Bytes>,
     ) -> Result<Option<KinesisRecord>, LayoutMismatch> {
         let n = self.records.len();
+        let mismatch = LayoutMismatch { expected: n };
+        // The data of each record, checked against what was added, in order.
         let mut data = data.into_iter();
-        let bytes = match self.records.as_slice() {
-            [] => return Ok(None),
-            [only] => match (data.next(), data.next()) {
-                (Some(d), None) if d.len() == only.data_len => d.clone(),
-                (first, _) => {
-                    return Err(LayoutMismatch {
-                        expected: 1,
-                        given: usize::from(first.is_some()) + 1,
-                    });
-                }
-            },
-            _ => self.serialize(&mut data)?,
+        let mut checked = self.records.iter().map(|e| match data.next() {
+            Some(d) if d.len() == e.data_len => Ok(d),
+            _ => Err(mismatch),
+        });
+        let bytes = match n {
+            0 => return Ok(None),
+            1 => checked.next().unwrap_or(Err(mismatch))?.clone(),
+            _ => self.serialize(&mut checked)?,
         };
+        drop(checked);
+        if data.next().is_some() {
+            return Err(mismatch);
+        }
         Ok(Some(KinesisRecord {
             partition_key: self.pk_table[0].clone(),
             explicit_hash_key: self.first_ehk,
@@ -383,7 +384,7 @@ impl AggregateLayout {
     /// order, as C++ protobuf (the KPL) writes them, and required fields are always written.
     fn serialize<'a>(
         &self,
-        data: &mut impl Iterator<Item = &'a Bytes>,
+        data: &mut impl Iterator<Item = Result<&'a Bytes, LayoutMismatch>>,
     ) -> Result<Bytes, LayoutMismatch> {
         let mut buf = Vec::with_capacity(MAGIC.len() + self.body_len + DIGEST_LEN);
         buf.extend_from_slice(&MAGIC);
@@ -393,16 +394,11 @@ impl AggregateLayout {
         for ehk in &self.ehk_table {
             put_len_field(&mut buf, 0x12, ehk.as_bytes());
         }
-        let mismatch = |given| LayoutMismatch {
-            expected: self.records.len(),
-            given,
-        };
-        for (i, e) in self.records.iter().enumerate() {
-            let d = match data.next() {
-                Some(d) if d.len() == e.data_len => d,
-                Some(_) => return Err(mismatch(i + 1)),
-                None => return Err(mismatch(i)),
-            };
+        for e in &self.records {
+            // As many items as records: the iterator is never short.
+            let d = data.next().unwrap_or(Err(LayoutMismatch {
+                expected: self.records.len(),
+            }))?;
             let mut head = [0u8; 32];
             let mut n = 0;
             head[n] = 0x1A;
@@ -421,9 +417,6 @@ impl AggregateLayout {
             n += write_varint(&mut head[n..], d.len() as u64);
             buf.extend_from_slice(&head[..n]);
             buf.extend_from_slice(d);
-        }
-        if data.next().is_some() {
-            return Err(mismatch(self.records.len() + 1));
         }
         let digest = md5_digest(&buf[MAGIC.len()..]);
         buf.extend_from_slice(&digest);
