@@ -244,7 +244,7 @@ impl Driver {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        self.settlement.tick(&self.stats, now);
+        self.settlement.tick(now);
         let urgent = self.urgent();
         self.buffers.finish_due((!urgent).then_some(now));
         // Backoff holds even during a flush or shutdown: they wait for the retries, not skip them.

@@ -148,9 +148,9 @@ impl Settlement {
         p.epoch = self.epochs.stamp(1, p.arrived);
     }
 
-    /// Closes the current epoch once it has been open for [`AGE_GRANULARITY`], and publishes
-    /// the oldest unsettled record's arrival.
-    pub(super) fn tick(&mut self, stats: &Stats, now: Instant) {
+    /// Closes the current epoch once it has been open for [`AGE_GRANULARITY`] (the driver's
+    /// loop publishes the oldest arrival after every event, this one included).
+    pub(super) fn tick(&mut self, now: Instant) {
         if self
             .epoch_opened
             .is_none_or(|t| now.saturating_duration_since(t) >= AGE_GRANULARITY)
@@ -158,7 +158,6 @@ impl Settlement {
             self.epochs.close();
             self.epoch_opened = Some(now);
         }
-        self.publish(stats);
     }
 
     /// Publishes the oldest unsettled record's arrival (after each event).
