@@ -142,9 +142,15 @@ impl ShardMap {
 
     /// The open shard that owns `hash`; `None` in a gap (possible while resharding).
     pub fn shard_for(&self, hash: HashKey) -> Option<&Shard> {
+        self.index_for(hash).map(|i| &self.shards[i])
+    }
+
+    /// Where in [`shards`](Self::shards) the open shard that owns `hash` is; `None` in a gap.
+    /// (A caller can keep its own state per shard in a vector in the same order.)
+    pub fn index_for(&self, hash: HashKey) -> Option<usize> {
         let i = self.segments.partition_point(|s| s.end < hash);
         let seg = self.segments.get(i)?;
-        (seg.start <= hash).then(|| &self.shards[seg.shard])
+        (seg.start <= hash).then_some(seg.shard)
     }
 
     /// A shard by id (open or closed).

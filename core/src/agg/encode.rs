@@ -340,9 +340,61 @@ impl AggregateLayout {
         out
     }
 
+    /// As [`finish`](Self::finish), then points each record's data into the aggregate written
+    /// (a slice of its one buffer). The records' own buffers are released now, while they are
+    /// still in the cache, instead of one by one when the records are settled; the aggregate's
+    /// buffer is released with the last slice. A record left alone (an aggregate of one) keeps
+    /// its data. On a mismatch nothing is changed.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use kinesis_core::agg::AggregateLayout;
+    /// use kinesis_core::{PartitionKey, UserRecord};
+    ///
+    /// let mut records: Vec<UserRecord> = ["a", "b"]
+    ///     .iter()
+    ///     .map(|k| UserRecord::new(PartitionKey::new(*k).unwrap(), None, Bytes::from(vec![7u8; 10])))
+    ///     .collect();
+    /// let mut layout = AggregateLayout::new(1024 * 1024).unwrap();
+    /// for r in &records {
+    ///     assert!(layout.try_add(r).unwrap());
+    /// }
+    /// let kr = layout.finish_sharing(records.iter_mut().map(|r| &mut r.data)).unwrap().unwrap();
+    /// assert_eq!(kr.user_records, 2);
+    /// assert_eq!(records[1].data, Bytes::from(vec![7u8; 10])); // the same bytes, inside kr.data
+    /// ```
+    pub fn finish_sharing<'a>(
+        &mut self,
+        data: impl IntoIterator<Item = &'a mut Bytes>,
+    ) -> Result<Option<KinesisRecord>, LayoutMismatch> {
+        let mut data: Vec<&'a mut Bytes> = data.into_iter().collect();
+        let mut starts = Vec::with_capacity(data.len());
+        let out = self.write_with(data.iter().map(|d| &**d), Some(&mut starts));
+        self.clear();
+        if let Ok(Some(kr)) = &out
+            && kr.user_records > 1
+            && starts.len() == data.len()
+        {
+            for (d, start) in data.iter_mut().zip(starts) {
+                let end = start + d.len();
+                **d = kr.data.slice(start..end);
+            }
+        }
+        out
+    }
+
     fn write<'a>(
         &self,
         data: impl IntoIterator<Item = &'a Bytes>,
+    ) -> Result<Option<KinesisRecord>, LayoutMismatch> {
+        self.write_with(data, None)
+    }
+
+    /// Writes the aggregate; `starts`, if given, gets where each record's data begins in it.
+    fn write_with<'a>(
+        &self,
+        data: impl IntoIterator<Item = &'a Bytes>,
+        starts: Option<&mut Vec<usize>>,
     ) -> Result<Option<KinesisRecord>, LayoutMismatch> {
         let n = self.records.len();
         let mismatch = LayoutMismatch { expected: n };
@@ -355,7 +407,7 @@ impl AggregateLayout {
         let bytes = match n {
             0 => return Ok(None),
             1 => checked.next().unwrap_or(Err(mismatch))?.clone(),
-            _ => self.serialize(&mut checked)?,
+            _ => self.serialize(&mut checked, starts)?,
         };
         drop(checked);
         if data.next().is_some() {
@@ -385,6 +437,7 @@ impl AggregateLayout {
     fn serialize<'a>(
         &self,
         data: &mut impl Iterator<Item = Result<&'a Bytes, LayoutMismatch>>,
+        mut starts: Option<&mut Vec<usize>>,
     ) -> Result<Bytes, LayoutMismatch> {
         let mut buf = Vec::with_capacity(MAGIC.len() + self.body_len + DIGEST_LEN);
         buf.extend_from_slice(&MAGIC);
@@ -416,6 +469,9 @@ impl AggregateLayout {
             n += 1;
             n += write_varint(&mut head[n..], d.len() as u64);
             buf.extend_from_slice(&head[..n]);
+            if let Some(starts) = starts.as_mut() {
+                starts.push(buf.len());
+            }
             buf.extend_from_slice(d);
         }
         let digest = md5_digest(&buf[MAGIC.len()..]);
@@ -503,6 +559,66 @@ mod tests {
             assert!(l.is_empty(), "emptied either way");
         }
         assert_eq!(l.finish([]), Ok(None));
+    }
+
+    #[test]
+    fn sharing_points_each_record_into_the_aggregate_and_changes_nothing_on_a_mismatch() {
+        let rec = |k: &str, d: &str| {
+            UserRecord::new(
+                PartitionKey::new(k).unwrap(),
+                None,
+                Bytes::from(d.to_owned()),
+            )
+        };
+        let originals = [rec("a", "one"), rec("b", "two"), rec("a", "three")];
+        let mut records = originals.clone();
+        let mut l = AggregateLayout::new(1024).unwrap();
+        for r in &records {
+            assert!(l.try_add(r).unwrap());
+        }
+        let kr = l
+            .finish_sharing(records.iter_mut().map(|r| &mut r.data))
+            .unwrap()
+            .unwrap();
+        let whole = kr.data.as_ptr_range();
+        for (r, o) in records.iter().zip(&originals) {
+            assert_eq!(r.data, o.data, "same bytes");
+            assert!(whole.contains(&r.data.as_ptr()), "inside the aggregate");
+        }
+        // The same aggregate as finish() writes.
+        let mut again = AggregateLayout::new(1024).unwrap();
+        for r in &originals {
+            assert!(again.try_add(r).unwrap());
+        }
+        assert_eq!(
+            again.finish(originals.iter().map(|r| &r.data)).unwrap(),
+            Some(kr)
+        );
+
+        // A lone record keeps its own data (the Kinesis record is that data).
+        let mut one = [rec("a", "solo")];
+        assert!(l.try_add(&one[0]).unwrap());
+        let before = one[0].data.as_ptr();
+        l.finish_sharing(one.iter_mut().map(|r| &mut r.data))
+            .unwrap();
+        assert_eq!(one[0].data.as_ptr(), before);
+
+        // Data that does not match what was added: refused, and left as it was.
+        let mut two = [rec("a", "x"), rec("b", "yy")];
+        for r in &two {
+            assert!(l.try_add(r).unwrap());
+        }
+        two[1].data = Bytes::from("zzz");
+        let ptrs: Vec<_> = two.iter().map(|r| r.data.as_ptr()).collect();
+        assert!(
+            l.finish_sharing(two.iter_mut().map(|r| &mut r.data))
+                .is_err()
+        );
+        assert_eq!(
+            two.iter().map(|r| r.data.as_ptr()).collect::<Vec<_>>(),
+            ptrs
+        );
+        assert!(l.is_empty());
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl ShardState {
         let Some(agg) = self.aggregator.as_mut() else {
             return;
         };
-        let written = agg.finish(self.members.iter().map(|m| &m.record.data));
+        let written = write_aggregate(agg, &mut self.members);
         if self.members.is_empty() {
             return;
         }
@@ -158,13 +158,21 @@ impl Buffers {
     pub(super) fn enqueue(
         &mut self,
         cfg: &ProducerConfig,
-        key: ShardKey,
+        key: &ShardKey,
         p: Pending,
         now: Instant,
     ) {
         let deadline = now.max(p.arrived) + cfg.record_max_buffered_time;
         let max_count = cfg.aggregation_max_count;
-        let st = self.state(cfg, &key, now);
+        // The key is cloned only for a new shard: a clone is an atomic reference count, and its
+        // drop a locked instruction that waits for the record's copy to be written.
+        let st = match self.shards.get_mut(key) {
+            Some(st) => st,
+            None => self
+                .shards
+                .entry(key.clone())
+                .or_insert_with(|| ShardState::new(cfg, key, now)),
+        };
         let ready_before = st.ready.len();
         let fits = st
             .aggregator
@@ -174,7 +182,7 @@ impl Buffers {
             Some(agg) if fits => {
                 // Full: finish and start a new aggregate; the record fits an empty one.
                 if let Ok(false) = agg.try_add(&p.record) {
-                    st.finish_aggregate(&key);
+                    st.finish_aggregate(key);
                     if let Some(agg) = st.aggregator.as_mut() {
                         let _ = agg.try_add(&p.record);
                     }
@@ -182,13 +190,13 @@ impl Buffers {
                 st.members.push(p);
                 st.agg_deadline = Some(st.agg_deadline.map_or(deadline, |d| d.min(deadline)));
                 if st.members.len() >= max_count {
-                    st.finish_aggregate(&key);
+                    st.finish_aggregate(key);
                 }
             }
             _ => {
                 // No aggregation here, or too large for an aggregate: alone, after what is
                 // buffered (order).
-                st.finish_aggregate(&key);
+                st.finish_aggregate(key);
                 let kr = plain(&p.record);
                 st.ready
                     .push_back(Ready::new(key.clone(), kr, vec![p], deadline));
@@ -196,7 +204,7 @@ impl Buffers {
         }
         // Once per new ready record, not per user record: pump() sorts this list.
         if st.ready.len() > ready_before {
-            self.waiting.push(key);
+            self.waiting.push(key.clone());
         }
     }
 
@@ -294,7 +302,7 @@ fn reaggregate(
             if let Some(a) = agg.as_mut()
                 && !group.is_empty()
             {
-                let written = a.finish(group.iter().map(|m| &m.record.data));
+                let written = write_aggregate(a, group);
                 let mut ready = VecDeque::new();
                 push_finished(&mut ready, key, written, std::mem::take(group), deadline);
                 front.extend(ready);
@@ -329,7 +337,13 @@ impl Driver {
 
     /// Routes a record to its predicted shard's buffer.
     pub(super) fn enqueue(&mut self, p: Pending, now: Instant) {
-        let key = self.shard_key(p.hash());
+        // The shard's key by reference, not a clone per record.
+        let unmapped: ShardKey = None;
+        let key = self
+            .map
+            .index_for(p.hash())
+            .and_then(|i| self.route_keys.get(i))
+            .unwrap_or(&unmapped);
         self.buffers.enqueue(&self.cfg, key, p, now);
     }
 
@@ -366,6 +380,33 @@ impl Driver {
             self.buffers.requeue_front_at(&self.cfg, k, ms, now, delay);
         }
     }
+}
+
+/// The key of each shard of `map`, in its order (`ShardMap::index_for`).
+pub(super) fn route_keys(map: &ShardMap) -> Vec<ShardKey> {
+    map.shards()
+        .iter()
+        .map(|s| Some(s.shard_id.clone()))
+        .collect()
+}
+
+/// Writes the aggregate of `members` (the records added to `layout`, in order). Their data then
+/// points into it: their own buffers are freed now, while still in the cache, rather than one by
+/// one, cold, when they are settled (and an earlier aggregate they pointed into, with the last
+/// of them).
+fn write_aggregate(
+    layout: &mut AggregateLayout,
+    members: &mut [Pending],
+) -> Result<Option<KinesisRecord>, LayoutMismatch> {
+    let written = layout.finish_sharing(members.iter_mut().map(|m| &mut m.record.data));
+    if let Ok(Some(kr)) = &written
+        && kr.user_records > 1
+    {
+        for m in members.iter_mut() {
+            m.in_aggregate = true;
+        }
+    }
+    written
 }
 
 /// Queues what a layout wrote for `members`. Should it refuse them (they are not the records

@@ -33,6 +33,10 @@ pub(crate) struct Pending {
     pub(crate) failures: Option<Box<Failures>>,
     /// Stamped by the driver when it takes the record (flush accounting).
     pub(crate) epoch: u64,
+    /// Its data is a slice of an aggregate's buffer (see `ShardState::finish_aggregate`):
+    /// copied out before the record is handed back, so that a caller keeping it does not keep
+    /// the whole aggregate.
+    pub(crate) in_aggregate: bool,
 }
 
 /// A record's failed attempts.
@@ -69,7 +73,17 @@ impl Pending {
             possible_duplicate: false,
             failures: None,
             epoch: 0,
+            in_aggregate: false,
         }
+    }
+
+    /// The record, to hand back to the caller: with data of its own.
+    pub(crate) fn handed_back(&self) -> UserRecord {
+        let mut r = self.record.clone();
+        if self.in_aggregate {
+            r.data = bytes::Bytes::copy_from_slice(&r.data);
+        }
+        r
     }
 
     /// The hash key that routes it (the explicit one, or its key's MD5, computed when the key

@@ -77,6 +77,8 @@ pub(crate) struct Driver {
     stream: StreamRef,
     stats: Arc<Stats>,
     map: ShardMap,
+    /// The buffers' key of each shard of `map`, in its order.
+    route_keys: Vec<buffers::ShardKey>,
     buffers: Buffers,
     collector: Collector,
     calls: Calls,
@@ -110,6 +112,7 @@ impl Driver {
             refresh: Refresh::new(cfg.shard_map_refresh_interval),
             settlement: Settlement::new(),
             shutdown: None,
+            route_keys: buffers::route_keys(&map),
             cfg,
             api,
             stream,

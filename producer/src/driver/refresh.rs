@@ -107,6 +107,7 @@ impl Driver {
         r.pause = Duration::ZERO;
         r.next_at = now + self.cfg.shard_map_refresh_interval;
         self.map = ShardMap::new(shards);
+        self.route_keys = super::buffers::route_keys(&self.map);
         metrics::counter!("ShardMapRefreshes").increment(1);
         // Buffers of shards that are no longer open (and the unmapped one): re-route what they
         // hold under the new map.

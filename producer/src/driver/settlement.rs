@@ -267,11 +267,17 @@ impl Settlement {
     pub(super) fn fail(&mut self, stats: &Stats, mut m: Pending, reason: FailureReason) {
         self.epochs.settle(m.epoch);
         stats.failed.fetch_add(1, Ordering::Release);
+        let attempt_log = m.take_attempt_log();
+        let mut record = m.record;
+        if m.in_aggregate {
+            // Its own data, not a slice keeping the whole aggregate alive.
+            record.data = bytes::Bytes::copy_from_slice(&record.data);
+        }
         let error = PutError {
             reason,
             attempts: m.attempts,
-            attempt_log: m.take_attempt_log(),
-            record: m.record,
+            attempt_log,
+            record,
         };
         match m.reply {
             Reply::One(tx, _permit) => {

@@ -54,13 +54,13 @@ impl Driver {
         let (n_unsent, n_flying) = (unsent.len(), flying.len());
         let mut undelivered = Vec::with_capacity(n_unsent);
         for m in unsent {
-            undelivered.push(m.record.clone());
+            undelivered.push(m.handed_back());
             self.settlement
                 .fail(&self.stats, m, FailureReason::Cancelled);
         }
         let mut in_flight = Vec::with_capacity(n_flying);
         for m in flying {
-            in_flight.push(m.record.clone());
+            in_flight.push(m.handed_back());
             self.settlement.fail(&self.stats, m, FailureReason::Unknown);
         }
         self.settlement.publish(&self.stats);

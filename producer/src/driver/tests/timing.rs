@@ -206,3 +206,45 @@ async fn outstanding_records_and_the_oldest_age_follow_records_until_they_settle
     assert!(stuck.await.is_err());
     assert_eq!((q.outstanding_records(), q.oldest_record_age()), (0, None));
 }
+
+/// An aggregate's members point into its buffer while buffered; a record handed back (failed,
+/// or in a shutdown report) owns its data, so a caller keeping it does not keep the aggregate.
+#[tokio::test(start_paused = true)]
+async fn records_handed_back_from_an_aggregate_own_their_data() {
+    let api = FakeApi::new(one_shard(), |_, _| Answer::FailEntries("InternalFailure"));
+    let p = start(config(), one_shard(), &api);
+    let mut receipts = Vec::new();
+    for i in 0..3 {
+        receipts.push(p.send(record("a", &format!("r{i}"))).await.unwrap());
+    }
+    for (i, r) in receipts.into_iter().enumerate() {
+        let ReceiptError::Failed(e) = r.await.unwrap_err() else {
+            panic!("expected a failure")
+        };
+        assert_eq!(e.record.data, format!("r{i}").as_bytes());
+        assert!(e.record.data.is_unique(), "owns its data");
+    }
+    assert!(
+        api.calls()
+            .iter()
+            .any(|c| c.records.iter().any(|kr| kr.user_records == 3)),
+        "they went as one aggregate"
+    );
+
+    let api = FakeApi::new(one_shard(), |_, _| Answer::Never);
+    let p = start(config(), one_shard(), &api);
+    let mut receipts = Vec::new();
+    for i in 0..3 {
+        receipts.push(p.send(record("a", &format!("r{i}"))).await.unwrap());
+    }
+    // Paused clock: this advances virtual time until the call went.
+    while api.calls().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let report = p.shutdown(Duration::from_millis(100)).await;
+    assert_eq!(report.in_flight.len(), 3);
+    for r in &report.in_flight {
+        assert!(r.data.is_unique(), "owns its data");
+    }
+    drop(receipts);
+}
