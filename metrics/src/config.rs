@@ -118,7 +118,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRY: BackoffConfig =
     BackoffConfig::new(Duration::from_millis(200), Duration::from_secs(20));
 
-/// The CloudWatch publisher's configuration. `Default` is the KPL's ([`kpl`](Self::kpl)).
+/// The CloudWatch publisher's configuration. `Default` is the KPL's ([`kpl`](Self::kpl)), rule
+/// table included.
 ///
 /// ```
 /// use kinesis_metrics::{Granularity, MetricRule, MetricsConfig, MetricsLevel, Rollup};
@@ -152,7 +153,9 @@ pub struct MetricsConfig {
     pub queue_size: usize,
     /// Dimensions fixed for the process (default none).
     pub static_dimensions: Vec<StaticDimension>,
-    /// Per metric name: its level and the dimension sets it is published with (default none).
+    /// Per metric name: its level and the dimension sets it is published with (none from
+    /// [`new`](Self::new) and [`agent`](Self::agent); the KPL's and the KCL's tables from
+    /// [`kpl`](Self::kpl) and [`kcl`](Self::kcl)).
     pub rules: Vec<MetricRule>,
     /// What happens to a metric no rule names (default [`Unlisted::Drop`]).
     pub unlisted: Unlisted,
@@ -192,16 +195,27 @@ impl MetricsConfig {
     }
 
     /// The KPL's defaults: namespace `KinesisProducerLibrary`, `metrics_level` detailed,
-    /// `metrics_granularity` shard, `metrics_upload_delay` 60 000 ms.
+    /// `metrics_granularity` shard, `metrics_upload_delay` 60 000 ms, and the KPL's rule table
+    /// for what `kinesis-producer` emits (its fifteen metrics with their levels and dimension
+    /// sets: the table, and where each entry comes from, is in [`crate::presets`]).
     pub fn kpl() -> Self {
-        Self::new("KinesisProducerLibrary")
+        Self {
+            rules: crate::presets::kpl_rules(),
+            ..Self::new("KinesisProducerLibrary")
+        }
     }
 
     /// The KCL's defaults: the application name as namespace, `metricsLevel` DETAILED,
-    /// `metricsBufferTimeMillis` 10 000, `metricsMaxQueueSize` 10 000.
+    /// `metricsBufferTimeMillis` 10 000, `metricsMaxQueueSize` 10 000, and the KCL's rule
+    /// table for what `kinesis-consumer` emits (dimensions `Operation`, `ShardId`,
+    /// `WorkerIdentifier`: the table and its sources are in [`crate::presets`]). The consumer
+    /// labels its worker-level metrics with its own `WorkerIdentifier`, so two consumers in one
+    /// process publish apart; a [`StaticDimension::where_listed`] `WorkerIdentifier` gives a
+    /// value to metrics the application emits itself under these rules without the label.
     pub fn kcl(application: impl Into<String>) -> Self {
         Self {
             flush_interval: Duration::from_secs(10),
+            rules: crate::presets::kcl_rules(),
             ..Self::new(application)
         }
     }

@@ -91,6 +91,7 @@
 
 mod batch;
 mod config;
+pub mod presets;
 mod publisher;
 mod recorder;
 mod rules;
@@ -105,6 +106,7 @@ pub use config::{
     Unlisted,
 };
 pub use kinesis_core::BackoffConfig;
+pub use presets::{OPERATION, WORKER_IDENTIFIER};
 pub use publisher::{Publisher, PublisherStats, ShutdownReport};
 pub use recorder::CloudWatchRecorder;
 pub use rules::{MetricRule, Rollup, SHARD_ID, STREAM_NAME};
