@@ -39,14 +39,55 @@
 //! space from one [`BufferPool`], so ten streams need one tuned buffer, not ten. The price: a
 //! stalled stream can fill the pool and hold up the others.
 //!
-//! Metrics go through the `metrics` facade with the KPL's names (`UserRecordsReceived`,
-//! `UserRecordsPut`, `KinesisRecordsPut`, `ErrorsByCode`, `AllErrors`, `RetriesPerRecord`,
-//! `RequestTime`, `UserRecordExpired`, ...); each PutRecords call runs in a `put_records`
-//! tracing span. Metrics are emitted per PutRecords call or per Kinesis record, never per user
-//! record: `RetriesPerRecord` records only the records that were retried (the KPL also emits a
-//! zero for every record delivered at first try; those are `UserRecordsPut` minus the
-//! histogram's count), since a recorder like the Prometheus exporter's keeps each histogram
-//! value until it is scraped.
+//! # Metrics (the KPL's, to CloudWatch or any `metrics` recorder)
+//!
+//! The producer emits the KPL's fifteen metrics through the `metrics` facade, labelled with the
+//! KPL's dimension names: `UserRecordsReceived`, `UserRecordsPending`, `RequestTime`,
+//! `KinesisRecordsPerPutRecordsRequest`, `UserRecordsPerPutRecordsRequest` per `StreamName`;
+//! `UserRecordsPut`, `UserRecordsDataPut`, `KinesisRecordsPut`, `KinesisRecordsDataPut`,
+//! `AllErrors`, `ErrorsByCode` (with `ErrorCode`), `RetriesPerRecord`, `UserRecordExpired`,
+//! `BufferingTime`, `UserRecordsPerKinesisRecord` per `StreamName` and `ShardId` (the shard a
+//! record was stored on; for a failure, the predicted one; a whole-call failure has no shard).
+//! No label carries record data, a partition key or a credential.
+//!
+//! To publish them to CloudWatch as the KPL does (namespace `KinesisProducerLibrary`, level
+//! `detailed`, granularity `shard`: each metric per shard, per stream and overall), install the
+//! `kinesis-metrics` recorder with the KPL's rule table *before building producers* (handles are
+//! registered when a producer first sees its stream and each shard), and shut its publisher down
+//! after the producers to send the last minute:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use kinesis_metrics::{Granularity, MetricsConfig, MetricsLevel};
+//! let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+//! let config = MetricsConfig {
+//!     level: MetricsLevel::Summary,       // UserRecordsPut, KinesisRecordsPut, errors, BufferingTime
+//!     granularity: Granularity::Stream,   // no ShardId dimension (the KPL's advice above 800 shards)
+//!     ..MetricsConfig::kpl()
+//! };
+//! let (recorder, publisher) = kinesis_metrics::start(&config, &sdk)?;
+//! metrics::set_global_recorder(recorder)?;
+//! let producer = kinesis_producer::Producer::builder_from_config(&sdk, "orders").build().await?;
+//! // ... send ...
+//! producer.shutdown(Duration::from_secs(30)).await;
+//! publisher.shutdown(Duration::from_secs(5)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! (`kinesis-metrics` is a separate crate: this one depends only on the `metrics` facade; a
+//! Prometheus exporter, or both through `metrics_util::layers::FanoutBuilder`, works the same.)
+//!
+//! Nothing is emitted per user record: counts and bytes are summed per shard over each event
+//! of the producer's loop (one PutRecords answer, typically) and emitted once per shard and
+//! metric; `BufferingTime` and `UserRecordsPerKinesisRecord` are one sample per Kinesis record
+//! (the KPL: `BufferingTime` per user record and attempt; ours is the wait of the Kinesis
+//! record's oldest member, from its arrival to the attempt); `RetriesPerRecord` records only
+//! the records that were retried (the KPL also emits a zero for every record delivered at first
+//! try; those are `UserRecordsPut` minus the histogram's count), since a recorder like the
+//! Prometheus exporter's keeps each histogram value until it is scraped. `AllErrors` counts
+//! failures only (the KPL also emits zeros, so its Average is an error rate). Each PutRecords
+//! call runs in a `put_records` tracing span.
 
 mod api;
 mod config;

@@ -30,9 +30,10 @@ use crate::config::ProducerConfig;
 use crate::error::{AttemptOutcome, FailureReason};
 use crate::window::{Sent, Window};
 
-/// The user records of one PutRecords call, per entry, kept here (not in the call's future) so
-/// that a shutdown can hand them back.
-pub(super) type Batch = Vec<(ShardKey, Vec<Pending>)>;
+/// The user records of one PutRecords call, per entry (with the entry's predicted shard and its
+/// Kinesis record's size), kept here (not in the call's future) so that a shutdown can hand
+/// them back.
+pub(super) type Batch = Vec<(ShardKey, usize, Vec<Pending>)>;
 
 pub(super) type Response = (u64, Result<Vec<EntryResult>, AwsError>);
 
@@ -85,7 +86,7 @@ impl Calls {
                 outcome: AttemptOutcome::NoAnswer,
                 text: "no answer before the producer stopped".into(),
             };
-            for (_, members) in call.batch {
+            for (_, _, members) in call.batch {
                 for mut m in members {
                     m.attempt_failed(&ended);
                     flying.push(m);
@@ -135,7 +136,7 @@ impl Driver {
         if promptly {
             self.retries.call_backoff.answered(id, self.calls.next_id);
         }
-        for ((key, mut members), res) in batch.into_iter().zip(results) {
+        for ((key, bytes, mut members), res) in batch.into_iter().zip(results) {
             self.release_in_flight(&key);
             match res {
                 EntryResult::Ok {
@@ -145,7 +146,7 @@ impl Driver {
                     self.stats
                         .kinesis_records_put
                         .fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("KinesisRecordsPut").increment(1);
+                    self.telemetry.stored(&key, bytes);
                     let stored = Stored {
                         shard_id,
                         sequence_number,
@@ -156,8 +157,7 @@ impl Driver {
                 }
                 EntryResult::Failed { code, message } => {
                     let kind = classify_code(&code).unwrap_or(ErrorKind::Transient);
-                    metrics::counter!("ErrorsByCode", "code" => code.to_string()).increment(1);
-                    metrics::counter!("AllErrors").increment(1);
+                    self.telemetry.entry_failed(&key, &code);
                     let text: Arc<str> = format!("{code}: {message}").into();
                     let throttled = kind == ErrorKind::Throttled;
                     let invalid = &*code == INVALID_RESPONSE;
@@ -210,9 +210,7 @@ impl Driver {
         took: Duration,
         now: Instant,
     ) {
-        metrics::counter!("ErrorsByCode", "code" => e.code().unwrap_or("Request").to_string())
-            .increment(1);
-        metrics::counter!("AllErrors").increment(1);
+        self.telemetry.call_failed(e.code().unwrap_or("Request"));
         let retryable = e.is_retryable();
         let unknown = e.outcome_unknown();
         // No answer in time (whatever error the timeout surfaced as), or a throttled call: the
@@ -261,7 +259,7 @@ impl Driver {
             outcome: AttemptOutcome::CallFailed(Arc::clone(&e)),
             text: e.to_string().into(),
         };
-        for (key, mut members) in batch {
+        for (key, _, mut members) in batch {
             self.release_in_flight(&key);
             if retryable {
                 if unknown {

@@ -190,13 +190,16 @@ impl Driver {
         let mut records = Vec::with_capacity(ready.len());
         let mut batch: Batch = Vec::with_capacity(ready.len());
         let mut users = 0;
+        let now = Instant::now();
         for mut r in ready {
             for m in &mut r.members {
                 m.attempts += 1;
             }
             users += r.members.len();
+            self.telemetry
+                .kinesis_record_sent(&r.key, r.members.len(), r.oldest, now);
+            batch.push((r.key, r.kr.size_bytes(), r.members));
             records.push(r.kr);
-            batch.push((r.key, r.members));
         }
         let n = records.len();
         let id = self.calls.next_id;
@@ -211,7 +214,7 @@ impl Driver {
             id,
             Call {
                 batch,
-                sent_at: Instant::now(),
+                sent_at: now,
                 sent,
             },
         );
@@ -219,8 +222,8 @@ impl Driver {
             .calls_in_flight
             .store(flying as u64 + 1, Ordering::Relaxed);
         self.stats.put_calls.fetch_add(1, Ordering::Relaxed);
-        metrics::histogram!("KinesisRecordsPerPutRecordsRequest").record(n as f64);
-        metrics::histogram!("UserRecordsPerPutRecordsRequest").record(users as f64);
+        self.telemetry.call_sent(n, users);
+        let request_time = self.telemetry.request_time.clone();
         let api = Arc::clone(&self.api);
         let stream = self.stream.clone();
         let timeout = self.cfg.request_timeout;
@@ -231,8 +234,7 @@ impl Driver {
                 async move {
                     let started = Instant::now();
                     let result = api.put_records(stream, records, timeout).await;
-                    metrics::histogram!("RequestTime")
-                        .record(started.elapsed().as_secs_f64() * 1000.0);
+                    request_time.record(started.elapsed().as_secs_f64() * 1000.0);
                     (id, result)
                 },
                 span,

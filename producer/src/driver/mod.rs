@@ -39,6 +39,7 @@ mod refresh;
 mod retries;
 mod settlement;
 mod shutdown;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 
@@ -68,6 +69,7 @@ use messages::Pending;
 use refresh::Refresh;
 use retries::Retries;
 use settlement::Settlement;
+use telemetry::Telemetry;
 
 const TICK: Duration = Duration::from_millis(5);
 
@@ -85,6 +87,7 @@ pub(crate) struct Driver {
     retries: Retries,
     refresh: Refresh,
     settlement: Settlement,
+    telemetry: Telemetry,
     shutdown: Option<(Instant, oneshot::Sender<ShutdownReport>)>,
 }
 
@@ -111,6 +114,7 @@ impl Driver {
             retries: Retries::new(&cfg),
             refresh: Refresh::new(cfg.shard_map_refresh_interval),
             settlement: Settlement::new(),
+            telemetry: Telemetry::new(stream.short_name()),
             shutdown: None,
             route_keys: buffers::route_keys(&map),
             cfg,
@@ -148,6 +152,7 @@ impl Driver {
                     while let Ok(p) = records.try_recv() {
                         let n = self.admit(p, now);
                         self.stats.received.fetch_add(n, Ordering::Relaxed);
+                        self.telemetry.received(n);
                     }
                     self.command(cmd);
                 }
@@ -165,7 +170,7 @@ impl Driver {
                             messages += 1;
                         }
                         self.stats.received.fetch_add(n, Ordering::Relaxed);
-                        metrics::counter!("UserRecordsReceived").increment(n);
+                        self.telemetry.received(n);
                     }
                     None => {
                         // Every handle was dropped without shutdown(): stop now, settling every
@@ -193,6 +198,8 @@ impl Driver {
             self.pump();
             self.settlement.resolve_flushes();
             self.settlement.publish(&self.stats);
+            // What this event did, summed per shard: one increment per shard and metric.
+            self.telemetry.emit();
             if self.finish_shutdown_if_due(&mut records) {
                 return;
             }
@@ -248,6 +255,7 @@ impl Driver {
     fn on_tick(&mut self) {
         let now = Instant::now();
         self.settlement.tick(now);
+        self.telemetry.sample_pending(self.stats.outstanding(), now);
         let urgent = self.urgent();
         self.buffers.finish_due((!urgent).then_some(now));
         // Backoff holds even during a flush or shutdown: they wait for the retries, not skip them.

@@ -125,7 +125,8 @@ impl Driver {
                 None => {
                     warn!(message = "Records stored on a shard the stream does not list; counting them delivered.", shard_id = %stored.shard_id);
                     let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
-                    self.settlement.deliver(&self.stats, shard, seq, members);
+                    self.settlement
+                        .deliver(&self.stats, &mut self.telemetry, shard, seq, members);
                 }
             }
         }
@@ -144,8 +145,13 @@ impl Driver {
             if predicted.as_ref() != Some(actual) {
                 self.refresh.wanted = true;
             }
-            self.settlement
-                .deliver(&self.stats, actual, &stored.sequence_number, members);
+            self.settlement.deliver(
+                &self.stats,
+                &mut self.telemetry,
+                actual,
+                &stored.sequence_number,
+                members,
+            );
             return;
         }
         // An aggregate on a shard we did not predict (the stream resharded). KCL consumers drop
@@ -167,7 +173,8 @@ impl Driver {
     ) {
         if members.iter().all(|m| range.contains(m.hash())) {
             let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
-            self.settlement.deliver(&self.stats, shard, seq, members);
+            self.settlement
+                .deliver(&self.stats, &mut self.telemetry, shard, seq, members);
             return;
         }
         // The consumer will drop this aggregate: nothing in it counts as delivered. Each member

@@ -208,7 +208,8 @@ impl Driver {
     }
 
     pub(super) fn expire(&mut self, m: Pending, now: Instant) {
-        metrics::counter!("UserRecordExpired").increment(1);
+        let key = self.shard_key(m.hash());
+        self.telemetry.expired(&key);
         let elapsed = now.duration_since(m.arrived);
         let last_error = m.last_error();
         self.settlement.fail(

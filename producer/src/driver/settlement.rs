@@ -23,6 +23,8 @@ use crate::error::{FailureReason, PutError};
 use crate::receipt::{BatchFailure, BatchOutcome, Delivered};
 use crate::stats::Stats;
 
+use super::telemetry::Telemetry;
+
 /// Unsettled records per epoch. Records are stamped with the current epoch; a flush closes
 /// it, and so does time ([`AGE_GRANULARITY`]), so that each epoch's oldest arrival tells the
 /// age of the oldest unsettled record.
@@ -295,12 +297,14 @@ impl Settlement {
     pub(super) fn deliver(
         &mut self,
         stats: &Stats,
+        telemetry: &mut Telemetry,
         shard: &ShardId,
         seq: &SequenceNumber,
         members: Vec<Pending>,
     ) {
         let n = members.len() as u64;
         let aggregated = members.len() > 1;
+        let mut bytes = 0;
         // Counted before any receipt resolves: a caller who saw its receipts sees the counts.
         stats.delivered.fetch_add(n, Ordering::Release);
         let mut permits: Option<OwnedSemaphorePermit> = None;
@@ -309,12 +313,13 @@ impl Settlement {
         for (i, m) in members.into_iter().enumerate() {
             let sub = if aggregated { i as u64 } else { 0 };
             self.epochs.settle(m.epoch);
+            bytes += m.record.data.len() as u64;
             // Only retried records are recorded: recorders such as the Prometheus exporter's
             // keep every histogram value until scraped (record_many of zeros is a loop of
             // pushes), which cost more than the rest of delivery. First-try records are the
             // UserRecordsPut the histogram's count is short of.
             if m.attempts > 1 {
-                metrics::histogram!("RetriesPerRecord").record(f64::from(m.attempts - 1));
+                telemetry.retried(shard, m.attempts - 1);
             }
             match m.reply {
                 Reply::One(tx, permit) => {
@@ -351,7 +356,7 @@ impl Settlement {
         if let Some((rid, n)) = run {
             self.batch_settled(rid, n, None);
         }
-        metrics::counter!("UserRecordsPut").increment(n);
+        telemetry.delivered(shard, n, bytes);
     }
 }
 

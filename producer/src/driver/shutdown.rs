@@ -46,7 +46,8 @@ impl Driver {
         // Stored, on a shard we could not check yet: count them delivered as far as we know.
         for (stored, members) in std::mem::take(&mut self.refresh.unverified) {
             let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
-            self.settlement.deliver(&self.stats, shard, seq, members);
+            self.settlement
+                .deliver(&self.stats, &mut self.telemetry, shard, seq, members);
         }
         // Drop the running calls; their outcome stays unknown.
         let flying = self.calls.abandon(now);
@@ -64,6 +65,7 @@ impl Driver {
             self.settlement.fail(&self.stats, m, FailureReason::Unknown);
         }
         self.settlement.publish(&self.stats);
+        self.telemetry.emit();
         if n_unsent + n_flying > 0 {
             warn!(
                 message = "Producer stopped with records not delivered; their receipts say so and hand them back.",
