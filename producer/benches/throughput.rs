@@ -4,9 +4,17 @@
 //! ```text
 //!   this binary ──spawns──► itself as `endpoint` (another process: its CPU is not counted)
 //!        │                    ListShards: 16 shards; PutRecords: checks each request, acks all
-//!        └─ scenarios: producer (aggregation on / off; send and send_batch), raw SDK
-//!           PutRecords ×500 (baseline), and peak RSS while the endpoint never answers
+//!        ├─ scenarios: producer (aggregation on / off; send and send_batch), raw SDK
+//!        │  PutRecords ×500 (baseline), and peak RSS while the endpoint never answers
+//!        └─ metrics: itself as `cpu <recorder>`, one process per run (a global recorder is set
+//!           once per process): no recorder, the Prometheus exporter, the CloudWatch recorder
+//!           (kinesis-metrics, MetricsConfig::kpl(): detailed, shard) publishing to moto_server
 //! ```
+//!
+//! The metrics comparison (`BENCH_ONLY=metrics` runs it alone) sends `BENCH_RECORDS / 2`
+//! records with `send`, aggregation on, three rounds alternating the recorders, and prints CPU
+//! per record and each recorder's ratio to no recorder. The CloudWatch row's CPU includes one
+//! whole flush (drain, PutMetricData to moto), as much as a run of a minute would make.
 //!
 //! CPU is the client process's user + system time (`/proc/self/stat`), so "records/s per core"
 //! is records ÷ CPU seconds. Linux only. A `metrics` recorder (the Prometheus exporter's, as the
@@ -371,9 +379,155 @@ async fn stalled_rss(
     (before, rss, accepted, cap)
 }
 
+/// Which `metrics` recorder a `cpu` child installs.
+const RECORDERS: [&str; 3] = ["none", "prometheus", "cloudwatch"];
+
+/// A child process of the metrics comparison: installs `recorder` globally, sends `n` records
+/// (after a warm-up), and prints `cpu-per-record <µs> <send cpu s> <flush cpu s>`.
+fn cpu_child(recorder: &str, url: &str, cloudwatch: Option<&str>, n: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut prometheus = None;
+        let mut publisher = None;
+        match recorder {
+            "none" => {}
+            "prometheus" => {
+                prometheus = Some(
+                    metrics_exporter_prometheus::PrometheusBuilder::new()
+                        .install_recorder()
+                        .unwrap(),
+                );
+            }
+            _ => {
+                let endpoint = cloudwatch.expect("a CloudWatch endpoint");
+                let sdk = kinesis_testkit::local_sdk_config()
+                    .into_builder()
+                    .endpoint_url(endpoint)
+                    .build();
+                let config = kinesis_metrics::MetricsConfig {
+                    namespace: kinesis_testkit::unique_name("bench"),
+                    ..kinesis_metrics::MetricsConfig::kpl()
+                };
+                let (r, p) = kinesis_metrics::start(&config, &sdk).unwrap();
+                metrics::set_global_recorder(r).unwrap();
+                publisher = Some(p);
+            }
+        }
+        run_producer(url, true, 50_000, Await::InOrder).await;
+        if let Some(p) = &publisher {
+            p.flush(Duration::from_secs(30)).await.unwrap();
+        }
+        let run = run_producer(url, true, n, Await::InOrder).await;
+        let cpu0 = cpu_seconds();
+        if let Some(p) = &publisher {
+            p.flush(Duration::from_secs(30)).await.unwrap();
+            let stats = p.stats();
+            assert!(
+                stats.datums_sent > 0 && stats.datums_rejected == 0,
+                "{stats:?}"
+            );
+        }
+        if let Some(h) = &prometheus {
+            h.run_upkeep();
+        }
+        let flush = cpu_seconds() - cpu0;
+        println!(
+            "cpu-per-record {:.4} {:.3} {:.3}",
+            (run.cpu + flush) / n as f64 * 1e6,
+            run.cpu,
+            flush
+        );
+    });
+}
+
+/// Runs the `cpu` children, three rounds alternating the recorders; prints CPU per record and
+/// the ratio of each recorder to none.
+fn metrics_comparison(url: &str, n: usize) {
+    // moto_server's bridge is a task of this runtime: its worker serves it while the children
+    // run (in the parent: its CPU is not the children's).
+    let moto = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = moto.block_on(kinesis_testkit::moto::MotoServer::start());
+    let endpoint = match &server {
+        Ok(m) => Some(m.endpoint()),
+        Err(e) => {
+            println!("metrics comparison: no moto_server ({e}); the CloudWatch row is left out");
+            None
+        }
+    };
+    let mut per: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    for _ in 0..3 {
+        for r in RECORDERS {
+            if r == "cloudwatch" && endpoint.is_none() {
+                continue;
+            }
+            let mut cmd = Command::new(std::env::current_exe().unwrap());
+            cmd.args(["cpu", r, url, endpoint.as_deref().unwrap_or("-")])
+                .env("BENCH_RECORDS", n.to_string());
+            let out = cmd.output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("cpu-per-record"))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{r}: no figure: {text} {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                });
+            let f: Vec<f64> = line
+                .split_whitespace()
+                .skip(1)
+                .map(|v| v.parse().unwrap())
+                .collect();
+            println!(
+                "  {r:<11} {:.4} µs cpu/record (send {:.2} s, flush {:.3} s)",
+                f[0], f[1], f[2]
+            );
+            per.entry(r).or_default().push(f[0]);
+        }
+    }
+    let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+    let Some(none) = per.get("none").map(mean) else {
+        return;
+    };
+    println!(
+        "metrics, {n} records per run (send, aggregation on), mean of 3 runs, µs CPU per record:"
+    );
+    for r in RECORDERS {
+        if let Some(v) = per.get(r) {
+            println!(
+                "  {r:<11} {:.4}  ratio to none {:.3}x",
+                mean(v),
+                mean(v) / none
+            );
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if kinesis_testkit::fast_endpoint::serve_from_args() {
+        return;
+    }
+    let n: usize = std::env::var("BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    if args.get(1).map(String::as_str) == Some("cpu") {
+        let cloudwatch = args.get(4).filter(|e| *e != "-");
+        cpu_child(&args[2], &args[3], cloudwatch.map(String::as_str), n);
+        return;
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("metrics") {
+        let ep = kinesis_testkit::fast_endpoint::FastEndpoint::spawn(false);
+        metrics_comparison(&ep.url, n / 2);
         return;
     }
     if let Some(mode @ ("rss" | "rss-batch" | "rss-large")) = args.get(1).map(String::as_str) {
@@ -403,10 +557,6 @@ fn main() {
         );
         return;
     }
-    let n: usize = std::env::var("BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -477,6 +627,10 @@ fn main() {
         println!("CPU per record as a multiple of the floor: send {:.1}x, send_batch {:.1}x, raw SDK {:.1}x", floor / agg, floor / batched, floor / naive);
         drop(ep);
     });
+    if std::env::var_os("BENCH_ONLY").is_none() {
+        let ep = kinesis_testkit::fast_endpoint::FastEndpoint::spawn(false);
+        metrics_comparison(&ep.url, n / 2);
+    }
     if std::env::var_os("BENCH_ONLY").is_some() {
         return;
     }
