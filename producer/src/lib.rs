@@ -93,6 +93,8 @@ mod api;
 mod config;
 mod driver;
 mod error;
+#[cfg(feature = "firehose")]
+pub mod firehose;
 mod limiter;
 mod pool;
 mod producer;
