@@ -33,6 +33,7 @@ use crate::shard_sync::leases_to_create;
 use crate::shard_worker::{Ended, ShardWorker, Stop};
 use crate::store::{LeaseStore, StoreError};
 use crate::taker::{LeaseView, plan_take};
+use crate::telemetry;
 
 /// Building or running the consumer failed.
 #[derive(Debug, thiserror::Error)]
@@ -300,8 +301,6 @@ where
     }
 
     fn publish(&self) {
-        metrics::gauge!("LeasesHeld", "worker" => self.me.to_string())
-            .set(self.running.len() as f64);
         if let Ok(mut v) = self.held_view.lock() {
             *v = self.running.keys().cloned().collect();
             v.sort();
@@ -330,7 +329,8 @@ where
             Some(how) => info!(message = "Shard worker ended.", lease_key = %key, how = ?how),
             None => {
                 warn!(message = "Shard worker panicked; releasing its lease.", lease_key = %key);
-                metrics::counter!("ProcessorErrors", "shard_id" => key.clone()).increment(1);
+                let labels = telemetry::per_shard(telemetry::PROCESS_TASK, &key);
+                metrics::counter!("ShardConsumer.Panics", &labels).increment(1);
                 if !running.held.is_lost() {
                     running.held.mark_lost();
                     let lease = running.held.lease.lock().await.clone();
@@ -351,10 +351,13 @@ where
     }
 
     async fn take_round(&mut self) {
+        let started = Instant::now();
+        let labels = telemetry::per_worker(telemetry::TAKE_LEASES, &self.me);
         let leases = match self.store.list().await {
             Ok(l) => l,
             Err(e) => {
                 warn!(message = "Cannot list leases.", error = %e);
+                telemetry::success_and_time(&labels, false, started);
                 return;
             }
         };
@@ -386,6 +389,10 @@ where
             });
         }
         let plan = plan_take(&views, &self.me, self.cfg.max_leases);
+        take_metrics(&labels, &views, &self.me, self.cfg.max_leases, &plan);
+        let mut taken_count = 0u64;
+        let mut stolen_taken = 0u64;
+        let mut ok = true;
         let by_key: HashMap<&str, &Lease> =
             leases.iter().map(|l| (l.lease_key.as_str(), l)).collect();
         for key in plan.take.iter().chain(&plan.steal) {
@@ -397,13 +404,20 @@ where
             match self.store.take(lease, &self.me).await {
                 Ok(taken) => {
                     info!(message = "Lease taken.", lease_key = %key, stolen, worker = %self.me);
-                    metrics::counter!("LeasesTaken").increment(1);
                     self.start(taken, sent);
+                    taken_count += 1;
+                    stolen_taken += u64::from(stolen);
                 }
                 Err(StoreError::Conflict(_)) => {}
-                Err(e) => warn!(message = "Lease take failed.", lease_key = %key, error = %e),
+                Err(e) => {
+                    warn!(message = "Lease take failed.", lease_key = %key, error = %e);
+                    ok = false;
+                }
             }
         }
+        metrics::counter!("TakenLeases", &labels).increment(taken_count);
+        metrics::counter!("StolenLeases", &labels).increment(stolen_taken);
+        telemetry::success_and_time(&labels, ok, started);
         self.publish();
     }
 
@@ -437,21 +451,33 @@ where
         self.running.insert(key, Running { held, stop });
     }
 
+    /// The KCL's ShardSyncTask: `Success`, `Time`, and the leases it created.
     async fn shard_sync(&mut self) {
+        let started = Instant::now();
+        let labels = telemetry::operation(telemetry::SHARD_SYNC_TASK);
+        let (ok, created) = self.sync_leases().await;
+        metrics::counter!("CreatedLeases", &labels).increment(created);
+        telemetry::success_and_time(&labels, ok, started);
+    }
+
+    /// Creates the leases of new shards, cleans up finished ones; returns whether every step
+    /// worked and how many leases it created.
+    async fn sync_leases(&mut self) -> (bool, u64) {
         let shards = match list_shards(&self.kinesis, &self.stream).await {
             Ok(s) => s,
             Err(e) => {
                 warn!(message = "Shard sync: cannot list shards.", error = %e);
-                return;
+                return (false, 0);
             }
         };
         let leases = match self.store.list().await {
             Ok(l) => l,
             Err(e) => {
                 warn!(message = "Shard sync: cannot list leases.", error = %e);
-                return;
+                return (false, 0);
             }
         };
+        let mut created = 0u64;
         let existing: HashSet<String> = leases.iter().map(|l| l.lease_key.clone()).collect();
         // Parents come before children. A lease that could not be created makes its
         // descendants wait for the next pass: a child whose parent has no lease would count the
@@ -465,6 +491,7 @@ where
             match self.store.create_if_not_exists(&lease).await {
                 Ok(true) => {
                     info!(message = "Lease created.", lease_key = %lease.lease_key, checkpoint = %lease.checkpoint);
+                    created += 1;
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -503,7 +530,38 @@ where
                 }
             }
         }
+        (failed.is_empty(), created)
     }
+}
+
+/// The KCL's `computeLeasesToTake` metrics for one round: leases (not finished), live workers
+/// (owners renewing theirs, and this one), expired leases, this worker's target less what it
+/// holds, and what it plans to take.
+fn take_metrics(
+    labels: &[(&'static str, metrics::SharedString)],
+    views: &[LeaseView],
+    me: &str,
+    max_leases: usize,
+    plan: &crate::taker::TakePlan,
+) {
+    let active: Vec<&LeaseView> = views.iter().filter(|l| !l.finished).collect();
+    let mut workers: HashSet<&str> = active
+        .iter()
+        .filter(|l| !l.expired)
+        .filter_map(|l| l.owner.as_deref())
+        .collect();
+    workers.insert(me);
+    let expired = active.iter().filter(|l| l.expired).count();
+    let mine = active
+        .iter()
+        .filter(|l| l.owner.as_deref() == Some(me))
+        .count();
+    let target = active.len().div_ceil(workers.len()).min(max_leases);
+    metrics::gauge!("TotalLeases", labels).set(active.len() as f64);
+    metrics::gauge!("NumWorkers", labels).set(workers.len() as f64);
+    metrics::gauge!("ExpiredLeases", labels).set(expired as f64);
+    metrics::gauge!("NeededLeases", labels).set(target.saturating_sub(mine) as f64);
+    metrics::gauge!("LeasesToTake", labels).set((plan.take.len() + plan.steal.len()) as f64);
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

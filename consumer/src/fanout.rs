@@ -371,7 +371,9 @@ impl Subscription {
                     continue;
                 }
             };
-            metrics::counter!("SubscribeToShardCalls").increment(1);
+            let labels =
+                crate::telemetry::per_shard(crate::telemetry::PROCESS_TASK, self.shard.as_str());
+            metrics::counter!("SubscribeToShard.Success", &labels).increment(1);
             loop {
                 let Ok(next) = tokio::time::timeout(self.wait, out.event_stream.recv()).await
                 else {
@@ -419,7 +421,8 @@ impl Subscription {
                         let waiting = tx.max_capacity() - tx.capacity();
                         self.high_water
                             .fetch_max(waiting, std::sync::atomic::Ordering::Relaxed);
-                        metrics::gauge!("FanOutEventsBuffered", "shard_id" => self.shard.to_string()).set(waiting as f64);
+                        metrics::gauge!("FanOutRecordsPublisher.EventsBuffered", &labels)
+                            .set(waiting as f64);
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => {

@@ -29,6 +29,48 @@
 //! consumer.shutdown(std::time::Duration::from_secs(30)).await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Metrics (the KCL's, to CloudWatch or any `metrics` recorder)
+//!
+//! The consumer emits the KCL's metrics through the `metrics` facade, labelled with the KCL's
+//! dimension names: every metric carries `Operation` (the KCL's metrics scope) and either
+//! `ShardId` or `WorkerIdentifier` (this worker's [`Consumer::worker_id`]). Per shard, under
+//! `ProcessTask`: `RecordsProcessed`, `DataBytesProcessed`, `MillisBehindLatest`,
+//! `RecordProcessor.processRecords.Time`, `Success`, `Time`, `ExpiredIterator`,
+//! `UpdateLease.Success` (a checkpoint written), and what the KCL has no metric for, named in its
+//! style: `RecordProcessor.processRecords.Errors` (a failed `process`, then retried or skipped),
+//! `RecordProcessor.initialize.Errors`, `ShardConsumer.Panics`, `RecordsUnreadable`,
+//! `AggregatesOutsideShard`, `FanOutRecordsPublisher.EventsBuffered` (events waiting for the
+//! processor) and `SubscribeToShard.Success`. Per worker: `RenewAllLeases` (`CurrentLeases`,
+//! `LostLeases`, `Success`, `Time`, every renewal round) and `TakeLeases` (`TakenLeases`,
+//! `StolenLeases`, `NumWorkers`, `TotalLeases`, `ExpiredLeases`, `NeededLeases`,
+//! `LeasesToTake`, `Success`, `Time`, every taker round). `ShardSyncTask`: `Success`, `Time`,
+//! `CreatedLeases`; `LeaseTable`: `BadItems` (lease items that do not parse). No label carries
+//! record data, a partition key or a credential.
+//!
+//! To publish them to CloudWatch as the KCL does (namespace = the application name, level
+//! `DETAILED`, 10 s buffer), install the `kinesis-metrics` recorder with the KCL's rule table
+//! before building consumers, and shut its publisher down after them:
+//!
+//! ```no_run
+//! # async fn f(kinesis: aws_sdk_kinesis::Client, dynamodb: aws_sdk_dynamodb::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! # use kinesis_consumer::{Consumer, ConsumerConfig, with_fn};
+//! use std::time::Duration;
+//! use kinesis_metrics::{MetricsConfig, MetricsLevel};
+//! let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+//! let config = MetricsConfig {
+//!     level: MetricsLevel::Summary, // the KCL's SUMMARY metrics only
+//!     ..MetricsConfig::kcl("my-app")
+//! };
+//! let (recorder, publisher) = kinesis_metrics::start(&config, &sdk)?;
+//! metrics::set_global_recorder(recorder)?;
+//! # let factory = with_fn(|_batch| async { Ok(()) });
+//! let consumer = Consumer::builder(kinesis, dynamodb, "orders", ConsumerConfig::new("my-app"), factory).build().await?;
+//! // ... later
+//! consumer.shutdown(Duration::from_secs(30)).await;
+//! publisher.shutdown(Duration::from_secs(5)).await?;
+//! # Ok(()) }
+//! ```
 
 mod clients;
 mod config;
@@ -42,6 +84,7 @@ mod shard_worker;
 mod simple;
 pub mod store;
 pub mod taker;
+mod telemetry;
 
 pub use config::{ConfigError, ConsumerConfig, InitialPosition, OnProcessorError, Retrieval};
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};

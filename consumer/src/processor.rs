@@ -244,7 +244,10 @@ impl Checkpointer {
         lease.lease_counter = counter;
         lease.checkpoint = at.clone();
         lease.pending_checkpoint = None;
-        metrics::counter!("Checkpoints").increment(1);
+        // The KCL's checkpoint is an UpdateLease of its ProcessTask.
+        let labels =
+            crate::telemetry::per_shard(crate::telemetry::PROCESS_TASK, self.shard_id.as_str());
+        metrics::counter!("UpdateLease.Success", &labels).increment(1);
         self.last = at;
         Ok(())
     }

@@ -28,6 +28,7 @@ use tracing::warn;
 
 use crate::processor::HeldLease;
 use crate::store::{LeaseStore, StoreError};
+use crate::telemetry;
 
 pub(crate) enum RenewCmd {
     Add { key: String, held: Arc<HeldLease> },
@@ -113,6 +114,7 @@ async fn renew_all(
     interval: Duration,
     failover: Duration,
 ) {
+    let started = Instant::now();
     let renewals = leases.iter().map(|(key, held)| async move {
         let sent = Instant::now();
         let outcome = tokio::time::timeout(interval, async {
@@ -126,27 +128,51 @@ async fn renew_all(
         })
         .await;
         match outcome {
-            Ok(Ok(())) => held.renewed(valid_until(sent, failover)),
+            Ok(Ok(())) => {
+                held.renewed(valid_until(sent, failover));
+                Renewal::Renewed
+            }
             Ok(Err(StoreError::Conflict(_))) => {
                 warn!(message = "Lease lost.", lease_key = %key, worker = %me);
-                metrics::counter!("LeasesLost").increment(1);
                 held.mark_lost();
+                Renewal::Lost
             }
             Ok(Err(e)) => expiring(key, held, &e.to_string()),
             Err(_) => expiring(key, held, "timed out"),
         }
     });
-    futures::future::join_all(renewals).await;
+    let outcomes = futures::future::join_all(renewals).await;
+    // The KCL's RenewAllLeases: leases lost this round, leases held after it, and the round's
+    // Success (every renewal answered) and Time.
+    let lost = outcomes
+        .iter()
+        .filter(|o| matches!(o, Renewal::Lost))
+        .count();
+    let failed = outcomes.iter().any(|o| matches!(o, Renewal::Failed));
+    let labels = telemetry::per_worker(telemetry::RENEW_ALL_LEASES, me);
+    metrics::counter!("LostLeases", &labels).increment(lost as u64);
+    metrics::gauge!("CurrentLeases", &labels).set((leases.len() - lost) as f64);
+    telemetry::success_and_time(&labels, !failed, started);
+}
+
+/// How one lease's renewal went.
+enum Renewal {
+    Renewed,
+    /// Taken by another worker, or not renewed past its validity.
+    Lost,
+    /// Not renewed this round; still valid.
+    Failed,
 }
 
 /// A renewal failed: the lease holds until its validity ends, then counts as lost.
-fn expiring(key: &str, held: &HeldLease, error: &str) {
+fn expiring(key: &str, held: &HeldLease, error: &str) -> Renewal {
     if held.is_lost() {
         warn!(message = "Lease renewal failed past the lease's validity; stopping its shard.", lease_key = %key, error);
-        metrics::counter!("LeasesLost").increment(1);
         held.mark_lost();
+        Renewal::Lost
     } else {
         warn!(message = "Lease renewal failed; retrying.", lease_key = %key, error);
+        Renewal::Failed
     }
 }
 

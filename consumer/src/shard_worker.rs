@@ -31,6 +31,7 @@ use crate::config::{ConsumerConfig, InitialPosition, OnProcessorError};
 use crate::lease::Lease;
 use crate::processor::{Checkpointer, ConsumerRecord, HeldLease, RecordBatch, ShardProcessor};
 use crate::store::LeaseStore;
+use crate::telemetry;
 
 /// Shortest pause between two GetRecords calls on one shard (KCL's enforced minimum).
 const MIN_READ_INTERVAL: Duration = Duration::from_millis(200);
@@ -160,7 +161,8 @@ impl<P: ShardProcessor> ShardWorker<P> {
         let init = guarded(self.processor.initialize(&shard_id, &lease.checkpoint)).await;
         if let Err(panic) = init {
             warn!(message = "Processor initialize panicked; releasing the lease.", shard_id = %shard_id, panic = %panic);
-            metrics::counter!("ProcessorErrors", "shard_id" => shard_id.to_string()).increment(1);
+            let labels = telemetry::per_shard(telemetry::PROCESS_TASK, shard_id.as_str());
+            metrics::counter!("RecordProcessor.initialize.Errors", &labels).increment(1);
             return self.release(Ended::Failed).await;
         }
         let range = lease.hash_key_range.unwrap_or(HashKeyRange::FULL);
@@ -230,9 +232,9 @@ impl<P: ShardProcessor> ShardWorker<P> {
             .into_iter()
             .filter(|r| r.checkpoint() > floor)
             .collect();
+        let labels = telemetry::per_shard(telemetry::PROCESS_TASK, shard_id.as_str());
         if let Some(r) = &behind {
-            metrics::gauge!("MillisBehindLatest", "shard_id" => shard_id.to_string())
-                .set(*r as f64);
+            metrics::gauge!("MillisBehindLatest", &labels).set(*r as f64);
         }
         if records.is_empty() {
             return true;
@@ -247,16 +249,21 @@ impl<P: ShardProcessor> ShardWorker<P> {
         };
         // The processor may checkpoint up to the last record it is given.
         let before = std::mem::replace(&mut cp.largest, last);
-        if !self.deliver(batch, cp).await {
+        let started = tokio::time::Instant::now();
+        let delivered = self.deliver(batch, cp).await;
+        // The KCL's ProcessTask: Success and Time of the whole task (retries included), and the
+        // processor's own time.
+        telemetry::success_and_time(&labels, delivered, started);
+        metrics::histogram!("RecordProcessor.processRecords.Time", &labels)
+            .record(started.elapsed().as_secs_f64() * 1000.0);
+        if !delivered {
             // Stopped while retrying a failing batch: it was not processed, so a shutdown
             // checkpoint must not cover it.
             cp.largest = before;
             return false;
         }
-        metrics::counter!("RecordsProcessed", "shard_id" => shard_id.to_string())
-            .increment(n as u64);
-        metrics::counter!("BytesProcessed", "shard_id" => shard_id.to_string())
-            .increment(bytes as u64);
+        metrics::counter!("RecordsProcessed", &labels).increment(n as u64);
+        metrics::counter!("DataBytesProcessed", &labels).increment(bytes as u64);
         true
     }
 
@@ -410,7 +417,9 @@ impl<P: ShardProcessor> ShardWorker<P> {
             match outcome {
                 Ok(()) => return true,
                 Err(e) => {
-                    metrics::counter!("ProcessorErrors", "shard_id" => batch.shard_id.to_string())
+                    let labels =
+                        telemetry::per_shard(telemetry::PROCESS_TASK, batch.shard_id.as_str());
+                    metrics::counter!("RecordProcessor.processRecords.Errors", &labels)
                         .increment(1);
                     match self.cfg.on_processor_error {
                         OnProcessorError::Skip => {
@@ -530,6 +539,8 @@ impl<P: ShardProcessor> ShardWorker<P> {
             Ok(o) => o,
             Err(e) => {
                 if classify(&e) == ErrorKind::ExpiredIterator {
+                    let labels = telemetry::per_shard(telemetry::PROCESS_TASK, shard.as_str());
+                    metrics::counter!("ExpiredIterator", &labels).increment(1);
                     return Ok(Read::Expired);
                 }
                 return Err(kinesis_core::AwsError::new("GetRecords", e));
@@ -662,7 +673,8 @@ pub(crate) fn convert(
         let Ok(seq) = SequenceNumber::parse(&r.sequence_number) else {
             // Kinesis never sends one; an endpoint that does is broken. Say so, never silently.
             warn!(message = "Skipping a record whose sequence number does not parse.", shard_id = %shard, sequence_number = %r.sequence_number);
-            metrics::counter!("RecordsUnreadable").increment(1);
+            let labels = telemetry::per_shard(telemetry::PROCESS_TASK, shard.as_str());
+            metrics::counter!("RecordsUnreadable", &labels).increment(1);
             continue;
         };
         let arrival = r
@@ -687,7 +699,8 @@ pub(crate) fn convert(
             // The KCL drops such aggregates silently; we drop them too (a KPL-class producer
             // re-sends their records), but say so.
             warn!(message = "Dropping an aggregate with keys outside this shard (written during a reshard).", shard_id = %shard, sequence_number = %seq, user_records = outside.records.len());
-            metrics::counter!("AggregatesOutsideShard").increment(1);
+            let labels = telemetry::per_shard(telemetry::PROCESS_TASK, shard.as_str());
+            metrics::counter!("AggregatesOutsideShard", &labels).increment(1);
         }
     }
     out

@@ -260,7 +260,8 @@ impl LeaseStore {
     }
 
     fn skip_bad_item(&self, e: &LeaseItemError) {
-        metrics::counter!("LeaseTableBadItems").increment(1);
+        let labels = crate::telemetry::operation(crate::telemetry::LEASE_TABLE);
+        metrics::counter!("BadItems", &labels).increment(1);
         let key = e.key.clone().unwrap_or_default();
         let first = self
             .bad_items
