@@ -102,14 +102,13 @@ async fn list(cw: &aws_sdk_cloudwatch::Client, namespace: &str) -> BTreeSet<Id> 
 /// exact dimension set).
 async fn stat(cw: &aws_sdk_cloudwatch::Client, ns: &str, id: &Id) -> Option<(f64, f64, f64)> {
     let now = SystemTime::now();
-    let dims: Vec<Dimension> = id
-        .1
-        .iter()
-        .map(|d| {
-            let (k, v) = d.split_once('=').unwrap();
-            Dimension::builder().name(k).value(v).build()
-        })
-        .collect();
+    let dims: Vec<Dimension> =
+        id.1.iter()
+            .map(|d| {
+                let (k, v) = d.split_once('=').unwrap();
+                Dimension::builder().name(k).value(v).build()
+            })
+            .collect();
     let metric = Metric::builder()
         .namespace(ns)
         .metric_name(&id.0)
@@ -132,13 +131,20 @@ async fn stat(cw: &aws_sdk_cloudwatch::Client, ns: &str, id: &Id) -> Option<(f64
         .metric_data_queries(query("n", "SampleCount"))
         .metric_data_queries(query("sum", "Sum"))
         .metric_data_queries(query("max", "Maximum"))
-        .start_time(aws_smithy_types::DateTime::from(now - Duration::from_secs(3600)))
-        .end_time(aws_smithy_types::DateTime::from(now + Duration::from_secs(3600)))
+        .start_time(aws_smithy_types::DateTime::from(
+            now - Duration::from_secs(3600),
+        ))
+        .end_time(aws_smithy_types::DateTime::from(
+            now + Duration::from_secs(3600),
+        ))
         .send()
         .await
         .unwrap();
     let value = |q: &str| -> Option<f64> {
-        let r = out.metric_data_results().iter().find(|r| r.id() == Some(q))?;
+        let r = out
+            .metric_data_results()
+            .iter()
+            .find(|r| r.id() == Some(q))?;
         assert!(r.values().len() <= 1, "one window: {:?}", r.values());
         r.values().first().copied()
     };
@@ -164,7 +170,10 @@ fn two_workers_publish_the_kcl_metrics_per_shard_and_per_worker() {
         let stream = env.create_stream(2).await;
         let app = unique_name("app");
         // Written before the recorder is installed: only the consumer's metrics are recorded.
-        let p = Producer::builder(env.kinesis.clone(), &stream).build().await.unwrap();
+        let p = Producer::builder(env.kinesis.clone(), &stream)
+            .build()
+            .await
+            .unwrap();
         for i in 0..N {
             let r = UserRecord::new(
                 PartitionKey::new(format!("key-{}", i % 50)).unwrap(),
@@ -173,9 +182,13 @@ fn two_workers_publish_the_kcl_metrics_per_shard_and_per_worker() {
             );
             drop(p.send(r).await.unwrap());
         }
-        assert_eq!(p.shutdown(Duration::from_secs(10)).await.delivered as usize, N);
+        assert_eq!(
+            p.shutdown(Duration::from_secs(10)).await.delivered as usize,
+            N
+        );
 
-        let (recorder, publisher) = kinesis_metrics::start(&MetricsConfig::kcl(&app), &sdk).unwrap();
+        let (recorder, publisher) =
+            kinesis_metrics::start(&MetricsConfig::kcl(&app), &sdk).unwrap();
         let guard = metrics::set_default_local_recorder(&recorder);
         let seen = Seen::default();
         let mut workers = Vec::new();
@@ -194,22 +207,30 @@ fn two_workers_publish_the_kcl_metrics_per_shard_and_per_worker() {
             workers.push(w);
         }
         let ids: Vec<String> = workers.iter().map(|w| w.worker_id().to_owned()).collect();
-        eventually("every record processed", Duration::from_secs(30), || async {
-            let n: usize = seen.0.lock().unwrap().values().map(Vec::len).sum();
-            (n >= N).then_some(())
-        })
+        eventually(
+            "every record processed",
+            Duration::from_secs(30),
+            || async {
+                let n: usize = seen.0.lock().unwrap().values().map(Vec::len).sum();
+                (n >= N).then_some(())
+            },
+        )
         .await;
         // Both workers hold a lease (a fair share of two shards), through two renewal rounds
         // (each publishes CurrentLeases), before they stop.
         let mut both_since: Option<tokio::time::Instant> = None;
-        eventually("a lease per worker, renewed", Duration::from_secs(30), || {
-            let all = workers.iter().all(|w| !w.held_shards().is_empty());
-            if !all {
-                both_since = None;
-            }
-            let since = *both_since.get_or_insert_with(tokio::time::Instant::now);
-            async move { (all && since.elapsed() > Duration::from_millis(700)).then_some(()) }
-        })
+        eventually(
+            "a lease per worker, renewed",
+            Duration::from_secs(30),
+            || {
+                let all = workers.iter().all(|w| !w.held_shards().is_empty());
+                if !all {
+                    both_since = None;
+                }
+                let since = *both_since.get_or_insert_with(tokio::time::Instant::now);
+                async move { (all && since.elapsed() > Duration::from_millis(700)).then_some(()) }
+            },
+        )
         .await;
         for w in workers {
             w.shutdown(Duration::from_secs(10)).await;
@@ -232,20 +253,30 @@ fn two_workers_publish_the_kcl_metrics_per_shard_and_per_worker() {
         for (shard, records) in &seen {
             let dims = process(shard);
             // Exactly what the processor was given on this shard (redeliveries included).
-            let (_, n, _) = stat(&cw, &app, &id("RecordsProcessed", &dims)).await.unwrap();
+            let (_, n, _) = stat(&cw, &app, &id("RecordsProcessed", &dims))
+                .await
+                .unwrap();
             assert_eq!(n, records.len() as f64, "RecordsProcessed on {shard}");
             processed += n;
             let bytes: usize = records.iter().map(Bytes::len).sum();
-            let (_, b, _) = stat(&cw, &app, &id("DataBytesProcessed", &dims)).await.unwrap();
+            let (_, b, _) = stat(&cw, &app, &id("DataBytesProcessed", &dims))
+                .await
+                .unwrap();
             assert_eq!(b, bytes as f64, "DataBytesProcessed on {shard}");
             assert!(
-                stat(&cw, &app, &id("MillisBehindLatest", &dims)).await.is_some(),
+                stat(&cw, &app, &id("MillisBehindLatest", &dims))
+                    .await
+                    .is_some(),
                 "MillisBehindLatest on {shard}"
             );
             let (tasks, ok, _) = stat(&cw, &app, &id("Success", &dims)).await.unwrap();
             assert_eq!(ok, tasks, "every ProcessTask succeeded on {shard}");
             assert!(stat(&cw, &app, &id("Time", &dims)).await.is_some());
-            assert!(stat(&cw, &app, &id("UpdateLease.Success", &dims)).await.is_some());
+            assert!(
+                stat(&cw, &app, &id("UpdateLease.Success", &dims))
+                    .await
+                    .is_some()
+            );
         }
         assert_eq!(seen.len(), 2, "both shards read");
         assert!(processed >= N as f64, "{processed} < {N}");
@@ -253,18 +284,36 @@ fn two_workers_publish_the_kcl_metrics_per_shard_and_per_worker() {
         // at some renewal; TakeLeases' counts.
         let mut taken = 0.0;
         for w in &ids {
-            let renew = [("Operation", "RenewAllLeases"), ("WorkerIdentifier", w.as_str())];
+            let renew = [
+                ("Operation", "RenewAllLeases"),
+                ("WorkerIdentifier", w.as_str()),
+            ];
             let (_, _, max) = stat(&cw, &app, &id("CurrentLeases", &renew)).await.unwrap();
-            assert!((1.0..=2.0).contains(&max), "CurrentLeases of {w}: max {max}");
+            assert!(
+                (1.0..=2.0).contains(&max),
+                "CurrentLeases of {w}: max {max}"
+            );
             assert!(stat(&cw, &app, &id("LostLeases", &renew)).await.is_some());
-            let take = [("Operation", "TakeLeases"), ("WorkerIdentifier", w.as_str())];
+            let take = [
+                ("Operation", "TakeLeases"),
+                ("WorkerIdentifier", w.as_str()),
+            ];
             let (_, _, workers) = stat(&cw, &app, &id("NumWorkers", &take)).await.unwrap();
             assert!(workers <= 2.0, "NumWorkers {workers}");
             taken += stat(&cw, &app, &id("TakenLeases", &take)).await.unwrap().1;
         }
-        assert!(taken >= 2.0, "each of the two leases taken at least once: {taken}");
+        assert!(
+            taken >= 2.0,
+            "each of the two leases taken at least once: {taken}"
+        );
         let sync = [("Operation", "ShardSyncTask")];
-        assert_eq!(stat(&cw, &app, &id("CreatedLeases", &sync)).await.unwrap().1, 2.0);
+        assert_eq!(
+            stat(&cw, &app, &id("CreatedLeases", &sync))
+                .await
+                .unwrap()
+                .1,
+            2.0
+        );
         // Only the KCL's dimensions, and no record data or key in any value.
         for (name, dims) in &listed {
             for d in dims {
@@ -275,7 +324,10 @@ fn two_workers_publish_the_kcl_metrics_per_shard_and_per_worker() {
                 );
                 assert!(!v.contains("secret") && !v.contains("key-"), "{name}: {d}");
             }
-            assert!(dims.iter().any(|d| d.starts_with("Operation=")), "{name} {dims:?}");
+            assert!(
+                dims.iter().any(|d| d.starts_with("Operation=")),
+                "{name} {dims:?}"
+            );
         }
     });
 }

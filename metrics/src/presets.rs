@@ -173,6 +173,7 @@ mod tests {
     use crate::{Granularity, MetricsConfig, MetricsLevel};
 
     type Set = Vec<(String, String)>;
+    type Labels<'a> = &'a [(&'a str, &'a str)];
 
     fn owned(sets: &[&[(&str, &str)]]) -> Vec<Set> {
         sets.iter()
@@ -198,7 +199,7 @@ mod tests {
         let stream = &[("StreamName", "s")][..];
         let shard = &[("ShardId", "shardId-1"), ("StreamName", "s")][..];
         // (level, granularity, metric, labels, sets)
-        let table: &[(MetricsLevel, Granularity, &str, &[(&str, &str)], Vec<Set>)] = &[
+        let table: &[(MetricsLevel, Granularity, &str, Labels<'_>, Vec<Set>)] = &[
             (
                 MetricsLevel::Detailed,
                 Granularity::Shard,
@@ -268,7 +269,7 @@ mod tests {
         let renew = [("Operation", "RenewAllLeases"), ("WorkerIdentifier", "w")];
         let sync = [("Operation", "ShardSyncTask")];
         let op = |o: &'static str| -> Vec<(&str, &str)> { vec![("Operation", o)] };
-        let table: Vec<(&str, &[(&str, &str)], Vec<Set>)> = vec![
+        let table: Vec<(&str, Labels<'_>, Vec<Set>)> = vec![
             ("RecordsProcessed", &process, owned(&[&process[..2]])),
             ("CurrentLeases", &renew, owned(&[&renew])),
             (
