@@ -75,6 +75,10 @@ fn main() {
         poll_interval: Duration::from_millis(100),
         http_listen: None,
         checkpoint_ttl: Duration::from_secs(7 * 86_400),
+        cloudwatch: kinesis_agent::config::CloudWatchConfig {
+            emit_metrics: false,
+            ..Default::default()
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

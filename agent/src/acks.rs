@@ -36,6 +36,9 @@ pub(crate) struct Sent {
     pub(crate) end_offset: Option<u64>,
     /// Its share of the flow's unsettled budget.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// Records in the batch, and their data bytes (for the CloudWatch counts).
+    pub(crate) records: usize,
+    pub(crate) bytes: u64,
 }
 
 /// What the acker is told, in the order the tailer sent it.
@@ -103,8 +106,11 @@ fn settle(
     sent: Sent,
     mut receipt: BatchReceipt,
     producer: Producer,
+    destination: Arc<str>,
 ) -> std::pin::Pin<Box<dyn Future<Output = (Sent, bool)> + Send>> {
     Box::pin(async move {
+        // This attempt's records and bytes: the batch, then what is sent again.
+        let (mut attempted, mut bytes) = (sent.records, sent.bytes);
         // Failed records already waited out the producer's retries (record TTL); when the
         // stream rejects them outright, wait before trying again: steps from 1 s, doubling, at
         // most 60 s, with jitter (every batch of a rejecting stream lands here at once).
@@ -118,6 +124,19 @@ fn settle(
                 }
             };
             metrics::counter!("agent_records_delivered_total").increment(outcome.delivered as u64);
+            let failed_bytes: u64 = outcome
+                .failed
+                .iter()
+                .map(|f| f.error.record.data.len() as u64)
+                .sum();
+            count_attempt(
+                &destination,
+                attempted,
+                outcome.delivered,
+                outcome.failed.len(),
+                bytes.saturating_sub(failed_bytes),
+            );
+            (attempted, bytes) = (outcome.failed.len(), failed_bytes);
             let Some(first) = outcome.failed.first() else {
                 return (sent, true);
             };
@@ -141,16 +160,35 @@ fn settle(
     })
 }
 
+/// One settled attempt of a batch, in the Kinesis Agent's CloudWatch names.
+fn count_attempt(destination: &str, attempted: usize, sent: usize, failed: usize, bytes: u64) {
+    use crate::cloudwatch::{
+        BYTES_SENT, DESTINATION, RECORD_SEND_ATTEMPTS, RECORD_SEND_ERRORS, RECORDS_SENT,
+    };
+    crate::cloudwatch::record(|| {
+        let d = || [(DESTINATION, destination.to_owned())];
+        metrics::counter!(RECORD_SEND_ATTEMPTS, &d()).increment(attempted as u64);
+        metrics::counter!(RECORDS_SENT, &d()).increment(sent as u64);
+        metrics::counter!(RECORD_SEND_ERRORS, &d()).increment(failed as u64);
+        metrics::counter!(BYTES_SENT, &d()).increment(bytes);
+    });
+}
+
 /// The acker of one flow: settles every batch, advances the store. Returns when the tailer is
 /// gone and everything sent has settled.
-pub(crate) async fn run(mut rx: mpsc::Receiver<AckMsg>, producer: Producer, store: Store) {
+pub(crate) async fn run(
+    mut rx: mpsc::Receiver<AckMsg>,
+    producer: Producer,
+    store: Store,
+    destination: Arc<str>,
+) {
     let mut acks = Acks::default();
     let mut pending = FuturesUnordered::new();
     let mut intake_open = true;
     loop {
         tokio::select! {
             msg = rx.recv(), if intake_open => match msg {
-                Some(AckMsg::Sent(sent, receipt)) => pending.push(settle(sent, receipt, producer.clone())),
+                Some(AckMsg::Sent(sent, receipt)) => pending.push(settle(sent, receipt, producer.clone(), Arc::clone(&destination))),
                 Some(AckMsg::Forget(id)) => acks.forget(id),
                 None => intake_open = false,
             },

@@ -112,6 +112,46 @@ pub struct AgentConfig {
     /// Checkpoint entries of files not seen for this long are dropped
     /// (`checkpointTimeToLiveDays`, 1..=365; 7 days, as the Kinesis Agent).
     pub checkpoint_ttl: Duration,
+    /// CloudWatch metrics (`cloudwatch.*`).
+    pub cloudwatch: CloudWatchConfig,
+}
+
+/// The `cloudwatch.*` keys, with the Kinesis Agent's defaults (its `AgentConfiguration`):
+/// metrics on, namespace `AWSKinesisAgent`, 30 s buffer, a queue of 10 000, no `Instance`
+/// dimension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudWatchConfig {
+    /// Publish metrics (`cloudwatch.emitMetrics`, default true).
+    pub emit_metrics: bool,
+    /// CloudWatch endpoint (`cloudwatch.endpoint`); without it, `AWS_ENDPOINT_URL_CLOUDWATCH`,
+    /// then `AWS_ENDPOINT_URL`, then the region's endpoint. `kinesis.endpoint` is not used for
+    /// CloudWatch.
+    pub endpoint: Option<String>,
+    /// Namespace (`cloudwatch.namespace`, default `AWSKinesisAgent`).
+    pub namespace: String,
+    /// How long samples gather before they are sent (`cloudwatch.metricsBufferTimeMillis`,
+    /// 1 000..=60 000, default 30 000; CloudWatch's standard resolution is one minute, so a
+    /// longer buffer would merge two minutes).
+    pub buffer_time: Duration,
+    /// Statistic sets that may wait unsent; past it the oldest are dropped
+    /// (`cloudwatch.metricsQueueSize`, 1..=1 000 000, default 10 000).
+    pub queue_size: usize,
+    /// Add the `Instance` dimension to every metric: the EC2 instance id, or the host name off
+    /// EC2 (`cloudwatch.tagInstance`, default false).
+    pub tag_instance: bool,
+}
+
+impl Default for CloudWatchConfig {
+    fn default() -> Self {
+        Self {
+            emit_metrics: true,
+            endpoint: None,
+            namespace: "AWSKinesisAgent".to_owned(),
+            buffer_time: Duration::from_secs(30),
+            queue_size: 10_000,
+            tag_instance: false,
+        }
+    }
 }
 
 impl Flow {
@@ -173,14 +213,16 @@ const GLOBAL_KEYS: &[&str] = &[
     "pollIntervalMillis",
     "httpListenAddress",
     "checkpointTimeToLiveDays",
-];
-/// Kinesis Agent keys that mean nothing here (credentials come from the AWS chain; CloudWatch
-/// metrics are replaced by /metrics): accepted with a warning.
-const IGNORED_GLOBAL_KEYS: &[&str] = &[
     "cloudwatch.emitMetrics",
     "cloudwatch.endpoint",
     "cloudwatch.namespace",
     "cloudwatch.tagInstance",
+    "cloudwatch.metricsBufferTimeMillis",
+    "cloudwatch.metricsQueueSize",
+];
+/// Kinesis Agent keys that mean nothing here (credentials come from the AWS chain): accepted
+/// with a warning.
+const IGNORED_GLOBAL_KEYS: &[&str] = &[
     "firehose.endpoint",
     "sts.endpoint",
     "awsAccessKeyId",
@@ -222,6 +264,16 @@ fn number(v: &Value, path: &str, min: u64, max: u64) -> Result<u64, ConfigError>
         return Err(err(path, format!("must be {min}..={max}, got {n}")));
     }
     Ok(n)
+}
+
+/// A boolean, accepting the strings users write (`"true"`, `"false"`).
+fn boolean(v: &Value, path: &str) -> Result<bool, ConfigError> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
+        Value::String(s) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
+        _ => Err(err(path, format!("must be true or false, got {v}"))),
+    }
 }
 
 fn string<'a>(v: &'a Value, path: &str) -> Result<&'a str, ConfigError> {
@@ -295,8 +347,10 @@ pub fn from_value(v: &Value) -> Result<Loaded, ConfigError> {
         Some(d) => Duration::from_secs(number(d, "checkpointTimeToLiveDays", 1, 365)? * 86_400),
         None => Duration::from_secs(7 * 86_400),
     };
+    let cloudwatch = cloudwatch(obj)?;
     Ok(Loaded {
         config: AgentConfig {
+            cloudwatch,
             http_listen,
             checkpoint_ttl,
             flows,
@@ -313,6 +367,46 @@ pub fn from_value(v: &Value) -> Result<Loaded, ConfigError> {
         },
         warnings,
     })
+}
+
+fn cloudwatch(obj: &serde_json::Map<String, Value>) -> Result<CloudWatchConfig, ConfigError> {
+    let mut c = CloudWatchConfig::default();
+    if let Some(v) = obj.get("cloudwatch.emitMetrics") {
+        c.emit_metrics = boolean(v, "cloudwatch.emitMetrics")?;
+    }
+    if let Some(v) = obj.get("cloudwatch.tagInstance") {
+        c.tag_instance = boolean(v, "cloudwatch.tagInstance")?;
+    }
+    if let Some(v) = obj.get("cloudwatch.endpoint") {
+        let e = string(v, "cloudwatch.endpoint")?.trim();
+        if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() < 9 {
+            return Err(err(
+                "cloudwatch.endpoint",
+                format!("{e:?} is not a URL like https://monitoring.us-east-1.amazonaws.com"),
+            ));
+        }
+        c.endpoint = Some(e.to_owned());
+    }
+    if let Some(v) = obj.get("cloudwatch.namespace") {
+        c.namespace = string(v, "cloudwatch.namespace")?.to_owned();
+        let check = kinesis_metrics::MetricsConfig::new(c.namespace.clone());
+        if let Err(e) = check.validate() {
+            return Err(err("cloudwatch.namespace", e.to_string()));
+        }
+    }
+    if let Some(v) = obj.get("cloudwatch.metricsBufferTimeMillis") {
+        c.buffer_time = Duration::from_millis(number(
+            v,
+            "cloudwatch.metricsBufferTimeMillis",
+            1_000,
+            60_000,
+        )?);
+    }
+    if let Some(v) = obj.get("cloudwatch.metricsQueueSize") {
+        c.queue_size = usize::try_from(number(v, "cloudwatch.metricsQueueSize", 1, 1_000_000)?)
+            .unwrap_or(c.queue_size);
+    }
+    Ok(c)
 }
 
 fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigError> {
@@ -503,11 +597,90 @@ mod tests {
             l.config.flows[1].initial_position,
             InitialPosition::StartOfFile
         );
-        assert!(
-            l.warnings
-                .iter()
-                .any(|w| w.contains("cloudwatch.emitMetrics"))
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert_eq!(l.config.cloudwatch, CloudWatchConfig::default());
+    }
+
+    #[test]
+    fn cloudwatch_keys_are_read_with_the_kinesis_agents_defaults() {
+        let l = parse(r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s"}]}"#).unwrap();
+        let c = &l.config.cloudwatch;
+        assert!(c.emit_metrics && !c.tag_instance);
+        assert_eq!(c.namespace, "AWSKinesisAgent");
+        assert_eq!(c.buffer_time, Duration::from_secs(30));
+        assert_eq!(c.queue_size, 10_000);
+        assert_eq!(c.endpoint, None);
+        let l = parse(
+            r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s"}],
+                "cloudwatch.emitMetrics": "false", "cloudwatch.tagInstance": true,
+                "cloudwatch.namespace": "Mine", "cloudwatch.endpoint": "http://127.0.0.1:5000",
+                "cloudwatch.metricsBufferTimeMillis": "10000", "cloudwatch.metricsQueueSize": 5}"#,
+        )
+        .unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert_eq!(
+            l.config.cloudwatch,
+            CloudWatchConfig {
+                emit_metrics: false,
+                endpoint: Some("http://127.0.0.1:5000".into()),
+                namespace: "Mine".into(),
+                buffer_time: Duration::from_secs(10),
+                queue_size: 5,
+                tag_instance: true,
+            }
         );
+    }
+
+    #[test]
+    fn bad_cloudwatch_keys_name_the_key() {
+        let cases = [
+            (
+                r#""cloudwatch.emitMetrics": "yes""#,
+                "cloudwatch.emitMetrics",
+            ),
+            (r#""cloudwatch.emitMetrics": 1"#, "cloudwatch.emitMetrics"),
+            (
+                r#""cloudwatch.tagInstance": [true]"#,
+                "cloudwatch.tagInstance",
+            ),
+            (r#""cloudwatch.namespace": 7"#, "cloudwatch.namespace"),
+            (
+                r#""cloudwatch.namespace": "AWS/Kinesis""#,
+                "cloudwatch.namespace",
+            ),
+            (r#""cloudwatch.namespace": """#, "cloudwatch.namespace"),
+            (
+                r#""cloudwatch.endpoint": "monitoring""#,
+                "cloudwatch.endpoint",
+            ),
+            (r#""cloudwatch.endpoint": false"#, "cloudwatch.endpoint"),
+            (
+                r#""cloudwatch.metricsBufferTimeMillis": -1000"#,
+                "cloudwatch.metricsBufferTimeMillis",
+            ),
+            (
+                r#""cloudwatch.metricsBufferTimeMillis": 120000"#,
+                "cloudwatch.metricsBufferTimeMillis",
+            ),
+            (
+                r#""cloudwatch.metricsBufferTimeMillis": "soon""#,
+                "cloudwatch.metricsBufferTimeMillis",
+            ),
+            (
+                r#""cloudwatch.metricsQueueSize": 0"#,
+                "cloudwatch.metricsQueueSize",
+            ),
+            (
+                r#""cloudwatch.metricsQueueSize": 1.5"#,
+                "cloudwatch.metricsQueueSize",
+            ),
+        ];
+        for (key, path) in cases {
+            let text =
+                format!(r#"{{"flows": [{{"filePattern": "/a", "kinesisStream": "s"}}], {key}}}"#);
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.path, path, "{text}: {e}");
+        }
     }
 
     #[test]

@@ -77,7 +77,13 @@ impl FlowRun {
         let (stop, stop_rx) = watch::channel(false);
         let (ack_tx, ack_rx) = mpsc::channel(1024);
         let stream = flow.stream.clone();
-        let acker = tokio::spawn(acks::run(ack_rx, producer.clone(), store.clone()));
+        let destination = crate::cloudwatch::destination(&flow.stream).into();
+        let acker = tokio::spawn(acks::run(
+            ack_rx,
+            producer.clone(),
+            store.clone(),
+            destination,
+        ));
         let tail = tokio::spawn(tail(
             flow,
             producer.clone(),
@@ -105,7 +111,12 @@ impl FlowRun {
         self.tail
             .join_until(deadline + Duration::from_secs(5))
             .await;
-        let _ = tokio::time::timeout_at(deadline, self.producer.flush()).await;
+        if tokio::time::timeout_at(deadline, self.producer.flush())
+            .await
+            .is_err()
+        {
+            warn!(message = "The producer's flush did not finish by the deadline.", stream = %self.stream, outstanding = self.producer.outstanding_records());
+        }
         if !self.acker.join_until(deadline).await {
             warn!(message = "Deliveries still pending at the deadline; their lines will be read again.", stream = %self.stream);
         }
@@ -215,6 +226,8 @@ async fn tail(
                 };
                 metrics::counter!("agent_lines_read_total").increment(records.len() as u64);
                 let sent = Sent {
+                    records: records.len(),
+                    bytes: records.iter().map(|r| r.data.len() as u64).sum(),
                     entry: c.entry,
                     path: Arc::clone(&c.path),
                     seq: tailer.next_seq(c.entry),

@@ -13,11 +13,20 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-/// The process-wide recorder (installed once; a reload keeps it).
+/// The process-wide Prometheus exporter, in its slot of the global fan-out (filled once; a
+/// reload keeps it). `None` when another global recorder was installed first.
 fn handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .get_or_init(|| {
+            if !crate::telemetry::install() {
+                return None;
+            }
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            crate::telemetry::PROMETHEUS.set(Some(recorder));
+            Some(handle)
+        })
         .clone()
 }
 
@@ -130,6 +139,25 @@ pub mod behind {
         s.replace('\\', "\\\\")
             .replace('"', "\\\"")
             .replace('\n', "\\n")
+    }
+
+    /// Each file's lag to CloudWatch: `BytesBehind{Destination, File}` (a gauge, set every
+    /// second by the checkpoint store's tick).
+    pub(crate) fn publish() {
+        let rows = ROWS.lock().unwrap_or_else(PoisonError::into_inner);
+        if rows.is_empty() {
+            return;
+        }
+        crate::cloudwatch::record(|| {
+            for r in rows.values() {
+                metrics::gauge!(
+                    crate::cloudwatch::BYTES_BEHIND,
+                    crate::cloudwatch::DESTINATION => crate::cloudwatch::destination(&r.stream),
+                    crate::cloudwatch::FILE => r.path.clone()
+                )
+                .set(r.len.saturating_sub(r.acked) as f64);
+            }
+        });
     }
 
     /// Prometheus text.

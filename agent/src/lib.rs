@@ -26,6 +26,7 @@
 
 pub(crate) mod acks;
 pub mod checkpoint;
+pub mod cloudwatch;
 pub mod config;
 pub(crate) mod flow;
 pub mod fswatch;
@@ -36,6 +37,7 @@ pub mod process;
 pub(crate) mod records;
 pub mod store;
 pub mod tail;
+pub(crate) mod telemetry;
 
 use std::future::Future;
 use std::time::Duration;
@@ -263,6 +265,16 @@ async fn serve_http(cfg: &AgentConfig) -> Result<Option<http::ServerGuard>, Agen
     }
 }
 
+/// Longest the last CloudWatch window may hold a stop (within the drain time): a CloudWatch
+/// that does not answer delays the exit by this much at most.
+const LAST_METRICS_WITHIN: Duration = Duration::from_secs(5);
+
+async fn stop_metrics(cloudwatch: Option<cloudwatch::Running>, within: Duration) {
+    if let Some(c) = cloudwatch {
+        c.shutdown(within).await;
+    }
+}
+
 /// Runs the agent until `Stop` (or until every sender of `control` is gone), applying each
 /// `Reload` on the way; `ready` is called once the first flows run. With `client`, every
 /// flow uses it (tests); else one is made from the configuration's endpoint and region.
@@ -280,19 +292,26 @@ pub async fn run_controlled(
     let (store, _store_task) =
         Store::spawn(cfg.checkpoint_file.clone(), loaded, cfg.checkpoint_ttl);
     let mut http = serve_http(&cfg).await?;
+    let cloudwatch = cloudwatch::start(&cfg).await;
+    let metered = |c: aws_sdk_kinesis::Client| match &cloudwatch {
+        Some(_) => cloudwatch::with_call_counts(&c),
+        None => c,
+    };
     let fixed = client.is_some();
-    let mut client = match client {
+    let mut client = metered(match client {
         Some(c) => c,
         None => client_for(&cfg).await,
-    };
+    });
     let mut queued = None;
     let mut flows = match build_producers(&cfg, &client, &mut control, &mut queued).await {
         Built::Ready(p) => start_flows(&cfg, p, &store),
         Built::Stopped => {
+            stop_metrics(cloudwatch, drain.min(LAST_METRICS_WITHIN)).await;
             store.shutdown().await?;
             return Ok(());
         }
         Built::Failed(e) => {
+            stop_metrics(cloudwatch, drain.min(LAST_METRICS_WITHIN)).await;
             let _ = store.shutdown().await;
             return Err(e);
         }
@@ -318,8 +337,11 @@ pub async fn run_controlled(
         {
             client.clone()
         } else {
-            client_for(&new).await
+            metered(client_for(&new).await)
         };
+        if new.cloudwatch != cfg.cloudwatch {
+            warn!(message = "Reload: cloudwatch.* settings changed; they apply after a restart.");
+        }
         // The old flows keep running while the new ones' producers start.
         let producers = match build_producers(&new, &new_client, &mut control, &mut queued).await {
             Built::Ready(p) => p,
@@ -346,7 +368,18 @@ pub async fn run_controlled(
         cfg = new;
     }
     info!(message = "Stopping: no more reading; delivering what was read.");
-    stop_flows(flows, drain).await;
+    let stop_at = Instant::now() + drain;
+    // The flows drain first; the CloudWatch publisher sends the last window with what is left
+    // (a fifth of the drain time kept back for it, at most 2 s), so the whole stop
+    // stays within `drain`.
+    let reserve = if cloudwatch.is_some() {
+        (drain / 5).min(Duration::from_secs(2))
+    } else {
+        Duration::ZERO
+    };
+    stop_flows(flows, drain - reserve).await;
+    let left = stop_at.saturating_duration_since(Instant::now());
+    stop_metrics(cloudwatch, left.min(LAST_METRICS_WITHIN)).await;
     store.shutdown().await?;
     info!(message = "Stopped; checkpoints written.");
     Ok(())

@@ -119,6 +119,21 @@ fn main() -> ExitCode {
                     cfg.flows.len(),
                     cfg.checkpoint_file.display()
                 );
+                let cw = &cfg.cloudwatch;
+                if cw.emit_metrics {
+                    println!(
+                        "cloudwatch: metrics on; namespace {}, endpoint {}, buffer {:?}, queue {}, instance dimension {}",
+                        cw.namespace,
+                        cw.endpoint.as_deref().unwrap_or(
+                            "(AWS_ENDPOINT_URL_CLOUDWATCH, AWS_ENDPOINT_URL or the region's)"
+                        ),
+                        cw.buffer_time,
+                        cw.queue_size,
+                        if cw.tag_instance { "on" } else { "off" }
+                    );
+                } else {
+                    println!("cloudwatch: metrics off");
+                }
                 for f in &cfg.flows {
                     println!(
                         "- {} -> {} (key {:?}, start {:?}, buffer {:?}, records over {} bytes: {:?}{})",

@@ -319,8 +319,12 @@ impl Store {
                         if state.dirty || stale {
                             let _ = state.write().await;
                         }
-                        metrics::gauge!("agent_checkpoint_age_seconds")
-                            .set(state.last_write.elapsed().as_secs_f64());
+                        let age = state.last_write.elapsed().as_secs_f64();
+                        metrics::gauge!("agent_checkpoint_age_seconds").set(age);
+                        crate::cloudwatch::record(|| {
+                            metrics::gauge!(crate::cloudwatch::CHECKPOINT_AGE).set(age);
+                        });
+                        crate::http::behind::publish();
                     }
                 }
             }

@@ -23,6 +23,7 @@ mod emulators;
 pub mod fast_endpoint;
 pub mod fault;
 pub mod fault_mix;
+pub mod imds;
 pub mod moto;
 mod proxy;
 pub mod python;

@@ -44,8 +44,9 @@ pub fn flow(pattern: &Path, stream: &str) -> serde_json::Value {
                         "initialPosition": "START_OF_FILE", "maxBufferAgeMillis": "1000" })
 }
 
-/// Writes `agent.json` in `d` with these flows, the checkpoint file `d/checkpoints.json`, and
-/// `extra` top-level keys.
+/// Writes `agent.json` in `d` with these flows, the checkpoint file `d/checkpoints.json`,
+/// CloudWatch metrics off (no test reaches AWS; tests of the metrics turn them on), and `extra`
+/// top-level keys.
 pub fn write_config(
     d: &Path,
     endpoint: Option<String>,
@@ -56,6 +57,7 @@ pub fn write_config(
         "checkpointFile": d.join("checkpoints.json"),
         "kinesis.endpoint": endpoint,
         "kinesis.region": "us-east-1",
+        "cloudwatch.emitMetrics": false,
         "flows": flows,
     }));
     if let (Some(o), Some(x)) = (cfg.as_object_mut(), extra.as_object()) {
