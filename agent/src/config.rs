@@ -199,10 +199,16 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             toml::from_str(&text).map_err(|e| err(path.display().to_string(), e.to_string()))?;
         serde_json::to_value(t).map_err(|e| err(path.display().to_string(), e.to_string()))?
     } else {
-        serde_json::from_str(&text)
-            .map_err(|e| err(path.display().to_string(), format!("not valid JSON: {e}")))?
+        parse_json(&text).map_err(|reason| err(path.display().to_string(), reason))?
     };
     from_value(&value)
+}
+
+/// Parses `agent.json` text as the Kinesis Agent does: JSON with `//` and `/* */` comments
+/// (Jackson's `ALLOW_COMMENTS`; see [`crate::jsonc`]).
+pub fn parse_json(text: &str) -> Result<Value, String> {
+    let text = crate::jsonc::strip_comments(text).map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))
 }
 
 const GLOBAL_KEYS: &[&str] = &[
@@ -566,6 +572,19 @@ mod tests {
 
     fn parse(s: &str) -> Result<Loaded, ConfigError> {
         from_value(&serde_json::from_str(s).unwrap())
+    }
+
+    #[test]
+    fn comments_are_accepted_as_the_kinesis_agent_accepts_them() {
+        // The commented example in the repository loads, with both flows.
+        let v = parse_json(include_str!("../../examples/agent.json")).unwrap();
+        let l = from_value(&v).unwrap();
+        assert_eq!(l.config.flows.len(), 2);
+        // An unterminated comment is an error saying where.
+        let e = parse_json("{\n  \"flows\": [] /* oops\n}").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        // Not JSON after the comments: still an error.
+        assert!(parse_json("{'flows': []}").unwrap_err().contains("not valid JSON"));
     }
 
     #[test]

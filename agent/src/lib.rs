@@ -32,6 +32,7 @@ pub(crate) mod flow;
 pub mod fswatch;
 pub mod http;
 pub mod identity;
+pub mod jsonc;
 pub mod lines;
 pub mod process;
 pub(crate) mod records;
