@@ -584,7 +584,11 @@ mod tests {
         let e = parse_json("{\n  \"flows\": [] /* oops\n}").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
         // Not JSON after the comments: still an error.
-        assert!(parse_json("{'flows': []}").unwrap_err().contains("not valid JSON"));
+        assert!(
+            parse_json("{'flows': []}")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
     }
 
     #[test]
