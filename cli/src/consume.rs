@@ -48,6 +48,8 @@ pub(crate) struct ConsumeArgs {
     /// Stream consumer name for --fan-out (default: the application name).
     #[arg(long, requires = "fan_out")]
     consumer_name: Option<String>,
+    #[command(flatten)]
+    metrics: crate::cloudwatch::MetricsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +135,11 @@ impl ShardProcessor for Printer {
 
 pub(crate) async fn run(args: ConsumeArgs, opts: &AwsOptions) -> anyhow::Result<ExitCode> {
     let config = sdk::load(opts).await;
+    let metrics = crate::cloudwatch::Metrics::start(
+        &args.metrics,
+        kinesis_metrics::MetricsConfig::kcl(args.app.clone()),
+        &config,
+    )?;
     let kinesis = sdk::kinesis_client(&config, opts);
     let dynamodb = sdk::dynamodb_client(&config, opts);
     let cfg = ConsumerConfig {
@@ -175,6 +182,7 @@ pub(crate) async fn run(args: ConsumeArgs, opts: &AwsOptions) -> anyhow::Result<
         () = done.notified() => {}
     }
     consumer.shutdown(Duration::from_secs(30)).await;
+    metrics.finish().await;
     eprintln!("{} records", count.load(Ordering::SeqCst));
     Ok(ExitCode::SUCCESS)
 }

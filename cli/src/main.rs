@@ -5,6 +5,8 @@
 //!   kinesis streams ...      create | describe | list | delete | split | merge | scale
 //!   kinesis put              lines ─► records through the producer, with a summary
 //!   kinesis consume          a consumer worker printing JSON lines; kinesis leases list
+//!                            (both: --metrics-level none|summary|detailed publishes the
+//!                            KPL's / KCL's metrics to CloudWatch, flushed before exit)
 //!   kinesis agg encode       JSON lines of user records  ─► KPL-aggregated records
 //!   kinesis agg decode       JSON lines of Kinesis records ─► user records
 //! ```
@@ -14,6 +16,7 @@
 //! `--region`, `--endpoint-url` and `--profile` override them.
 
 mod agg;
+mod cloudwatch;
 mod consume;
 mod local;
 mod put;

@@ -45,6 +45,8 @@ pub(crate) struct PutArgs {
     /// Keep the producer's order guarantee per partition key.
     #[arg(long)]
     preserve_order: bool,
+    #[command(flatten)]
+    metrics: crate::cloudwatch::MetricsArgs,
 }
 
 enum KeyRule {
@@ -102,6 +104,11 @@ pub(crate) async fn run(args: PutArgs, opts: &AwsOptions) -> anyhow::Result<Exit
         None => Box::new(tokio::io::stdin()),
     };
     let config = sdk::load(opts).await;
+    let metrics = crate::cloudwatch::Metrics::start(
+        &args.metrics,
+        kinesis_metrics::MetricsConfig::kpl(),
+        &config,
+    )?;
     let client = sdk::kinesis_client(&config, opts);
     let cfg = ProducerConfig {
         aggregation: !args.no_aggregation,
@@ -193,6 +200,7 @@ pub(crate) async fn run(args: PutArgs, opts: &AwsOptions) -> anyhow::Result<Exit
     let probe = producer.clone();
     let report = producer.shutdown(Duration::from_secs(60)).await;
     settle.await.context("receipt task")?;
+    metrics.finish().await;
     let stats = probe.stats();
     if !report.undelivered.is_empty() || !report.in_flight.is_empty() {
         eprintln!(
