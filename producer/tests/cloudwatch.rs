@@ -322,6 +322,7 @@ fn detailed_shard_publishes_the_kpl_metrics_with_sums_matching_the_receipts() {
             let names: BTreeSet<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
             for name in [
                 "UserRecordsReceived",
+                "UserRecordsPending",
                 "UserRecordsPut",
                 "UserRecordsDataPut",
                 "KinesisRecordsPut",
@@ -341,6 +342,7 @@ fn detailed_shard_publishes_the_kpl_metrics_with_sums_matching_the_receipts() {
                     || name.starts_with("KinesisRecordsPer")
                     || name == "RequestTime"
                     || name == "UserRecordsReceived"
+                    || name == "UserRecordsPending"
                 {
                     assert!(
                         !dims.iter().any(|d| d.starts_with("ShardId=")),

@@ -200,6 +200,8 @@ impl Driver {
             self.settlement.publish(&self.stats);
             // What this event did, summed per shard: one increment per shard and metric.
             self.telemetry.emit();
+            self.telemetry
+                .sample_pending(self.stats.outstanding(), Instant::now());
             if self.finish_shutdown_if_due(&mut records) {
                 return;
             }
@@ -255,7 +257,6 @@ impl Driver {
     fn on_tick(&mut self) {
         let now = Instant::now();
         self.settlement.tick(now);
-        self.telemetry.sample_pending(self.stats.outstanding(), now);
         let urgent = self.urgent();
         self.buffers.finish_due((!urgent).then_some(now));
         // Backoff holds even during a flush or shutdown: they wait for the retries, not skip them.

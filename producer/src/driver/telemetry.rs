@@ -101,7 +101,8 @@ pub(super) struct Telemetry {
     stream: SharedString,
     received: Counter,
     pending: Gauge,
-    pending_sampled: Option<Instant>,
+    /// When `UserRecordsPending` was last set, and to what.
+    pending_sampled: Option<(Instant, u64)>,
     pub(super) request_time: Histogram,
     kinesis_per_call: Histogram,
     users_per_call: Histogram,
@@ -155,13 +156,16 @@ impl Telemetry {
         }
     }
 
-    /// Samples the records outstanding, at most every 200 ms.
+    /// Samples the records outstanding, at most every 200 ms, and at once when they drop to
+    /// none (the loop then idles: the gauge must not keep the last busy value).
     pub(super) fn sample_pending(&mut self, outstanding: u64, now: Instant) {
-        if self
-            .pending_sampled
-            .is_none_or(|t| now.saturating_duration_since(t) >= PENDING_EVERY)
-        {
-            self.pending_sampled = Some(now);
+        let due = match self.pending_sampled {
+            None => true,
+            Some((_, last)) if outstanding == 0 => last != 0,
+            Some((at, _)) => now.saturating_duration_since(at) >= PENDING_EVERY,
+        };
+        if due {
+            self.pending_sampled = Some((now, outstanding));
             self.pending.set(outstanding as f64);
         }
     }
