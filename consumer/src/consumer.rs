@@ -199,6 +199,7 @@ where
             factory: Arc::new(self.factory),
             running: HashMap::new(),
             observed: HashMap::new(),
+            unrunnable: HashSet::new(),
             tasks: JoinSet::new(),
             task_keys: HashMap::new(),
             renewer,
@@ -234,6 +235,9 @@ struct Coordinator<F> {
     running: HashMap<String, Running>,
     /// Lease key → (counter, when this worker first saw that counter).
     observed: HashMap<String, (u64, Instant)>,
+    /// Lease keys that are not shard ids (a multi-stream KCL table's `account:stream:...:shard`
+    /// keys): never taken, warned about once.
+    unrunnable: HashSet<String>,
     tasks: JoinSet<Ended>,
     /// Which lease each worker task runs: a task that panics still says whose lease it had.
     task_keys: HashMap<tokio::task::Id, String>,
@@ -366,6 +370,14 @@ where
         let live: HashSet<&str> = leases.iter().map(|l| l.lease_key.as_str()).collect();
         self.observed.retain(|k, _| live.contains(k.as_str()));
         for l in &leases {
+            // A lease this worker could not run is not taken: taking it would bump its counter
+            // and leave it unrenewed, so it would change hands forever.
+            if ShardId::new(l.lease_key.as_str()).is_err() {
+                if self.unrunnable.insert(l.lease_key.clone()) {
+                    warn!(message = "Lease key is not a shard id (a multi-stream KCL table?); it is left alone.", lease_key = %l.lease_key);
+                }
+                continue;
+            }
             let seen = self
                 .observed
                 .entry(l.lease_key.clone())
@@ -425,6 +437,8 @@ where
     fn start(&mut self, lease: Lease, sent: Instant) {
         let key = lease.lease_key.clone();
         let Ok(shard_id) = ShardId::new(key.as_str()) else {
+            // Not reached: take_round skips such keys. Said rather than silent if it ever is.
+            warn!(message = "Taken lease key is not a shard id; not running it (it will expire).", lease_key = %key);
             return;
         };
         let held = Arc::new(HeldLease::new(

@@ -741,3 +741,44 @@ async fn fan_out_memory_stays_bounded_while_the_processor_is_slow() {
     assert_eq!(sink.data().len(), total);
     w.shutdown(Duration::from_secs(10)).await;
 }
+
+/// A lease whose key is not a shard id (a multi-stream KCL table's
+/// `account:stream:epoch:shardId`) is never taken: taking it would bump its counter and leave it
+/// unrun and unrenewed, changing hands forever. The stream's own shard is read as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_is_not_a_shard_is_left_alone() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let app = unique_name("foreign-key");
+    let store = LeaseStore::new(env.dynamodb.clone(), &app);
+    store
+        .ensure_table(true, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let foreign = "123456789012:other-stream:1700000000:shardId-000000000000";
+    assert!(
+        store
+            .create_if_not_exists(&kinesis_consumer::Lease::new(
+                foreign,
+                Checkpoint::TrimHorizon
+            ))
+            .await
+            .unwrap()
+    );
+    let before = store.get(foreign).await.unwrap().unwrap();
+    let sink = Sink::default();
+    let w = worker(&env, &stream, config(&app, &Retrieval::Polling), &sink).await;
+    produce(&env, &stream, 0, 100).await;
+    eventually("the stream's records", Duration::from_secs(30), || async {
+        (sink.distinct() == 100).then_some(())
+    })
+    .await;
+    // Many take rounds (300 ms apart) have run by now.
+    let after = store.get(foreign).await.unwrap().unwrap();
+    assert_eq!(
+        after.lease_owner, None,
+        "never taken: before {before:?}, after {after:?}"
+    );
+    assert_eq!(after.lease_counter, before.lease_counter, "never bumped");
+    w.shutdown(Duration::from_secs(10)).await;
+}
