@@ -10,6 +10,11 @@
 //!                    acknowledged ─► Store::advance ─► checkpoint file (atomic, versioned)
 //! ```
 //!
+//! Metrics: Prometheus `/metrics` (`httpListenAddress`, the `agent_*` names) and CloudWatch
+//! (`cloudwatch.*`, on by default as in the Kinesis Agent, its names per `Destination`) at once,
+//! through one `metrics_util` fan-out ([`cloudwatch`]); the last CloudWatch window is sent at
+//! a stop, within the drain time.
+//!
 //! At-least-once: after a crash, lines after the last checkpoint are read and sent again. A
 //! reload starts the new flows' producers first (retrying transient failures) while the old
 //! flows keep running, then drains the old flows and starts the new ones from the store.

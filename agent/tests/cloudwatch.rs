@@ -23,8 +23,9 @@ use serde_json::json;
 /// 2-core machine).
 const STOP_WITHIN: Duration = Duration::from_secs(10 + 3);
 
-/// The agent, with the test credentials, IMDS at `imds` (or off), and its log in `log`.
-fn spawn(config: &Path, imds: Option<&Imds>, log: &Path, one_arena: bool) -> Child {
+/// The agent, with the test credentials, IMDS at the endpoint `imds` (or off), and its log in
+/// `log`.
+fn spawn(config: &Path, imds: Option<String>, log: &Path, one_arena: bool) -> Child {
     let mut c = Command::new(common::bin());
     c.args(["-c", config.to_str().unwrap()])
         .env("AWS_ACCESS_KEY_ID", "test")
@@ -37,7 +38,7 @@ fn spawn(config: &Path, imds: Option<&Imds>, log: &Path, one_arena: bool) -> Chi
     match imds {
         Some(i) => c
             .env_remove("AWS_EC2_METADATA_DISABLED")
-            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", i.endpoint()),
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", i),
         None => c.env("AWS_EC2_METADATA_DISABLED", "true"),
     };
     if one_arena {
@@ -174,6 +175,7 @@ async fn records_and_bytes_sent_reach_cloudwatch_per_destination_and_instance() 
         .unwrap();
     let d = common::dir("agentcw");
     let ns = unique_name("agent");
+    let port = common::free_port();
     let config = write_config(
         &d,
         env.kinesis_endpoint(),
@@ -184,6 +186,7 @@ async fn records_and_bytes_sent_reach_cloudwatch_per_destination_and_instance() 
             "cloudwatch.namespace": ns,
             "cloudwatch.tagInstance": true,
             "cloudwatch.metricsBufferTimeMillis": 1000,
+            "httpListenAddress": format!("127.0.0.1:{port}"),
         }),
     );
     const N: usize = 3_000;
@@ -192,7 +195,7 @@ async fn records_and_bytes_sent_reach_cloudwatch_per_destination_and_instance() 
     append(&d.join("app.log"), sent);
     let log = d.join("agent.err");
     let _show = ShowLog(log.clone());
-    let agent = spawn(&config, Some(&imds), &log, false);
+    let agent = spawn(&config, Some(imds.endpoint()), &log, false);
     let got = eventually("every line delivered", Duration::from_secs(60), || async {
         let c = counts(&env, &stream).await;
         (c.len() == N).then_some(c)
@@ -213,6 +216,17 @@ async fn records_and_bytes_sent_reach_cloudwatch_per_destination_and_instance() 
             .filter(|(sum, _)| *sum >= N as f64)
     })
     .await;
+    // Prometheus beside it, through the same fan-out: its names as before, and none of the
+    // Kinesis Agent's.
+    let scrape = common::http_get(port, "/metrics").unwrap();
+    assert!(
+        scrape.contains("agent_records_delivered_total") && scrape.contains("UserRecordsPut"),
+        "{scrape}"
+    );
+    assert!(
+        !scrape.contains("RecordsSent") && !scrape.contains("BytesSent"),
+        "{scrape}"
+    );
     let took = stop(agent, "stop with metrics on").await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(imds.stats().tokens >= 1, "IMDSv2: a token first");
@@ -279,13 +293,28 @@ async fn records_and_bytes_sent_reach_cloudwatch_per_destination_and_instance() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_tag_instance_the_host_name_is_not_added_and_emit_false_publishes_nothing() {
+async fn emit_false_publishes_nothing_and_the_instance_is_the_host_name_off_ec2() {
     let Some(moto) = MotoServer::start_or_skip().await else {
         return;
     };
     let env = TestEnv::start().await;
     let cw = cloudwatch_for(&kinesis_testkit::local_sdk_config(), &moto.endpoint());
-    for emit in [false, true] {
+    // An IMDS that takes connections and never answers: the host name, after at most 2 s.
+    let imds = Imds::start(Metadata::ec2("i-never")).await.unwrap();
+    let silent = StallProxy::start(
+        imds.endpoint()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    silent.stall();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    for (emit, tag) in [(false, false), (true, false), (true, true)] {
         let stream = env.create_stream(1).await;
         let d = common::dir("agentcw-off");
         let ns = unique_name("agent");
@@ -295,6 +324,7 @@ async fn without_tag_instance_the_host_name_is_not_added_and_emit_false_publishe
             vec![flow(&d.join("*.log"), &stream)],
             json!({
                 "cloudwatch.emitMetrics": emit,
+                "cloudwatch.tagInstance": tag,
                 "cloudwatch.endpoint": moto.endpoint(),
                 "cloudwatch.namespace": ns,
                 "cloudwatch.metricsBufferTimeMillis": "1000",
@@ -303,14 +333,19 @@ async fn without_tag_instance_the_host_name_is_not_added_and_emit_false_publishe
         let before = moto.bridge().calls_to("PutMetricData").len();
         append(&d.join("app.log"), lines(200));
         let _show = ShowLog(d.join("agent.err"));
-        let agent = spawn(&config, None, &d.join("agent.err"), false);
+        let agent = spawn(
+            &config,
+            tag.then(|| silent.endpoint()),
+            &d.join("agent.err"),
+            false,
+        );
         eventually("lines delivered", Duration::from_secs(60), || async {
             let c = counts(&env, &stream).await;
             (c.len() >= 200).then_some(())
         })
         .await;
         let took = stop(agent, "stop").await;
-        eprintln!("emitMetrics {emit}: stop took {took:?}");
+        eprintln!("emitMetrics {emit}, tagInstance {tag}: stop took {took:?}");
         let calls = moto.bridge().calls_to("PutMetricData").len() - before;
         let metrics = listed(&cw, &ns).await;
         if emit {
@@ -320,13 +355,15 @@ async fn without_tag_instance_the_host_name_is_not_added_and_emit_false_publishe
                 "{}",
                 std::fs::read_to_string(d.join("agent.err")).unwrap()
             );
-            let dest = format!("KinesisStream:{stream}");
+            let dest = format!("Destination=KinesisStream:{stream}");
+            let want = if tag {
+                vec![dest, format!("Instance={host}")]
+            } else {
+                vec![dest]
+            };
             assert!(
-                metrics.contains(&(
-                    "RecordsSent".to_owned(),
-                    vec![format!("Destination={dest}")]
-                )),
-                "no Instance dimension without tagInstance: {metrics:?}"
+                metrics.contains(&("RecordsSent".to_owned(), want)),
+                "tagInstance {tag}: {metrics:?}"
             );
         } else {
             assert_eq!(calls, 0, "emitMetrics false: no PutMetricData");
