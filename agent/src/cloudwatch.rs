@@ -4,7 +4,7 @@
 //! ```text
 //!   acker, per batch settled ─► RecordSendAttempts, RecordsSent, RecordSendErrors, BytesSent
 //!   Kinesis client interceptor, per PutRecords call ─► ServiceErrors (0 or 1)
-//!   store tick (1 s) ─► CheckpointAge; per file being read ─► BytesBehind{File}
+//!   store tick (1 s) ─► CheckpointAge; bytes behind over a flow's files ─► BytesBehind
 //!     all {Destination=KinesisStream:<stream>} (CheckpointAge: none), + {Instance} with
 //!     cloudwatch.tagInstance
 //!   ─► CloudWatch slot of the global fan-out ─► Publisher (30 s windows) ─► PutMetricData
@@ -42,8 +42,6 @@ use crate::config::{AgentConfig, CloudWatchConfig};
 pub const DESTINATION: &str = "Destination";
 /// The Kinesis Agent's instance dimension (`cloudwatch.tagInstance`).
 pub const INSTANCE: &str = "Instance";
-/// The file dimension of [`BYTES_BEHIND`]: the file's path.
-pub const FILE: &str = "File";
 
 /// Data bytes of the records delivered (the Kinesis Agent's name).
 pub const BYTES_SENT: &str = "BytesSent";
@@ -79,7 +77,7 @@ pub fn rules() -> Vec<MetricRule> {
         MetricRule::new(
             BYTES_BEHIND,
             MetricsLevel::Summary,
-            vec![Rollup::global(&[DESTINATION, FILE])],
+            vec![Rollup::global(&[DESTINATION])],
         ),
         MetricRule::new(
             CHECKPOINT_AGE,

@@ -744,7 +744,7 @@ mod tests {
                 "flows[0].deliveryStream",
             ),
             (
-                r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "dataProcessingOptions": [{"optionName": "ADDEC2METADATA"}]}]}"#,
+                r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s", "dataProcessingOptions": [{"optionName": "USINGPLUGGIN"}]}]}"#,
                 "flows[0].dataProcessingOptions[0].optionName",
             ),
             (

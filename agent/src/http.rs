@@ -141,21 +141,28 @@ pub mod behind {
             .replace('\n', "\\n")
     }
 
-    /// Each file's lag to CloudWatch: `BytesBehind{Destination, File}` (a gauge, set every
-    /// second by the checkpoint store's tick).
+    /// Each flow's lag to CloudWatch: `BytesBehind{Destination}`, the bytes not yet
+    /// acknowledged over all the files it reads (a gauge, set every second by the checkpoint
+    /// store's tick). Per destination, not per file: a file dimension would make one CloudWatch
+    /// metric (billed monthly) and one recorder key (kept for the process's life) per file
+    /// name ever read — unbounded with date-named rotation. Prometheus keeps the per-file rows.
     pub(crate) fn publish() {
         let rows = ROWS.lock().unwrap_or_else(PoisonError::into_inner);
         if rows.is_empty() {
             return;
         }
+        let mut per_stream: std::collections::BTreeMap<&str, u64> =
+            std::collections::BTreeMap::new();
+        for r in rows.values() {
+            *per_stream.entry(r.stream.as_str()).or_insert(0) += r.len.saturating_sub(r.acked);
+        }
         crate::cloudwatch::record(|| {
-            for r in rows.values() {
+            for (stream, behind) in per_stream {
                 metrics::gauge!(
                     crate::cloudwatch::BYTES_BEHIND,
-                    crate::cloudwatch::DESTINATION => crate::cloudwatch::destination(&r.stream),
-                    crate::cloudwatch::FILE => r.path.clone()
+                    crate::cloudwatch::DESTINATION => crate::cloudwatch::destination(stream)
                 )
-                .set(r.len.saturating_sub(r.acked) as f64);
+                .set(behind as f64);
             }
         });
     }

@@ -33,6 +33,7 @@ pub(crate) mod acks;
 pub mod checkpoint;
 pub mod cloudwatch;
 pub mod config;
+pub mod ec2meta;
 pub(crate) mod flow;
 pub mod fswatch;
 pub mod http;
@@ -309,6 +310,7 @@ pub async fn run_controlled(
         None => client_for(&cfg).await,
     });
     let mut queued = None;
+    process::prepare(&cfg.flows).await;
     let mut flows = match build_producers(&cfg, &client, &mut control, &mut queued).await {
         Built::Ready(p) => start_flows(&cfg, p, &store),
         Built::Stopped => {
@@ -349,6 +351,7 @@ pub async fn run_controlled(
             warn!(message = "Reload: cloudwatch.* settings changed; they apply after a restart.");
         }
         // The old flows keep running while the new ones' producers start.
+        process::prepare(&new.flows).await;
         let producers = match build_producers(&new, &new_client, &mut control, &mut queued).await {
             Built::Ready(p) => p,
             Built::Stopped => break,

@@ -1,7 +1,7 @@
 //! `dataProcessingOptions`: the Kinesis Agent's record converters, applied in order.
 //!
 //! ```text
-//!   record ─► SINGLELINE ─► CSVTOJSON | LOGTOJSON ─► ADDMETADATA ─► partition key ─► producer
+//!   record ─► SINGLELINE ─► CSVTOJSON | LOGTOJSON ─► ADDMETADATA | ADDEC2METADATA ─► key ─► producer
 //! ```
 //!
 //! Same names, options and output as the Kinesis Agent, with one deliberate difference: a line
@@ -81,6 +81,16 @@ impl LogFormat {
     }
 }
 
+/// Fetches what converters need before records flow (ADDEC2METADATA's instance metadata, as
+/// the Kinesis Agent reads it when the converter is made).
+pub async fn prepare(flows: &[crate::config::Flow]) {
+    for p in flows.iter().flat_map(|f| &f.processors) {
+        if let Processor::AddEc2Metadata(m) = p {
+            m.prepare().await;
+        }
+    }
+}
+
 /// One converter.
 #[derive(Debug, Clone)]
 pub enum Processor {
@@ -111,6 +121,8 @@ pub enum Processor {
         /// Pretty-printed JSON.
         pretty: bool,
     },
+    /// Merges the instance's EC2 metadata into a JSON record (see [`crate::ec2meta`]).
+    AddEc2Metadata(Arc<crate::ec2meta::Ec2Metadata>),
     /// Wraps the record with metadata: `{"ts"?, "metadata", "data"}`.
     AddMetadata {
         /// Add an ISO-8601 UTC timestamp.
@@ -201,6 +213,22 @@ impl Processor {
                     m.insert(f.clone(), v);
                 }
                 line(json_out(&Value::Object(m), *pretty))
+            }
+            Self::AddEc2Metadata(meta) => {
+                let fields = meta.current();
+                if fields.is_empty() {
+                    return data;
+                }
+                match crate::ec2meta::Ec2Metadata::merge(&fields, &data) {
+                    Some(out) => out,
+                    None => {
+                        metrics::counter!("agent_records_not_json_total", "processor" => "ADDEC2METADATA").increment(1);
+                        tracing::debug!(
+                            message = "Record is not a JSON object; sent without EC2 metadata."
+                        );
+                        data
+                    }
+                }
             }
             Self::AddMetadata {
                 timestamp,
@@ -310,6 +338,23 @@ pub fn parse(options: &Value, i: usize) -> Result<Vec<Processor>, ConfigError> {
                     .unwrap_or_else(|| format.fields().iter().map(|s| (*s).to_string()).collect());
                 Processor::LogToJson { format, pattern, fields, pretty }
             }
+            "ADDEC2METADATA" => {
+                // Seconds, default 3600 (the Kinesis Agent's); `logFormat`, which its
+                // constructor reads and never uses, is accepted and ignored.
+                let ttl = match o.get("metadataTTL") {
+                    None => 3600,
+                    Some(v) => match v.as_u64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())) {
+                        Some(n) if (1..=86_400 * 7).contains(&n) => n,
+                        _ => {
+                            return Err(err(
+                                path(j, "metadataTTL"),
+                                format!("{v}: must be whole seconds, 1..=604800"),
+                            ));
+                        }
+                    },
+                };
+                Processor::AddEc2Metadata(crate::ec2meta::Ec2Metadata::new(std::time::Duration::from_secs(ttl)))
+            }
             "ADDMETADATA" => Processor::AddMetadata {
                 // The Kinesis Agent wants the string "true".
                 timestamp: matches!(o.get("timestamp"), Some(Value::String(s)) if s == "true") || o.get("timestamp") == Some(&Value::Bool(true)),
@@ -318,7 +363,7 @@ pub fn parse(options: &Value, i: usize) -> Result<Vec<Processor>, ConfigError> {
             other => {
                 return Err(err(
                     path(j, "optionName"),
-                    format!("{other:?} is not supported (SINGLELINE, CSVTOJSON, LOGTOJSON, ADDMETADATA); refusing rather than shipping unprocessed data"),
+                    format!("{other:?} is not supported (SINGLELINE, CSVTOJSON, LOGTOJSON, ADDMETADATA, ADDEC2METADATA); refusing rather than shipping unprocessed data"),
                 ));
             }
         });
@@ -459,7 +504,15 @@ mod tests {
                 "flows[0].dataProcessingOptions[0].matchPattern",
             ),
             (
-                json!([{"optionName": "ADDEC2METADATA"}]),
+                json!([{"optionName": "ADDEC2METADATA", "metadataTTL": 0}]),
+                "flows[0].dataProcessingOptions[0].metadataTTL",
+            ),
+            (
+                json!([{"optionName": "ADDEC2METADATA", "metadataTTL": "an hour"}]),
+                "flows[0].dataProcessingOptions[0].metadataTTL",
+            ),
+            (
+                json!([{"optionName": "ADDBRACKETS"}]),
                 "flows[0].dataProcessingOptions[0].optionName",
             ),
         ];
