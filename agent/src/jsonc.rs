@@ -145,7 +145,10 @@ mod tests {
     fn an_unterminated_block_comment_is_an_error_at_its_start() {
         assert_eq!(
             strip_comments("{\n  \"a\": 1, /* oops\n}"),
-            Err(UnterminatedComment { line: 2, column: 11 })
+            Err(UnterminatedComment {
+                line: 2,
+                column: 11
+            })
         );
         assert_eq!(
             strip_comments("/*/"),
@@ -157,7 +160,10 @@ mod tests {
     fn what_json_forbids_stays_an_error_after_stripping() {
         for bad in ["{'a': 1}", "{\"a\": 1,}", "# yaml\n{}", "{\"a\": /}"] {
             let s = strip_comments(bad).unwrap();
-            assert!(serde_json::from_str::<serde_json::Value>(&s).is_err(), "{bad:?}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&s).is_err(),
+                "{bad:?}"
+            );
         }
     }
 }
