@@ -40,12 +40,13 @@ impl ShardProcessor for Collect {
         batch: RecordBatch,
         cp: &mut Checkpointer,
     ) -> Result<(), ProcessorError> {
-        {
-            let mut seen = (self.0).0.lock().unwrap();
-            let v = seen.entry(batch.shard_id.to_string()).or_default();
-            v.extend(batch.records.iter().map(|r| r.data.clone()));
-        }
+        // Noted once processed: a batch whose checkpoint fails (the lease moved to the other
+        // worker meanwhile) is not processed, and RecordsProcessed, as the KCL's ProcessTask
+        // counts it, leaves it out.
         cp.checkpoint().await?;
+        let mut seen = (self.0).0.lock().unwrap();
+        let v = seen.entry(batch.shard_id.to_string()).or_default();
+        v.extend(batch.records.iter().map(|r| r.data.clone()));
         Ok(())
     }
 }
@@ -252,7 +253,7 @@ fn two_workers_publish_the_kcl_metrics_per_shard_and_per_worker() {
         let mut processed = 0.0;
         for (shard, records) in &seen {
             let dims = process(shard);
-            // Exactly what the processor was given on this shard (redeliveries included).
+            // Exactly what the processor processed on this shard (redeliveries included).
             let (_, n, _) = stat(&cw, &app, &id("RecordsProcessed", &dims))
                 .await
                 .unwrap();
