@@ -190,18 +190,122 @@ fn err(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Reads a configuration file: TOML if it ends in `.toml`, else JSON (`agent.json`).
+/// The Kinesis Agent's configuration file, read when no `-c` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/aws-kinesis/agent.json";
+/// The Kinesis Agent's directory of extra flow files.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/aws-kinesis/agent.d";
+
+/// Reads a configuration file (TOML if it ends in `.toml`, else JSON: `agent.json`), with the
+/// flows of the files in `agent.d` appended, as the Kinesis Agent appends those of
+/// `/etc/aws-kinesis/agent.d/`: that directory, and `agent.d` beside the file when it is
+/// elsewhere.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let mut dirs = vec![PathBuf::from(DEFAULT_CONFIG_DIR)];
+    if let Some(beside) = path.parent().map(|p| p.join("agent.d"))
+        && !dirs.contains(&beside)
+    {
+        dirs.push(beside);
+    }
+    load_with_dirs(path, &dirs)
+}
+
+fn read_value(path: &Path) -> Result<Value, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| err(path.display().to_string(), e.to_string()))?;
-    let value: Value = if path.extension().is_some_and(|e| e == "toml") {
+    if path.extension().is_some_and(|e| e == "toml") {
         let t: toml::Value =
             toml::from_str(&text).map_err(|e| err(path.display().to_string(), e.to_string()))?;
-        serde_json::to_value(t).map_err(|e| err(path.display().to_string(), e.to_string()))?
+        serde_json::to_value(t).map_err(|e| err(path.display().to_string(), e.to_string()))
     } else {
-        parse_json(&text).map_err(|reason| err(path.display().to_string(), reason))?
-    };
-    from_value(&value)
+        parse_json(&text).map_err(|reason| err(path.display().to_string(), reason))
+    }
+}
+
+/// [`load`] with the flow directories given (those that do not exist are skipped).
+///
+/// Of each directory, the `*.json` (and `*.toml`) files are read in name order and their
+/// `flows` appended after the main file's; other keys in them are ignored with a warning (the
+/// Kinesis Agent reads only `flows` there). Unlike the Kinesis Agent, which skips a file it
+/// cannot read with a warning — and so silently ships nothing of its flows — a broken file
+/// stops the load with its name and the reason; other files (editor backups, `README`) are
+/// skipped with a warning.
+pub fn load_with_dirs(path: &Path, dirs: &[PathBuf]) -> Result<Loaded, ConfigError> {
+    let mut value = read_value(path)?;
+    let mut warnings = Vec::new();
+    // Where each appended flow came from, by its index in the merged list.
+    let mut origin: Vec<(usize, String, usize)> = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for file in files {
+            let json_or_toml = file.extension().is_some_and(|e| e == "json" || e == "toml");
+            if !json_or_toml {
+                warnings.push(format!(
+                    "{}: not a .json or .toml file; skipped",
+                    file.display()
+                ));
+                continue;
+            }
+            let extra = read_value(&file)?;
+            let Some(obj) = extra.as_object() else {
+                return Err(err(file.display().to_string(), "must be an object"));
+            };
+            for k in obj.keys().filter(|k| *k != "flows") {
+                warnings.push(format!(
+                    "{}: {k}: only flows are read from {}; ignored",
+                    file.display(),
+                    dir.display()
+                ));
+            }
+            let Some(flows) = obj.get("flows") else {
+                warnings.push(format!("{}: no flows", file.display()));
+                continue;
+            };
+            let Some(flows) = flows.as_array() else {
+                return Err(err(format!("{}: flows", file.display()), "must be a list"));
+            };
+            let Some(main) = value.as_object_mut() else {
+                return Err(err("(top level)", "must be an object"));
+            };
+            let list = main
+                .entry("flows")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            let Some(list) = list.as_array_mut() else {
+                return Err(err("flows", "must be a list"));
+            };
+            for (j, f) in flows.iter().enumerate() {
+                origin.push((list.len(), file.display().to_string(), j));
+                list.push(f.clone());
+            }
+        }
+    }
+    match from_value(&value) {
+        Ok(mut l) => {
+            warnings.append(&mut l.warnings);
+            l.warnings = warnings;
+            Ok(l)
+        }
+        Err(mut e) => {
+            // `flows[7].x` of a flow from agent.d: name its file and its place there.
+            for (i, file, j) in &origin {
+                let here = format!("flows[{i}]");
+                if let Some(rest) = e.path.strip_prefix(&here)
+                    && (rest.is_empty() || rest.starts_with('.'))
+                {
+                    e.path = format!("{file}: flows[{j}]{rest}");
+                    break;
+                }
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Parses `agent.json` text as the Kinesis Agent does: JSON with `//` and `/* */` comments
@@ -572,6 +676,72 @@ mod tests {
 
     fn parse(s: &str) -> Result<Loaded, ConfigError> {
         from_value(&serde_json::from_str(s).unwrap())
+    }
+
+    #[test]
+    fn flows_of_agent_d_files_are_appended_and_a_broken_one_is_named() {
+        let d = std::env::temp_dir().join(format!("agentd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let dir = d.join("agent.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        let main = d.join("agent.json");
+        // The main file may have no flows when agent.d has them, as in the Kinesis Agent.
+        std::fs::write(
+            &main,
+            r#"{"checkpointFile": "/tmp/cp", "kinesis.region": "eu-west-1"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("20-web.json"),
+            r#"{"flows": [{"filePattern": "/var/log/web/*.log", "kinesisStream": "web"}]} // comment"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("10-app.json"),
+            r#"{"kinesis.region": "us-east-1", "flows": [{"filePattern": "/var/log/app.log", "kinesisStream": "app"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("10-app.json~"), "garbage").unwrap();
+        let l = load_with_dirs(&main, &[dir.clone(), d.join("missing")]).unwrap();
+        let streams: Vec<&str> = l.config.flows.iter().map(|f| f.stream.as_str()).collect();
+        assert_eq!(streams, ["app", "web"], "in file-name order");
+        assert_eq!(
+            l.config.kinesis_region.as_deref(),
+            Some("eu-west-1"),
+            "only flows from agent.d"
+        );
+        assert!(
+            l.warnings
+                .iter()
+                .any(|w| w.contains("kinesis.region") && w.contains("ignored")),
+            "{:?}",
+            l.warnings
+        );
+        assert!(
+            l.warnings
+                .iter()
+                .any(|w| w.contains("10-app.json~") && w.contains("skipped")),
+            "{:?}",
+            l.warnings
+        );
+
+        // A bad flow in a drop-in file: its file and its place in it.
+        std::fs::write(
+            dir.join("30-bad.json"),
+            r#"{"flows": [{"filePattern": "/x", "kinesisStream": "s", "maxBufferAgeMillis": 1}]}"#,
+        )
+        .unwrap();
+        let e = load_with_dirs(&main, std::slice::from_ref(&dir)).unwrap_err();
+        assert!(
+            e.path.ends_with("30-bad.json: flows[0].maxBufferAgeMillis"),
+            "{e}"
+        );
+        // A file that does not parse stops the load (the Kinesis Agent skips it, shipping none
+        // of its flows, with a warning in a log).
+        std::fs::write(dir.join("30-bad.json"), "{ not json").unwrap();
+        let e = load_with_dirs(&main, &[dir]).unwrap_err();
+        assert!(e.path.ends_with("30-bad.json"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! `kinesis-agent --config FILE` (or `-c FILE`) runs the daemon; `kinesis-agent check-config
-//! FILE` validates a configuration and prints the effective flows.
+//! FILE` validates a configuration and prints the effective flows. Without FILE, the Kinesis
+//! Agent's `/etc/aws-kinesis/agent.json`; the flows of `agent.d/` are added (see
+//! `config::load`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: kinesis-agent (--config | -c) FILE\n       kinesis-agent check-config FILE");
+    eprintln!(
+        "usage: kinesis-agent [(--config | -c) FILE]\n       kinesis-agent check-config [FILE]\n(FILE defaults to /etc/aws-kinesis/agent.json; the flows of agent.d/*.json beside it and in /etc/aws-kinesis/agent.d are added)"
+    );
     ExitCode::from(2)
 }
 
@@ -110,7 +114,14 @@ fn main() -> ExitCode {
     } else {
         builder.init();
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // The Kinesis Agent's default file when none is named (its AgentOptions).
+    let default = kinesis_agent::config::DEFAULT_CONFIG_FILE.to_owned();
+    match args.as_slice() {
+        [] => args = vec!["-c".into(), default],
+        [cmd] if cmd == "check-config" => args.push(default),
+        _ => {}
+    }
     match args.as_slice() {
         [cmd, file] if cmd == "check-config" => match load(&PathBuf::from(file)) {
             Ok(cfg) => {

@@ -125,8 +125,16 @@ fn check_config_validates_and_explains() {
         err.contains("flows[0].maxBufferAgeMillis") && err.contains("1000..=900000"),
         "{err}"
     );
-    let out = Command::new(common::bin()).output().unwrap();
+    let out = Command::new(common::bin()).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "usage");
+    // No file named: the Kinesis Agent's default (absent here).
+    let out = Command::new(common::bin()).arg("check-config").output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/etc/aws-kinesis/agent.json"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
