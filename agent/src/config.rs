@@ -598,8 +598,13 @@ fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigE
     let multi_line_start_pattern = match obj.get("multiLineStartPattern") {
         Some(v) => {
             let s = string(v, &p("multiLineStartPattern"))?;
-            regex::bytes::Regex::new(s)
-                .map_err(|e| err(p("multiLineStartPattern"), e.to_string()))?;
+            crate::process::check_java_only(s).map_err(|r| err(p("multiLineStartPattern"), r))?;
+            regex::bytes::Regex::new(s).map_err(|e| {
+                err(
+                    p("multiLineStartPattern"),
+                    crate::process::regex_reason(s, &e),
+                )
+            })?;
             Some(s.to_string())
         }
         None => None,
@@ -742,6 +747,44 @@ mod tests {
         let e = load_with_dirs(&main, &[dir]).unwrap_err();
         assert!(e.path.ends_with("30-bad.json"), "{e}");
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn java_only_regex_constructs_are_refused_naming_the_key_and_the_construct() {
+        let flow = |key: &str, pattern: &str| {
+            let mut f = serde_json::json!({"filePattern": "/a", "kinesisStream": "s"});
+            if key == "matchPattern" {
+                f["dataProcessingOptions"] = serde_json::json!([{"optionName": "LOGTOJSON", "logFormat": "SYSLOG", "matchPattern": pattern}]);
+            } else {
+                f[key] = serde_json::json!(pattern);
+            }
+            from_value(&serde_json::json!({"flows": [f]})).unwrap_err()
+        };
+        // (key, pattern, the construct named)
+        let table = [
+            ("multiLineStartPattern", r"^(?<=\[)\d", "look-around"),
+            ("multiLineStartPattern", r"^(?!\s)", "look-around"),
+            ("multiLineStartPattern", r"^(\w)\1", "back-reference"),
+            ("multiLineStartPattern", r"^(?>a|ab)c", "atomic group"),
+            ("matchPattern", r"^(\S+) (?=x)", "look-around"),
+            ("matchPattern", r"^a*+b", "possessive"),
+            ("multiLineStartPattern", r"^\d{4}+-", "possessive"),
+        ];
+        for (key, pattern, what) in table {
+            let e = flow(key, pattern);
+            assert!(e.path.ends_with(key), "{pattern}: {e}");
+            assert!(
+                e.reason.contains(what) && e.reason.contains("Java"),
+                "{pattern}: {e}"
+            );
+        }
+        // A plain mistake stays a plain message; lazy quantifiers, escaped pluses, pluses in a
+        // class and group flags are not possessive.
+        let e = flow("multiLineStartPattern", "^(unclosed");
+        assert!(!e.reason.contains("Java"), "{e}");
+        for fine in [r"^a*?b", r"^\++x", r"^[*+]+", r"^(?i)a+", r"^\d{4}-"] {
+            assert!(!crate::process::has_possessive_quantifier(fine), "{fine}");
+        }
     }
 
     #[test]

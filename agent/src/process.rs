@@ -81,6 +81,85 @@ impl LogFormat {
     }
 }
 
+/// A pattern the regex engine refused, as a configuration error's reason: the construct named
+/// when it is one of Java's that the engine (Rust `regex`: linear time, no backtracking) does not
+/// have — look-around, back-references, atomic groups, possessive quantifiers — with the way out.
+pub(crate) fn regex_reason(pattern: &str, e: &regex::Error) -> String {
+    let text = e.to_string();
+    let detail = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("error:"))
+        .map_or(text.as_str(), |l| {
+            l.trim_start().trim_start_matches("error:").trim()
+        })
+        .to_owned();
+    let java = if pattern.contains("(?=")
+        || pattern.contains("(?!")
+        || pattern.contains("(?<=")
+        || pattern.contains("(?<!")
+    {
+        Some("look-around ((?=...), (?!...), (?<=...), (?<!...))")
+    } else if pattern.contains("(?>") {
+        Some("an atomic group ((?>...))")
+    } else if text.contains("backreference") || pattern.contains("\\1") {
+        Some("a back-reference (\\1 ...)")
+    } else {
+        None
+    };
+    match java {
+        Some(what) => format!(
+            "{pattern:?} uses {what}, a Java regular-expression construct this agent's engine does not have (it matches in linear time, without backtracking); rewrite the pattern without it ({detail})"
+        ),
+        None => format!("{pattern:?}: {detail}"),
+    }
+}
+
+/// Java's possessive quantifiers (`a*+`, `a++`, `a?+`, `a{2}+`), which Rust's `regex` accepts
+/// with another meaning (a repeated repetition: `(a*)+`) instead of refusing: a pattern written
+/// for the Kinesis Agent would then match what it was meant not to. Outside classes and escapes.
+pub(crate) fn has_possessive_quantifier(pattern: &str) -> bool {
+    let mut chars = pattern.chars().peekable();
+    let mut in_class = false;
+    let mut prev_quantifier = false;
+    let mut prev_open_paren = false;
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            chars.next();
+            prev_quantifier = false;
+            prev_open_paren = false;
+            continue;
+        }
+        if in_class {
+            if c == ']' {
+                in_class = false;
+            }
+            continue;
+        }
+        if c == '+' && prev_quantifier {
+            return true;
+        }
+        // `?` right after `(` opens a group's flags, not a quantifier.
+        prev_quantifier = matches!(c, '*' | '+' | '}') || (c == '?' && !prev_open_paren);
+        prev_open_paren = c == '(';
+        if c == '[' {
+            in_class = true;
+        }
+    }
+    false
+}
+
+/// Compiles a pattern from the configuration, refusing Java-only constructs with
+/// [`regex_reason`]'s message.
+pub(crate) fn check_java_only(pattern: &str) -> Result<(), String> {
+    if has_possessive_quantifier(pattern) {
+        return Err(format!(
+            "{pattern:?} uses a possessive quantifier (*+, ++, ?+), a Java regular-expression construct this agent's engine does not have (it reads it as a repeated repetition, which matches other lines); rewrite the pattern without it"
+        ));
+    }
+    Ok(())
+}
+
 /// Fetches what converters need before records flow (ADDEC2METADATA's instance metadata, as
 /// the Kinesis Agent reads it when the converter is made).
 pub async fn prepare(flows: &[crate::config::Flow]) {
@@ -315,7 +394,8 @@ pub fn parse(options: &Value, i: usize) -> Result<Vec<Processor>, ConfigError> {
             "CSVTOJSON" => {
                 let fields = names("customFieldNames")?.ok_or_else(|| err(path(j, "customFieldNames"), "is required for CSVTOJSON".into()))?;
                 let d = o.get("delimiter").and_then(Value::as_str).unwrap_or(",");
-                let delimiter = Regex::new(d).map_err(|e| err(path(j, "delimiter"), e.to_string()))?;
+                check_java_only(d).map_err(|r| err(path(j, "delimiter"), r))?;
+                let delimiter = Regex::new(d).map_err(|e| err(path(j, "delimiter"), regex_reason(d, &e)))?;
                 Processor::CsvToJson { fields, delimiter, pretty }
             }
             "LOGTOJSON" => {
@@ -333,7 +413,8 @@ pub fn parse(options: &Value, i: usize) -> Result<Vec<Processor>, ConfigError> {
                     }
                 };
                 let pattern_text = o.get("matchPattern").and_then(Value::as_str).unwrap_or(format.pattern());
-                let pattern = Regex::new(pattern_text).map_err(|e| err(path(j, "matchPattern"), e.to_string()))?;
+                check_java_only(pattern_text).map_err(|r| err(path(j, "matchPattern"), r))?;
+                let pattern = Regex::new(pattern_text).map_err(|e| err(path(j, "matchPattern"), regex_reason(pattern_text, &e)))?;
                 let fields = names("customFieldNames")?
                     .unwrap_or_else(|| format.fields().iter().map(|s| (*s).to_string()).collect());
                 Processor::LogToJson { format, pattern, fields, pretty }
