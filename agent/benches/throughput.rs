@@ -75,6 +75,7 @@ fn main() {
         poll_interval: Duration::from_millis(100),
         http_listen: None,
         checkpoint_ttl: Duration::from_secs(7 * 86_400),
+        credentials: Default::default(),
         cloudwatch: kinesis_agent::config::CloudWatchConfig {
             emit_metrics: false,
             ..Default::default()

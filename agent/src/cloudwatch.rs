@@ -166,6 +166,8 @@ pub async fn sdk_config(cfg: &AgentConfig) -> aws_types::SdkConfig {
         profile: None,
     };
     let sdk = kinesis_core::sdk::load(&opts).await;
+    // The same identity as the agent's Kinesis client.
+    let sdk = crate::credentials::apply(&cfg.credentials, sdk).await;
     match (&cfg.cloudwatch.endpoint, sdk.service_config()) {
         (Some(_), Some(_)) => {
             // The SDK prefers a service's own variable over the shared endpoint: hide it.

@@ -114,6 +114,23 @@ pub struct AgentConfig {
     pub checkpoint_ttl: Duration,
     /// CloudWatch metrics (`cloudwatch.*`).
     pub cloudwatch: CloudWatchConfig,
+    /// The identity every client uses (`awsAccessKeyId`, `assumeRoleARN`, ...).
+    pub credentials: CredentialsConfig,
+}
+
+/// The Kinesis Agent's credential keys (see [`crate::credentials`]). All empty by default: the
+/// standard chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredentialsConfig {
+    /// `awsAccessKeyId` and `awsSecretAccessKey` (both or neither); they take precedence over
+    /// the standard chain, as in the Kinesis Agent.
+    pub access_key: Option<(String, crate::credentials::Secret)>,
+    /// `assumeRoleARN`: the role assumed over the base identity.
+    pub assume_role_arn: Option<String>,
+    /// `assumeRoleExternalId` (needs `assumeRoleARN`).
+    pub assume_role_external_id: Option<crate::credentials::Secret>,
+    /// `sts.endpoint`: where AssumeRole goes (needs `assumeRoleARN`).
+    pub sts_endpoint: Option<String>,
 }
 
 /// The `cloudwatch.*` keys, with the Kinesis Agent's defaults (its `AgentConfiguration`):
@@ -317,6 +334,11 @@ pub fn parse_json(text: &str) -> Result<Value, String> {
 
 const GLOBAL_KEYS: &[&str] = &[
     "flows",
+    "awsAccessKeyId",
+    "awsSecretAccessKey",
+    "assumeRoleARN",
+    "assumeRoleExternalId",
+    "sts.endpoint",
     "checkpointFile",
     "kinesis.endpoint",
     "kinesis.region",
@@ -334,11 +356,6 @@ const GLOBAL_KEYS: &[&str] = &[
 /// with a warning.
 const IGNORED_GLOBAL_KEYS: &[&str] = &[
     "firehose.endpoint",
-    "sts.endpoint",
-    "awsAccessKeyId",
-    "awsSecretAccessKey",
-    "assumeRoleARN",
-    "assumeRoleExternalId",
     "maxSendingThreads",
     "shutdownTimeoutMillis",
     "log.emitMetrics",
@@ -458,8 +475,10 @@ pub fn from_value(v: &Value) -> Result<Loaded, ConfigError> {
         None => Duration::from_secs(7 * 86_400),
     };
     let cloudwatch = cloudwatch(obj)?;
+    let credentials = credentials(obj)?;
     Ok(Loaded {
         config: AgentConfig {
+            credentials,
             cloudwatch,
             http_listen,
             checkpoint_ttl,
@@ -476,6 +495,63 @@ pub fn from_value(v: &Value) -> Result<Loaded, ConfigError> {
             poll_interval,
         },
         warnings,
+    })
+}
+
+fn credentials(obj: &serde_json::Map<String, Value>) -> Result<CredentialsConfig, ConfigError> {
+    let text = |k: &str| -> Result<Option<String>, ConfigError> {
+        match obj.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => {
+                let s = string(v, k)?.trim();
+                if s.is_empty() {
+                    return Err(err(k, "is empty"));
+                }
+                Ok(Some(s.to_owned()))
+            }
+        }
+    };
+    let access_key = match (text("awsAccessKeyId")?, text("awsSecretAccessKey")?) {
+        (Some(id), Some(secret)) => Some((id, crate::credentials::Secret(secret))),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(err("awsSecretAccessKey", "is required with awsAccessKeyId"));
+        }
+        (None, Some(_)) => {
+            return Err(err("awsAccessKeyId", "is required with awsSecretAccessKey"));
+        }
+    };
+    let assume_role_arn = text("assumeRoleARN")?;
+    if let Some(a) = &assume_role_arn
+        && !(a.starts_with("arn:") && a.contains(":role/"))
+    {
+        return Err(err(
+            "assumeRoleARN",
+            "must be a role ARN like arn:aws:iam::123456789012:role/NAME",
+        ));
+    }
+    let assume_role_external_id = text("assumeRoleExternalId")?.map(crate::credentials::Secret);
+    let sts_endpoint = text("sts.endpoint")?;
+    if let Some(e) = &sts_endpoint
+        && !(e.starts_with("https://") || e.starts_with("http://"))
+    {
+        return Err(err("sts.endpoint", "must be an http(s) URL"));
+    }
+    if assume_role_arn.is_none() {
+        for (k, set) in [
+            ("assumeRoleExternalId", assume_role_external_id.is_some()),
+            ("sts.endpoint", sts_endpoint.is_some()),
+        ] {
+            if set {
+                return Err(err(k, "is used only with assumeRoleARN, which is not set"));
+            }
+        }
+    }
+    Ok(CredentialsConfig {
+        access_key,
+        assume_role_arn,
+        assume_role_external_id,
+        sts_endpoint,
     })
 }
 

@@ -33,6 +33,7 @@ pub(crate) mod acks;
 pub mod checkpoint;
 pub mod cloudwatch;
 pub mod config;
+pub mod credentials;
 pub mod ec2meta;
 pub(crate) mod flow;
 pub mod fswatch;
@@ -135,6 +136,8 @@ async fn client_for(cfg: &AgentConfig) -> aws_sdk_kinesis::Client {
         profile: None,
     };
     let sdk = kinesis_core::sdk::load(&opts).await;
+    // The configuration's identity (static keys, an assumed role), as for every client.
+    let sdk = credentials::apply(&cfg.credentials, sdk).await;
     let client = kinesis_core::sdk::kinesis_client(&sdk, &opts);
     // Every call gives up after CALL_TIMEOUT (the producer's PutRecords use its own, shorter
     // request timeout): a stalled connection cannot hold a flow's start (ListShards) forever.

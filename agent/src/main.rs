@@ -145,6 +145,25 @@ fn main() -> ExitCode {
                 } else {
                     println!("cloudwatch: metrics off");
                 }
+                let c = &cfg.credentials;
+                println!(
+                    "credentials: {}{}{}",
+                    if c.access_key.is_some() {
+                        "awsAccessKeyId and awsSecretAccessKey set (they take precedence over the standard chain)"
+                    } else {
+                        "the standard chain (environment, profile, SSO, web identity, container, instance role)"
+                    },
+                    c.assume_role_arn
+                        .as_deref()
+                        .map(|a| format!("; assumes {a}"))
+                        .unwrap_or_default(),
+                    match (&c.assume_role_external_id, &c.sts_endpoint) {
+                        (Some(_), Some(e)) => format!(" (external id set; STS at {e})"),
+                        (Some(_), None) => " (external id set)".to_owned(),
+                        (None, Some(e)) => format!(" (STS at {e})"),
+                        (None, None) => String::new(),
+                    }
+                );
                 for f in &cfg.flows {
                     println!(
                         "- {} -> {} (key {:?}, start {:?}, buffer {:?}, records over {} bytes: {:?}{})",

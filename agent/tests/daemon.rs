@@ -128,7 +128,10 @@ fn check_config_validates_and_explains() {
     let out = Command::new(common::bin()).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "usage");
     // No file named: the Kinesis Agent's default (absent here).
-    let out = Command::new(common::bin()).arg("check-config").output().unwrap();
+    let out = Command::new(common::bin())
+        .arg("check-config")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("/etc/aws-kinesis/agent.json"),

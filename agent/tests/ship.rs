@@ -46,6 +46,7 @@ fn config(dir: &Path, flows: Vec<Flow>) -> AgentConfig {
         poll_interval: Duration::from_millis(20),
         http_listen: None,
         checkpoint_ttl: Duration::from_secs(7 * 86_400),
+        credentials: Default::default(),
         cloudwatch: kinesis_agent::config::CloudWatchConfig {
             emit_metrics: false,
             ..Default::default()

@@ -360,6 +360,8 @@ struct Shared {
     /// Operations forwarded one at a time ([`FaultProxy::one_at_a_time`]), and their turn.
     serialized: Mutex<Vec<String>>,
     turn: tokio::sync::Mutex<()>,
+    /// Requests by the access key id that signed them (SigV4 `Credential=AKID/...`).
+    signers: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 #[derive(Debug)]
@@ -395,6 +397,7 @@ impl FaultProxy {
             release: watch::Sender::new(0),
             serialized: Mutex::new(Vec::new()),
             turn: tokio::sync::Mutex::new(()),
+            signers: Mutex::new(std::collections::BTreeMap::new()),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Ok(Self {
@@ -453,6 +456,12 @@ impl FaultProxy {
     /// Requests seen and faults injected so far.
     pub fn stats(&self) -> FaultStats {
         lock(&self.shared.state).stats.clone()
+    }
+
+    /// How many requests each access key id signed (from SigV4's `Credential=`): which
+    /// identity a client really used.
+    pub fn signers(&self) -> std::collections::BTreeMap<String, u64> {
+        lock(&self.shared.signers).clone()
     }
 }
 
@@ -553,6 +562,17 @@ fn reset(why: &str) -> io::Error {
 
 impl Conn {
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, io::Error> {
+        if let Some(akid) = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| a.split("Credential=").nth(1))
+            .and_then(|c| c.split('/').next())
+        {
+            *lock(&self.shared.signers)
+                .entry(akid.to_owned())
+                .or_insert(0) += 1;
+        }
         let op = req
             .headers()
             .get("x-amz-target")
