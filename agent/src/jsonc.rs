@@ -157,6 +157,28 @@ mod tests {
     }
 
     #[test]
+    fn hostile_text_never_panics_keeps_its_lines_and_strings() {
+        // Random text over the characters that matter; the fuzz target (agent_config) does the
+        // same through the whole reader.
+        let alphabet: Vec<char> = "/*\"\\\n\r ab{}:,é".chars().collect();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let n = rng.usize(0..40);
+            let text: String = (0..n)
+                .map(|_| alphabet[rng.usize(0..alphabet.len())])
+                .collect();
+            if let Ok(out) = strip_comments(&text) {
+                assert_eq!(out.lines().count(), text.lines().count(), "{text:?}");
+                assert_eq!(out.chars().count(), text.chars().count(), "{text:?}");
+                // Text without a comment start is untouched.
+                if !text.contains("//") && !text.contains("/*") {
+                    assert_eq!(out, text);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn what_json_forbids_stays_an_error_after_stripping() {
         for bad in ["{'a': 1}", "{\"a\": 1,}", "# yaml\n{}", "{\"a\": /}"] {
             let s = strip_comments(bad).unwrap();
