@@ -484,7 +484,11 @@ impl Tailer {
                 inode: w.inode,
                 fingerprint: w.fingerprint,
                 path: w.path.to_path_buf(),
-                offset: w.offset,
+                // Where its copy continues: after the last byte handed on, not after what was
+                // read — a partial line (or a multi-line record) still held is read again from
+                // the copy. Continuing from the read offset lost that line and shipped the rest
+                // of it as an empty record (found under load by the rotation test).
+                offset: w.offset - w.lines.held() as u64,
                 next_seq: w.next_seq,
                 orphan_since: (self.flow.identity == FileIdentity::Content).then_some(now),
                 since: now,
@@ -694,7 +698,8 @@ impl Tailer {
                     inode: w.inode,
                     fingerprint: w.fingerprint,
                     path: w.path.to_path_buf(),
-                    offset: w.offset,
+                    // Resumed after the last byte handed on (what is held is read again).
+                    offset: w.offset - w.lines.held() as u64,
                     next_seq: w.next_seq,
                     orphan_since: None,
                     since: now,
@@ -982,6 +987,40 @@ mod tests {
             !got.contains(&"0,info,line 0".to_string()),
             "the copy is not read again from 0: {got:?}"
         );
+    }
+
+    #[test]
+    fn a_copy_continues_a_line_the_original_held_half_read_when_it_was_truncated() {
+        let d = kinesis_testkit_free_dir("halfline");
+        let log = d.join("app.log");
+        // The reader sees the file while a line is half written.
+        std::fs::write(&log, "header line one\nc1").unwrap();
+        let mut t = Tailer::new(
+            flow(&d.join("app.log*")),
+            FlowEntries::default(),
+            Duration::from_secs(3600),
+        );
+        let t0 = Instant::now();
+        t.scan(t0);
+        assert_eq!(
+            drain(&mut t, t0),
+            ["header line one"],
+            "the partial line is held"
+        );
+        // copytruncate: the copy has the whole line; the original is emptied.
+        std::fs::write(d.join("app.log.1"), "header line one\nc10\nc11\n").unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&log)
+            .unwrap();
+        let t1 = t0 + Duration::from_secs(1);
+        t.scan(t1);
+        let got = drain(&mut t, t1);
+        let _ = std::fs::remove_dir_all(&d);
+        // The held "c1" is read again, whole, from the copy: not lost, and not "0" or "" from
+        // continuing after the bytes read.
+        assert_eq!(got, ["c10", "c11"], "{got:?}");
     }
 
     #[test]
