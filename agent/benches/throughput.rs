@@ -76,6 +76,7 @@ fn main() {
         http_listen: None,
         checkpoint_ttl: Duration::from_secs(7 * 86_400),
         credentials: Default::default(),
+        shutdown_timeout: Duration::from_secs(10),
         cloudwatch: kinesis_agent::config::CloudWatchConfig {
             emit_metrics: false,
             ..Default::default()

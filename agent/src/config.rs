@@ -116,6 +116,9 @@ pub struct AgentConfig {
     pub cloudwatch: CloudWatchConfig,
     /// The identity every client uses (`awsAccessKeyId`, `assumeRoleARN`, ...).
     pub credentials: CredentialsConfig,
+    /// How long a stop (SIGTERM) may take to deliver what was read and write the last
+    /// checkpoints (`shutdownTimeoutMillis`, 1,000..=600,000; 10 s, as the Kinesis Agent).
+    pub shutdown_timeout: Duration,
 }
 
 /// The Kinesis Agent's credential keys (see [`crate::credentials`]). All empty by default: the
@@ -334,6 +337,7 @@ pub fn parse_json(text: &str) -> Result<Value, String> {
 
 const GLOBAL_KEYS: &[&str] = &[
     "flows",
+    "shutdownTimeoutMillis",
     "awsAccessKeyId",
     "awsSecretAccessKey",
     "assumeRoleARN",
@@ -354,12 +358,7 @@ const GLOBAL_KEYS: &[&str] = &[
 ];
 /// Kinesis Agent keys that mean nothing here (credentials come from the AWS chain): accepted
 /// with a warning.
-const IGNORED_GLOBAL_KEYS: &[&str] = &[
-    "firehose.endpoint",
-    "maxSendingThreads",
-    "shutdownTimeoutMillis",
-    "log.emitMetrics",
-];
+const IGNORED_GLOBAL_KEYS: &[&str] = &["firehose.endpoint", "maxSendingThreads", "log.emitMetrics"];
 const FLOW_KEYS: &[&str] = &[
     "filePattern",
     "kinesisStream",
@@ -476,8 +475,13 @@ pub fn from_value(v: &Value) -> Result<Loaded, ConfigError> {
     };
     let cloudwatch = cloudwatch(obj)?;
     let credentials = credentials(obj)?;
+    let shutdown_timeout = match obj.get("shutdownTimeoutMillis") {
+        Some(v) => Duration::from_millis(number(v, "shutdownTimeoutMillis", 1_000, 600_000)?),
+        None => Duration::from_secs(10),
+    };
     Ok(Loaded {
         config: AgentConfig {
+            shutdown_timeout,
             credentials,
             cloudwatch,
             http_listen,
@@ -861,6 +865,22 @@ mod tests {
         for fine in [r"^a*?b", r"^\++x", r"^[*+]+", r"^(?i)a+", r"^\d{4}-"] {
             assert!(!crate::process::has_possessive_quantifier(fine), "{fine}");
         }
+    }
+
+    #[test]
+    fn shutdown_timeout_millis_sets_the_stop_deadline() {
+        let base = r#""flows": [{"filePattern": "/a", "kinesisStream": "s"}]"#;
+        let l = parse(&format!("{{{base}}}")).unwrap();
+        assert_eq!(
+            l.config.shutdown_timeout,
+            Duration::from_secs(10),
+            "the Kinesis Agent's default"
+        );
+        let l = parse(&format!(r#"{{{base}, "shutdownTimeoutMillis": "30000"}}"#)).unwrap();
+        assert_eq!(l.config.shutdown_timeout, Duration::from_secs(30));
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let e = parse(&format!(r#"{{{base}, "shutdownTimeoutMillis": 10}}"#)).unwrap_err();
+        assert_eq!(e.path, "shutdownTimeoutMillis", "{e}");
     }
 
     #[test]

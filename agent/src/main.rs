@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 fn usage() -> ExitCode {
     eprintln!(
@@ -145,6 +144,10 @@ fn main() -> ExitCode {
                 } else {
                     println!("cloudwatch: metrics off");
                 }
+                println!(
+                    "shutdown: {:?} to deliver what was read",
+                    cfg.shutdown_timeout
+                );
                 let c = &cfg.credentials;
                 println!(
                     "credentials: {}{}{}",
@@ -202,15 +205,9 @@ fn main() -> ExitCode {
             };
             rt.block_on(async {
                 let control = signals(path.clone());
-                match kinesis_agent::run_controlled(
-                    cfg,
-                    None,
-                    control,
-                    Duration::from_secs(10),
-                    notify_ready,
-                )
-                .await
-                {
+                // shutdownTimeoutMillis (10 s by default, as the Kinesis Agent).
+                let drain = cfg.shutdown_timeout;
+                match kinesis_agent::run_controlled(cfg, None, control, drain, notify_ready).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: {e}");

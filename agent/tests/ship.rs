@@ -47,6 +47,7 @@ fn config(dir: &Path, flows: Vec<Flow>) -> AgentConfig {
         http_listen: None,
         checkpoint_ttl: Duration::from_secs(7 * 86_400),
         credentials: Default::default(),
+        shutdown_timeout: Duration::from_secs(10),
         cloudwatch: kinesis_agent::config::CloudWatchConfig {
             emit_metrics: false,
             ..Default::default()
