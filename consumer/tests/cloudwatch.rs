@@ -34,6 +34,10 @@ struct Seen(Arc<Mutex<BTreeMap<String, Vec<Bytes>>>>);
 
 struct Collect(Seen);
 
+/// Checkpoints that failed, per shard (the lease moved to the other worker mid-batch): each
+/// may end its ProcessTask unsuccessful.
+static FAILED_CHECKPOINTS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
 impl ShardProcessor for Collect {
     async fn process(
         &mut self,
@@ -43,7 +47,14 @@ impl ShardProcessor for Collect {
         // Noted once processed: a batch whose checkpoint fails (the lease moved to the other
         // worker meanwhile) is not processed, and RecordsProcessed, as the KCL's ProcessTask
         // counts it, leaves it out.
-        cp.checkpoint().await?;
+        if let Err(e) = cp.checkpoint().await {
+            *FAILED_CHECKPOINTS
+                .lock()
+                .unwrap()
+                .entry(batch.shard_id.to_string())
+                .or_insert(0) += 1;
+            return Err(e.into());
+        }
         let mut seen = (self.0).0.lock().unwrap();
         let v = seen.entry(batch.shard_id.to_string()).or_default();
         v.extend(batch.records.iter().map(|r| r.data.clone()));
@@ -270,8 +281,19 @@ fn two_workers_publish_the_kcl_metrics_per_shard_and_per_worker() {
                     .is_some(),
                 "MillisBehindLatest on {shard}"
             );
+            // Every ProcessTask succeeded but those whose checkpoint failed because the lease
+            // moved to the other worker meanwhile (possible while the two balance).
             let (tasks, ok, _) = stat(&cw, &app, &id("Success", &dims)).await.unwrap();
-            assert_eq!(ok, tasks, "every ProcessTask succeeded on {shard}");
+            let failed = FAILED_CHECKPOINTS
+                .lock()
+                .unwrap()
+                .get(shard.as_str())
+                .copied()
+                .unwrap_or(0);
+            assert!(
+                ok <= tasks && tasks - ok <= failed as f64,
+                "{ok} of {tasks} ProcessTasks succeeded on {shard}, {failed} checkpoints failed"
+            );
             assert!(stat(&cw, &app, &id("Time", &dims)).await.is_some());
             assert!(
                 stat(&cw, &app, &id("UpdateLease.Success", &dims))
