@@ -9,13 +9,11 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
-use aws_smithy_types::DateTime;
 use common::{append, counts, exits_within, flow, peak_rss_mib, signal, write_config};
 use kinesis_testkit::imds::{Imds, Metadata};
-use kinesis_testkit::moto::{MotoServer, cloudwatch_for};
+use kinesis_testkit::moto::{MotoServer, cloudwatch_for, list_metrics, metric_id, metric_stats};
 use kinesis_testkit::{StallProxy, TestEnv, eventually, unique_name};
 use serde_json::json;
 
@@ -92,67 +90,14 @@ async fn stat(
     name: &str,
     dims: &[(&str, &str)],
 ) -> Option<(f64, f64)> {
-    let now = SystemTime::now();
-    let dims: Vec<Dimension> = dims
-        .iter()
-        .map(|(k, v)| Dimension::builder().name(*k).value(*v).build())
-        .collect();
-    let metric = Metric::builder()
-        .namespace(namespace)
-        .metric_name(name)
-        .set_dimensions(Some(dims))
-        .build();
-    let query = |id: &str, stat: &str| {
-        MetricDataQuery::builder()
-            .id(id)
-            .metric_stat(
-                MetricStat::builder()
-                    .metric(metric.clone())
-                    .period(7200)
-                    .stat(stat)
-                    .build(),
-            )
-            .build()
-    };
-    let got = cw
-        .get_metric_data()
-        .metric_data_queries(query("sum", "Sum"))
-        .metric_data_queries(query("count", "SampleCount"))
-        .start_time(DateTime::from(now - Duration::from_secs(3600)))
-        .end_time(DateTime::from(now + Duration::from_secs(3600)))
-        .send()
+    metric_stats(cw, namespace, &metric_id(name, dims))
         .await
-        .expect("GetMetricData");
-    let total = |id: &str| -> Option<f64> {
-        let r = got
-            .metric_data_results()
-            .iter()
-            .find(|r| r.id() == Some(id))?;
-        (!r.values().is_empty()).then(|| r.values().iter().sum())
-    };
-    Some((total("sum")?, total("count")?))
+        .map(|s| (s.sum, s.count))
 }
 
 /// Every metric name and dimension set moto holds in `namespace`.
 async fn listed(cw: &aws_sdk_cloudwatch::Client, namespace: &str) -> Vec<(String, Vec<String>)> {
-    let page = cw
-        .list_metrics()
-        .namespace(namespace)
-        .send()
-        .await
-        .expect("ListMetrics");
-    page.metrics()
-        .iter()
-        .map(|m| {
-            let mut d: Vec<String> = m
-                .dimensions()
-                .iter()
-                .map(|d| format!("{}={}", d.name().unwrap_or(""), d.value().unwrap_or("")))
-                .collect();
-            d.sort();
-            (m.metric_name().unwrap_or("").to_owned(), d)
-        })
-        .collect()
+    list_metrics(cw, namespace).await.into_iter().collect()
 }
 
 async fn stop(mut agent: Child, what: &str) -> Duration {

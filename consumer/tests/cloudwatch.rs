@@ -12,11 +12,10 @@
     clippy::cast_precision_loss
 )]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use bytes::Bytes;
 use kinesis_consumer::{
     Checkpointer, Consumer, ConsumerConfig, InitialPosition, ProcessorError, RecordBatch,
@@ -25,7 +24,9 @@ use kinesis_consumer::{
 use kinesis_core::{PartitionKey, ShardId, UserRecord};
 use kinesis_metrics::MetricsConfig;
 use kinesis_producer::Producer;
-use kinesis_testkit::moto::{MotoServer, cloudwatch_for};
+use kinesis_testkit::moto::{
+    MetricId, MotoServer, cloudwatch_for, list_metrics, metric_id, metric_stats,
+};
 use kinesis_testkit::{TestEnv, eventually, unique_name};
 
 /// Records seen, per shard: (data bytes, count).
@@ -75,92 +76,17 @@ fn config(app: &str) -> ConsumerConfig {
     }
 }
 
-type Id = (String, Vec<String>);
+type Id = MetricId;
 
 fn id(name: &str, dims: &[(&str, &str)]) -> Id {
-    let mut d: Vec<String> = dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    d.sort();
-    (name.to_owned(), d)
+    metric_id(name, dims)
 }
 
-async fn list(cw: &aws_sdk_cloudwatch::Client, namespace: &str) -> BTreeSet<Id> {
-    let mut out = BTreeSet::new();
-    let mut token = None;
-    loop {
-        let page = cw
-            .list_metrics()
-            .namespace(namespace)
-            .set_next_token(token)
-            .send()
-            .await
-            .unwrap();
-        for m in page.metrics() {
-            let mut d: Vec<String> = m
-                .dimensions()
-                .iter()
-                .map(|d| format!("{}={}", d.name().unwrap_or(""), d.value().unwrap_or("")))
-                .collect();
-            d.sort();
-            out.insert((m.metric_name().unwrap_or("").to_owned(), d));
-        }
-        token = page.next_token().map(str::to_owned);
-        if token.is_none() {
-            return out;
-        }
-    }
-}
-
-/// SampleCount, Sum, Maximum over the last and next hour (GetMetricData: moto matches the
-/// exact dimension set).
+/// SampleCount, Sum, Maximum (see [`metric_stats`]).
 async fn stat(cw: &aws_sdk_cloudwatch::Client, ns: &str, id: &Id) -> Option<(f64, f64, f64)> {
-    let now = SystemTime::now();
-    let dims: Vec<Dimension> =
-        id.1.iter()
-            .map(|d| {
-                let (k, v) = d.split_once('=').unwrap();
-                Dimension::builder().name(k).value(v).build()
-            })
-            .collect();
-    let metric = Metric::builder()
-        .namespace(ns)
-        .metric_name(&id.0)
-        .set_dimensions(Some(dims))
-        .build();
-    let query = |q: &str, stat: &str| {
-        MetricDataQuery::builder()
-            .id(q)
-            .metric_stat(
-                MetricStat::builder()
-                    .metric(metric.clone())
-                    .period(7200)
-                    .stat(stat)
-                    .build(),
-            )
-            .build()
-    };
-    let out = cw
-        .get_metric_data()
-        .metric_data_queries(query("n", "SampleCount"))
-        .metric_data_queries(query("sum", "Sum"))
-        .metric_data_queries(query("max", "Maximum"))
-        .start_time(aws_smithy_types::DateTime::from(
-            now - Duration::from_secs(3600),
-        ))
-        .end_time(aws_smithy_types::DateTime::from(
-            now + Duration::from_secs(3600),
-        ))
-        .send()
+    metric_stats(cw, ns, id)
         .await
-        .unwrap();
-    let value = |q: &str| -> Option<f64> {
-        let r = out
-            .metric_data_results()
-            .iter()
-            .find(|r| r.id() == Some(q))?;
-        assert!(r.values().len() <= 1, "one window: {:?}", r.values());
-        r.values().first().copied()
-    };
-    Some((value("n")?, value("sum")?, value("max")?))
+        .map(|s| (s.count, s.sum, s.max))
 }
 
 #[test]
@@ -253,7 +179,7 @@ fn two_workers_publish_the_kcl_metrics_per_shard_and_per_worker() {
 
         let cw = cloudwatch_for(&sdk, &moto.endpoint());
         let listed = eventually("the metrics listed", Duration::from_secs(10), || async {
-            let l = list(&cw, &app).await;
+            let l = list_metrics(&cw, &app).await;
             (!l.is_empty()).then_some(l)
         })
         .await;

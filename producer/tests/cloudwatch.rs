@@ -16,15 +16,16 @@
 )]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_sdk_cloudwatch::types::Dimension;
 use bytes::Bytes;
 use futures::future::join_all;
 use kinesis_core::{PartitionKey, UserRecord};
 use kinesis_metrics::{Granularity, MetricsConfig, MetricsLevel, StaticDimension};
 use kinesis_producer::{Delivered, Producer, ProducerConfig};
-use kinesis_testkit::moto::{MotoServer, cloudwatch_for};
+use kinesis_testkit::moto::{
+    MetricId, MotoServer, cloudwatch_for, list_metrics, metric_id, metric_stats,
+};
 use kinesis_testkit::{Fault, Rule, TestEnv, eventually, unique_name};
 
 const SHARDS: i32 = 4;
@@ -38,95 +39,20 @@ fn record(i: usize) -> UserRecord {
     )
 }
 
-/// A metric's identity: name and sorted `Name=Value` dimensions.
-type Id = (String, Vec<String>);
+/// A metric's identity: name and sorted `Name=Value` dimensions, with the test's own.
+type Id = MetricId;
 
 fn id(name: &str, dims: &[(&str, &str)]) -> Id {
-    let mut d: Vec<String> = dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    d.push(format!("{}={}", TEST.0, TEST.1));
-    d.sort();
-    (name.to_owned(), d)
+    let mut d = dims.to_vec();
+    d.push(TEST);
+    metric_id(name, &d)
 }
 
-/// Every metric in `namespace`.
-async fn list(cw: &aws_sdk_cloudwatch::Client, namespace: &str) -> BTreeSet<Id> {
-    let mut out = BTreeSet::new();
-    let mut token = None;
-    loop {
-        let page = cw
-            .list_metrics()
-            .namespace(namespace)
-            .set_next_token(token)
-            .send()
-            .await
-            .unwrap();
-        for m in page.metrics() {
-            let mut d: Vec<String> = m
-                .dimensions()
-                .iter()
-                .map(|d| format!("{}={}", d.name().unwrap_or(""), d.value().unwrap_or("")))
-                .collect();
-            d.sort();
-            out.insert((m.metric_name().unwrap_or("").to_owned(), d));
-        }
-        token = page.next_token().map(str::to_owned);
-        if token.is_none() {
-            return out;
-        }
-    }
-}
-
-/// SampleCount and Sum of one metric over the last and next hour, through GetMetricData (which
-/// moto matches on the exact dimension set; GetMetricStatistics matches any superset).
+/// SampleCount and Sum of one metric (see [`metric_stats`]).
 async fn stat(cw: &aws_sdk_cloudwatch::Client, namespace: &str, id: &Id) -> Option<(f64, f64)> {
-    use aws_sdk_cloudwatch::types::{Metric, MetricDataQuery, MetricStat};
-    let now = SystemTime::now();
-    let dims: Vec<Dimension> =
-        id.1.iter()
-            .map(|d| {
-                let (k, v) = d.split_once('=').unwrap();
-                Dimension::builder().name(k).value(v).build()
-            })
-            .collect();
-    let metric = Metric::builder()
-        .namespace(namespace)
-        .metric_name(&id.0)
-        .set_dimensions(Some(dims))
-        .build();
-    let query = |q: &str, stat: &str| {
-        MetricDataQuery::builder()
-            .id(q)
-            .metric_stat(
-                MetricStat::builder()
-                    .metric(metric.clone())
-                    .period(7200)
-                    .stat(stat)
-                    .build(),
-            )
-            .build()
-    };
-    let out = cw
-        .get_metric_data()
-        .metric_data_queries(query("count", "SampleCount"))
-        .metric_data_queries(query("sum", "Sum"))
-        .start_time(aws_smithy_types::DateTime::from(
-            now - Duration::from_secs(3600),
-        ))
-        .end_time(aws_smithy_types::DateTime::from(
-            now + Duration::from_secs(3600),
-        ))
-        .send()
+    metric_stats(cw, namespace, id)
         .await
-        .unwrap();
-    let value = |q: &str| -> Option<f64> {
-        let r = out
-            .metric_data_results()
-            .iter()
-            .find(|r| r.id() == Some(q))?;
-        assert!(r.values().len() <= 1, "one window: {:?}", r.values());
-        r.values().first().copied()
-    };
-    Some((value("count")?, value("sum")?))
+        .map(|s| (s.count, s.sum))
 }
 
 async fn sum(cw: &aws_sdk_cloudwatch::Client, namespace: &str, id: &Id) -> f64 {
@@ -226,7 +152,7 @@ fn run(
         // moto has stored the calls once answered; wait for them to be readable all the same.
         let cw = run.cloudwatch();
         eventually("the metrics listed", Duration::from_secs(10), || async {
-            (!list(&cw, &run.namespace).await.is_empty()).then_some(())
+            (!list_metrics(&cw, &run.namespace).await.is_empty()).then_some(())
         })
         .await;
         check(&run).await;
@@ -318,7 +244,7 @@ fn detailed_shard_publishes_the_kpl_metrics_with_sums_matching_the_receipts() {
                 k
             );
 
-            let listed = list(&cw, ns).await;
+            let listed = list_metrics(&cw, ns).await;
             let names: BTreeSet<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
             for name in [
                 "UserRecordsReceived",
@@ -372,7 +298,7 @@ fn summary_level_publishes_only_the_summary_set() {
         500,
         async |r: &Run| {
             let cw = r.cloudwatch();
-            let listed = list(&cw, &r.namespace).await;
+            let listed = list_metrics(&cw, &r.namespace).await;
             let names: BTreeSet<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
             // The KPL's summary metrics (metrics_constants.cc): of these, a run without errors
             // or expiry emits the first three.
@@ -408,7 +334,7 @@ fn stream_granularity_publishes_no_shard_dimension() {
         500,
         async |r: &Run| {
             let cw = r.cloudwatch();
-            let listed = list(&cw, &r.namespace).await;
+            let listed = list_metrics(&cw, &r.namespace).await;
             assert!(!listed.is_empty());
             for (name, dims) in &listed {
                 assert!(

@@ -58,6 +58,132 @@ pub fn cloudwatch_for(sdk: &SdkConfig, endpoint: &str) -> aws_sdk_cloudwatch::Cl
     aws_sdk_cloudwatch::Client::from_conf(conf)
 }
 
+/// A metric as CloudWatch lists it: its name and its `Name=Value` dimensions, sorted.
+pub type MetricId = (String, Vec<String>);
+
+/// The [`MetricId`] of `name` with these dimensions.
+pub fn metric_id(name: &str, dims: &[(&str, &str)]) -> MetricId {
+    let mut d: Vec<String> = dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    d.sort();
+    (name.to_owned(), d)
+}
+
+/// Every metric in `namespace` (all pages of ListMetrics).
+///
+/// # Panics
+/// When ListMetrics fails (a test helper).
+#[allow(
+    clippy::expect_used,
+    reason = "a test helper: a failed call fails the test"
+)]
+pub async fn list_metrics(
+    cw: &aws_sdk_cloudwatch::Client,
+    namespace: &str,
+) -> std::collections::BTreeSet<MetricId> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut token = None;
+    loop {
+        let page = cw
+            .list_metrics()
+            .namespace(namespace)
+            .set_next_token(token)
+            .send()
+            .await
+            .expect("ListMetrics");
+        for m in page.metrics() {
+            let mut d: Vec<String> = m
+                .dimensions()
+                .iter()
+                .map(|d| format!("{}={}", d.name().unwrap_or(""), d.value().unwrap_or("")))
+                .collect();
+            d.sort();
+            out.insert((m.metric_name().unwrap_or("").to_owned(), d));
+        }
+        token = page.next_token().map(str::to_owned);
+        if token.is_none() {
+            return out;
+        }
+    }
+}
+
+/// SampleCount, Sum and Maximum of one metric over the last and next hour.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricStats {
+    /// SampleCount.
+    pub count: f64,
+    /// Sum.
+    pub sum: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// [`MetricStats`] of the metric with exactly `id`'s dimensions, through GetMetricData (moto
+/// matches it on the exact dimension set; its GetMetricStatistics matches any superset), in one
+/// two-hour window; `None` when moto holds no datum of it.
+///
+/// # Panics
+/// When GetMetricData fails, or answers more than one window (a test helper).
+#[allow(
+    clippy::expect_used,
+    reason = "a test helper: a failed call fails the test"
+)]
+pub async fn metric_stats(
+    cw: &aws_sdk_cloudwatch::Client,
+    namespace: &str,
+    id: &MetricId,
+) -> Option<MetricStats> {
+    use aws_sdk_cloudwatch::primitives::DateTime;
+    use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+    let now = std::time::SystemTime::now();
+    let dims: Vec<Dimension> =
+        id.1.iter()
+            .map(|d| {
+                let (k, v) = d.split_once('=').unwrap_or((d, ""));
+                Dimension::builder().name(k).value(v).build()
+            })
+            .collect();
+    let metric = Metric::builder()
+        .namespace(namespace)
+        .metric_name(&id.0)
+        .set_dimensions(Some(dims))
+        .build();
+    let query = |q: &str, stat: &str| {
+        MetricDataQuery::builder()
+            .id(q)
+            .metric_stat(
+                MetricStat::builder()
+                    .metric(metric.clone())
+                    .period(7200)
+                    .stat(stat)
+                    .build(),
+            )
+            .build()
+    };
+    let out = cw
+        .get_metric_data()
+        .metric_data_queries(query("n", "SampleCount"))
+        .metric_data_queries(query("sum", "Sum"))
+        .metric_data_queries(query("max", "Maximum"))
+        .start_time(DateTime::from(now - Duration::from_secs(3600)))
+        .end_time(DateTime::from(now + Duration::from_secs(3600)))
+        .send()
+        .await
+        .expect("GetMetricData");
+    let value = |q: &str| -> Option<f64> {
+        let r = out
+            .metric_data_results()
+            .iter()
+            .find(|r| r.id() == Some(q))?;
+        assert!(r.values().len() <= 1, "one window: {:?}", r.values());
+        r.values().first().copied()
+    };
+    Some(MetricStats {
+        count: value("n")?,
+        sum: value("sum")?,
+        max: value("max")?,
+    })
+}
+
 /// Why `moto_server` did not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
