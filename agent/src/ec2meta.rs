@@ -212,27 +212,13 @@ fn metadata_timestamp(t: std::time::SystemTime) -> String {
         .as_secs();
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
-    let (y, m, d) = civil(days);
+    let (y, m, d) = crate::process::civil(days);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+0000",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// Year, month, day of `days` since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

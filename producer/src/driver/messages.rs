@@ -39,6 +39,15 @@ pub(crate) struct Pending {
     pub(crate) in_aggregate: bool,
 }
 
+/// `record` with data of its own: copied out of its aggregate's buffer when it points into one
+/// (`in_aggregate`), so that a caller keeping it does not keep the whole aggregate.
+pub(crate) fn detached(mut record: UserRecord, in_aggregate: bool) -> UserRecord {
+    if in_aggregate {
+        record.data = bytes::Bytes::copy_from_slice(&record.data);
+    }
+    record
+}
+
 /// A record's failed attempts.
 #[derive(Debug)]
 pub(crate) struct Failures {
@@ -79,11 +88,7 @@ impl Pending {
 
     /// The record, to hand back to the caller: with data of its own.
     pub(crate) fn handed_back(&self) -> UserRecord {
-        let mut r = self.record.clone();
-        if self.in_aggregate {
-            r.data = bytes::Bytes::copy_from_slice(&r.data);
-        }
-        r
+        detached(self.record.clone(), self.in_aggregate)
     }
 
     /// The hash key that routes it (the explicit one, or its key's MD5, computed when the key

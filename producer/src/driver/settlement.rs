@@ -270,16 +270,11 @@ impl Settlement {
         self.epochs.settle(m.epoch);
         stats.failed.fetch_add(1, Ordering::Release);
         let attempt_log = m.take_attempt_log();
-        let mut record = m.record;
-        if m.in_aggregate {
-            // Its own data, not a slice keeping the whole aggregate alive.
-            record.data = bytes::Bytes::copy_from_slice(&record.data);
-        }
         let error = PutError {
             reason,
             attempts: m.attempts,
             attempt_log,
-            record,
+            record: super::messages::detached(m.record, m.in_aggregate),
         };
         match m.reply {
             Reply::One(tx, _permit) => {
