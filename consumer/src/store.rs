@@ -9,6 +9,12 @@
 //!   release      ─ REMOVE leaseOwner, leaseCounter = n+1   if leaseCounter = n and leaseOwner = me
 //!   checkpoint   ─ checkpoint…, leaseCounter = n+1   if leaseCounter = n and leaseOwner = me
 //!   delete       ─ DeleteItem if checkpoint = SHARD_END
+//!
+//!   operator writes (`kinesis leases`), fenced by the counter only, whoever holds the lease:
+//!   reset        ─ checkpoint…, leaseCounter = n+1, REMOVE leaseOwner, checkpointOwner, pending…
+//!                  if leaseCounter = n
+//!   evict        ─ REMOVE leaseOwner, checkpointOwner, leaseCounter = n+1   if leaseCounter = n
+//!   delete_table ─ DeleteTable (not conditional: DynamoDB has no condition on it)
 //! ```
 
 use std::collections::HashMap;
@@ -456,6 +462,77 @@ impl LeaseStore {
                 other => Err(other),
             },
         }
+    }
+
+    /// Operator's reset: moves the checkpoint to `at` and frees the lease (whoever holds it), so
+    /// the next worker to take it starts there. Fenced by the counter only: a worker that renewed,
+    /// took or checkpointed since `lease` was read makes this `Conflict`, and a worker that held
+    /// it loses it at its next fenced write. Clears any pending checkpoint and the owner-switch
+    /// count. Returns the new counter.
+    pub async fn reset_checkpoint(
+        &self,
+        lease: &Lease,
+        at: &Checkpoint,
+    ) -> Result<u64, StoreError> {
+        self.counter_fenced(lease)
+            .update_expression(
+                "SET #cp = :cp, #cps = :cps, #sw = :zero, #c = :next \
+                 REMOVE #o, #co, #p, #ps, #pst",
+            )
+            .expression_attribute_names("#cp", attr::CHECKPOINT)
+            .expression_attribute_names("#cps", attr::CHECKPOINT_SUB)
+            .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
+            .expression_attribute_names("#p", attr::PENDING_CHECKPOINT)
+            .expression_attribute_names("#ps", attr::PENDING_CHECKPOINT_SUB)
+            .expression_attribute_names("#pst", attr::PENDING_CHECKPOINT_STATE)
+            .expression_attribute_values(":cp", s(at.as_str()))
+            .expression_attribute_values(":cps", n(at.sub_sequence_number()))
+            .expression_attribute_values(":zero", n(0))
+            .send_fenced(lease)
+            .await
+    }
+
+    /// Operator's release (the KCL's `evictLease`): frees the lease whoever holds it, fenced by
+    /// the counter only (`Conflict` if it changed since `lease` was read). Returns the new
+    /// counter.
+    pub async fn evict(&self, lease: &Lease) -> Result<u64, StoreError> {
+        self.counter_fenced(lease)
+            .update_expression("SET #c = :next REMOVE #o, #co")
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
+            .send_fenced(lease)
+            .await
+    }
+
+    /// Deletes the lease table (DynamoDB offers no condition on DeleteTable: callers check the
+    /// leases first). `NotFound` from DynamoDB when there is no such table.
+    pub async fn delete_table(&self) -> Result<(), StoreError> {
+        self.client
+            .delete_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(|e| AwsError::new("DeleteTable", e))?;
+        Ok(())
+    }
+
+    /// An UpdateItem on `lease` that applies only if its counter is still the one we read, and
+    /// bumps it (`:next`); the owner is not checked. Callers add an update expression that
+    /// `SET #c = :next`.
+    fn counter_fenced(
+        &self,
+        lease: &Lease,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::LEASE_KEY, s(&lease.lease_key))
+            .condition_expression("#c = :cur")
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_values(":next", n(lease.lease_counter + 1))
+            .expression_attribute_values(":cur", n(lease.lease_counter))
     }
 
     /// The raw items (for tests and `kinesis leases`), unparsed.
