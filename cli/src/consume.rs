@@ -4,11 +4,9 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use kinesis_consumer::{
     Checkpointer, Consumer, ConsumerConfig, InitialPosition, LeaseStore, ProcessorError,
@@ -63,20 +61,12 @@ pub(crate) enum LeasesCommand {
 }
 
 fn parse_from(s: &str) -> anyhow::Result<InitialPosition> {
-    Ok(match s {
-        "trim-horizon" | "TRIM_HORIZON" => InitialPosition::TrimHorizon,
-        "latest" | "LATEST" => InitialPosition::Latest,
-        other => {
-            let secs: f64 = other.parse().with_context(|| {
-                format!(
-                    "--from {other:?}: expected trim-horizon, latest or seconds since the epoch"
-                )
-            })?;
-            if !secs.is_finite() || secs < 0.0 {
-                bail!("--from {other:?}: must be a non-negative number of seconds");
-            }
-            InitialPosition::AtTimestamp(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs))
-        }
+    use crate::position::StartAt;
+    Ok(match crate::position::parse_from(s, false)? {
+        StartAt::TrimHorizon => InitialPosition::TrimHorizon,
+        StartAt::Latest => InitialPosition::Latest,
+        StartAt::AtTimestamp(t) => InitialPosition::AtTimestamp(t),
+        StartAt::AtSequence(_) => bail!("--from {s:?}: a sequence number is not accepted here"),
     })
 }
 
@@ -98,18 +88,18 @@ impl ShardProcessor for Printer {
         {
             let mut out = std::io::stdout().lock();
             for r in &batch.records {
-                let data = if self.text {
-                    serde_json::Value::String(String::from_utf8_lossy(&r.data).into_owned())
-                } else {
-                    serde_json::Value::String(B64.encode(&r.data))
-                };
-                let line = serde_json::json!({
-                    "shard_id": batch.shard_id.as_str(),
-                    "sequence_number": r.sequence_number.as_str(),
-                    "sub_sequence_number": r.sub_sequence_number,
-                    "partition_key": &*r.partition_key,
-                    "data": data,
-                });
+                let line = crate::record_out::json_line(
+                    &crate::record_out::PrintedRecord {
+                        shard_id: batch.shard_id.as_str(),
+                        sequence_number: r.sequence_number.as_str(),
+                        sub_sequence_number: r.sub_sequence_number,
+                        partition_key: &r.partition_key,
+                        explicit_hash_key: None,
+                        arrival: None,
+                        data: &r.data,
+                    },
+                    self.text,
+                );
                 writeln!(out, "{line}")?;
                 out.flush()?;
                 let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;

@@ -19,8 +19,11 @@ mod agg;
 mod cloudwatch;
 mod consume;
 mod local;
+mod position;
 mod put;
+mod record_out;
 mod streams;
+mod tail;
 
 use std::process::ExitCode;
 
@@ -59,6 +62,8 @@ enum Command {
     Put(put::PutArgs),
     /// Run a consumer worker that prints one JSON line per user record.
     Consume(consume::ConsumeArgs),
+    /// Print records from a stream's shards without a lease table (kcat -C).
+    Tail(tail::TailArgs),
     /// Inspect the lease table of a consumer application.
     #[command(subcommand)]
     Leases(consume::LeasesCommand),
@@ -94,6 +99,7 @@ fn main() -> ExitCode {
         Command::Streams(cmd) => runtime().and_then(|rt| rt.block_on(streams::run(cmd, &opts))),
         Command::Put(args) => runtime().and_then(|rt| rt.block_on(put::run(args, &opts))),
         Command::Consume(args) => runtime().and_then(|rt| rt.block_on(consume::run(args, &opts))),
+        Command::Tail(args) => runtime().and_then(|rt| rt.block_on(tail::run(args, &opts))),
         Command::Leases(cmd) => runtime().and_then(|rt| rt.block_on(consume::leases(cmd, &opts))),
     };
     match result {
