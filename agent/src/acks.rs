@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt as _};
-use kinesis_core::{BackoffConfig, UserRecord};
-use kinesis_producer::{BatchReceipt, Producer};
+use kinesis_core::BackoffConfig;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::warn;
 
+use crate::sink::{Receipt, Sink};
 use crate::store::{EntryId, Store};
 
 /// One batch in flight: which file, its order within the file, and where it ends.
@@ -36,6 +36,8 @@ pub(crate) struct Sent {
     pub(crate) end_offset: Option<u64>,
     /// Its share of the flow's unsettled budget.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// Its place in the flow's publish queue (`publishQueueCapacity`).
+    pub(crate) slot: Option<OwnedSemaphorePermit>,
     /// Records in the batch, and their data bytes (for the CloudWatch counts).
     pub(crate) records: usize,
     pub(crate) bytes: u64,
@@ -45,7 +47,7 @@ pub(crate) struct Sent {
 #[derive(Debug)]
 pub(crate) enum AckMsg {
     /// A batch was taken by the producer.
-    Sent(Sent, BatchReceipt),
+    Sent(Sent, Receipt),
     /// The entry is forgotten (time to live): drop its state once nothing is pending.
     Forget(EntryId),
 }
@@ -104,9 +106,10 @@ const REJECTED_BACKOFF: BackoffConfig =
 /// restart, as the checkpoint does not pass them).
 fn settle(
     sent: Sent,
-    mut receipt: BatchReceipt,
-    producer: Producer,
+    mut receipt: Receipt,
+    sink: Sink,
     destination: Arc<str>,
+    progress: Arc<crate::progress::Progress>,
 ) -> std::pin::Pin<Box<dyn Future<Output = (Sent, bool)> + Send>> {
     Box::pin(async move {
         // This attempt's records and bytes: the batch, then what is sent again.
@@ -116,7 +119,7 @@ fn settle(
         // most 60 s, with jitter (every batch of a rejecting stream lands here at once).
         let mut backoff = REJECTED_BACKOFF.build();
         loop {
-            let outcome = match receipt.await {
+            let outcome = match receipt.settle().await {
                 Ok(o) => o,
                 Err(e) => {
                     warn!(message = "Receipt lost; the lines will be read again after restart.", error = %e);
@@ -124,32 +127,29 @@ fn settle(
                 }
             };
             metrics::counter!("agent_records_delivered_total").increment(outcome.delivered as u64);
-            let failed_bytes: u64 = outcome
+            let (failed_count, failed_bytes) = outcome
                 .failed
-                .iter()
-                .map(|f| f.error.record.data.len() as u64)
-                .sum();
+                .as_ref()
+                .map_or((0, 0), |f| (f.records.len(), f.records.data_bytes()));
             count_attempt(
                 &destination,
                 attempted,
                 outcome.delivered,
-                outcome.failed.len(),
+                failed_count,
                 bytes.saturating_sub(failed_bytes),
             );
-            (attempted, bytes) = (outcome.failed.len(), failed_bytes);
-            let Some(first) = outcome.failed.first() else {
+            (attempted, bytes) = (failed_count, failed_bytes);
+            let Some(failed) = outcome.failed else {
                 return (sent, true);
             };
-            metrics::counter!("agent_errors_total", "kind" => "put")
-                .increment(outcome.failed.len() as u64);
-            warn!(message = "Records not delivered; sending them again.", path = %sent.path.display(), records = outcome.failed.len(), error = %first.error.reason);
-            if !first.error.is_retryable() {
+            metrics::counter!("agent_errors_total", "kind" => "put").increment(failed_count as u64);
+            progress.failed(failed_count as u64);
+            warn!(message = "Records not delivered; sending them again.", path = %sent.path.display(), records = failed_count, error = %failed.reason);
+            if !failed.retryable {
                 let pause = backoff.next_delay().unwrap_or(REJECTED_BACKOFF.max);
                 tokio::time::sleep(pause).await;
             }
-            let again: Vec<UserRecord> =
-                outcome.failed.into_iter().map(|f| f.error.record).collect();
-            match producer.send_batch(again).await {
+            match sink.send_batch(failed.records).await {
                 Ok(r) => receipt = r,
                 Err(e) => {
                     warn!(message = "Producer closed; the lines will be read again after restart.", error = %e);
@@ -178,9 +178,10 @@ fn count_attempt(destination: &str, attempted: usize, sent: usize, failed: usize
 /// gone and everything sent has settled.
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<AckMsg>,
-    producer: Producer,
+    sink: Sink,
     store: Store,
     destination: Arc<str>,
+    progress: Arc<crate::progress::Progress>,
 ) {
     let mut acks = Acks::default();
     let mut pending = FuturesUnordered::new();
@@ -188,13 +189,17 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             msg = rx.recv(), if intake_open => match msg {
-                Some(AckMsg::Sent(sent, receipt)) => pending.push(settle(sent, receipt, producer.clone(), Arc::clone(&destination))),
+                Some(AckMsg::Sent(sent, receipt)) => pending.push(settle(sent, receipt, sink.clone(), Arc::clone(&destination), Arc::clone(&progress))),
                 Some(AckMsg::Forget(id)) => acks.forget(id),
                 None => intake_open = false,
             },
             Some((mut sent, delivered)) = pending.next(), if !pending.is_empty() => {
-                // Settled either way: its share of the budget is free.
+                // Settled either way: its share of the budget and its queue place are free.
                 drop(sent.permit.take());
+                drop(sent.slot.take());
+                if delivered {
+                    progress.delivered(sent.records as u64, sent.bytes);
+                }
                 if delivered
                     && let Some(offset) = acks.delivered(sent.entry, sent.seq, sent.end_offset)
                 {

@@ -3,9 +3,11 @@
 //!
 //! ```text
 //!   acker, per batch settled ─► RecordSendAttempts, RecordsSent, RecordSendErrors, BytesSent
-//!   Kinesis client interceptor, per PutRecords call ─► ServiceErrors (0 or 1)
+//!   Kinesis / Firehose client interceptor, per PutRecords / PutRecordBatch call ─►
+//!     ServiceErrors (0 or 1)
 //!   store tick (1 s) ─► CheckpointAge; bytes behind over a flow's files ─► BytesBehind
-//!     all {Destination=KinesisStream:<stream>} (CheckpointAge: none), + {Instance} with
+//!     all {Destination=KinesisStream:<stream> or DeliveryStream:<name>} (CheckpointAge:
+//!     none), + {Instance} with
 //!     cloudwatch.tagInstance
 //!   ─► CloudWatch slot of the global fan-out ─► Publisher (30 s windows) ─► PutMetricData
 //! ```
@@ -24,6 +26,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchInput;
 use aws_sdk_kinesis::config::interceptors::{
     BeforeSerializationInterceptorContextRef, FinalizerInterceptorContextRef,
 };
@@ -101,6 +104,20 @@ pub fn metrics_config(cw: &CloudWatchConfig, instance: Option<&str>) -> MetricsC
             .unwrap_or_default(),
         ..MetricsConfig::agent()
     }
+}
+
+/// The Kinesis Agent's `Destination` of a flow: `KinesisStream:<name>` or
+/// `DeliveryStream:<name>`.
+pub fn destination_of(flow: &crate::config::Flow) -> String {
+    match flow.kind {
+        crate::config::DestinationKind::KinesisStream => destination(&flow.stream),
+        crate::config::DestinationKind::DeliveryStream => delivery_destination(&flow.stream),
+    }
+}
+
+/// `DeliveryStream:<name>` for a delivery stream.
+pub fn delivery_destination(name: &str) -> String {
+    format!("DeliveryStream:{name}")
 }
 
 /// `KinesisStream:<name>` for a flow's stream (a name or an ARN).
@@ -274,7 +291,8 @@ impl Storable for CallDestination {
     type Storer = StoreReplace<Self>;
 }
 
-/// Counts PutRecords calls for `ServiceErrors`: one sample per call, 1 if it failed.
+/// Counts PutRecords (Kinesis) and PutRecordBatch (Firehose) calls for `ServiceErrors`: one
+/// sample per call, 1 if it failed.
 #[derive(Debug)]
 pub(crate) struct PutRecordsCalls;
 
@@ -295,6 +313,10 @@ impl Intercept for PutRecordsCalls {
                 .unwrap_or("");
             cfg.interceptor_state()
                 .store_put(CallDestination(destination(stream).into()));
+        } else if let Some(input) = context.input().downcast_ref::<PutRecordBatchInput>() {
+            let name = input.delivery_stream_name().unwrap_or("");
+            cfg.interceptor_state()
+                .store_put(CallDestination(delivery_destination(name).into()));
         }
         Ok(())
     }

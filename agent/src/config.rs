@@ -60,13 +60,75 @@ pub enum Oversized {
     Split,
 }
 
-/// One file pattern shipped to one stream.
+/// Which service a flow ships to: the Kinesis Agent picks it by the key present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DestinationKind {
+    /// A Kinesis data stream (`kinesisStream`), through the Kinesis producer.
+    #[default]
+    KinesisStream,
+    /// An Amazon Data Firehose delivery stream (`deliveryStream`), through the Firehose
+    /// producer.
+    DeliveryStream,
+}
+
+/// The Kinesis Agent's per-flow batching, retry and polling keys. `Default` is the Kinesis
+/// Agent's defaults (or ours, where a key is left to the producer: `None`).
+#[derive(Debug, Clone)]
+pub struct FlowTuning {
+    /// Most records in one batch the flow hands the producer (`maxBufferSizeRecords`,
+    /// 1..=500; 500, as the Kinesis Agent). For a delivery stream also the records of one
+    /// `PutRecordBatch`.
+    pub max_buffer_size_records: usize,
+    /// Most data bytes in one batch the flow hands the producer (`maxBufferSizeBytes`;
+    /// `None`: the Kinesis Agent's 5 MiB for a stream, 4 MiB for a delivery stream, which are
+    /// also the maxima). For a delivery stream also the bytes of one `PutRecordBatch` (at least
+    /// 1,000 KiB there: a call must hold the largest record).
+    pub max_buffer_size_bytes: Option<usize>,
+    /// First pause after a failed call (`retryInitialBackoffMillis`, 1..=60,000; `None`: the
+    /// producer's 100 ms, the Kinesis Agent's default too).
+    pub retry_initial_backoff: Option<Duration>,
+    /// Longest pause after failed calls (`retryMaxBackoffMillis`, 1..=600,000; `None`: the
+    /// producer's 5 s for a stream, 10 s for a delivery stream, the Kinesis Agent's).
+    pub retry_max_backoff: Option<Duration>,
+    /// Most batches the flow may have handed to its producer and not yet settled
+    /// (`publishQueueCapacity`, 1..=10,000; 100 buffers, as the Kinesis Agent): reading waits
+    /// at that many, as the Kinesis Agent's tailer waits on its full publish queue.
+    pub publish_queue_capacity: usize,
+    /// Lines matching this are not shipped (`fileFooterPattern`; their offset is checkpointed).
+    pub file_footer_pattern: Option<regex::bytes::Regex>,
+    /// Pause between polls of the flow's files when nothing was read
+    /// (`minTimeBetweenFilePollsMillis`, 1..=60,000; `None`: the agent's `pollIntervalMillis`,
+    /// 100 ms, the Kinesis Agent's default).
+    pub min_time_between_file_polls: Option<Duration>,
+    /// Joins consecutive records into one Firehose record of at most this many bytes
+    /// (`aggregatedRecordSizeBytes`, delivery streams only, 0..=1,000 KiB; 0: off).
+    pub aggregated_record_size_bytes: usize,
+}
+
+impl Default for FlowTuning {
+    fn default() -> Self {
+        Self {
+            max_buffer_size_records: 500,
+            max_buffer_size_bytes: None,
+            retry_initial_backoff: None,
+            retry_max_backoff: None,
+            publish_queue_capacity: 100,
+            file_footer_pattern: None,
+            min_time_between_file_polls: None,
+            aggregated_record_size_bytes: 0,
+        }
+    }
+}
+
+/// One file pattern shipped to one stream or delivery stream.
 #[derive(Debug, Clone)]
 pub struct Flow {
     /// Glob of files to tail; `**` matches any depth.
     pub file_pattern: String,
-    /// Destination stream.
+    /// Destination: a stream (name or ARN) or a delivery stream's name, as `kind` says.
     pub stream: String,
+    /// Which service `stream` is in.
+    pub kind: DestinationKind,
     /// Partition key rule.
     pub partition_key: PartitionKeyRule,
     /// Start position of new files.
@@ -91,6 +153,8 @@ pub struct Flow {
     pub processors: Vec<crate::process::Processor>,
     /// File identity (`fileIdentity`: CONTENT or DEVINODE).
     pub identity: FileIdentity,
+    /// The Kinesis Agent's batching, retry and polling keys.
+    pub tuning: FlowTuning,
 }
 
 /// The whole configuration.
@@ -119,6 +183,19 @@ pub struct AgentConfig {
     /// How long a stop (SIGTERM) may take to deliver what was read and write the last
     /// checkpoints (`shutdownTimeoutMillis`, 1,000..=600,000; 10 s, as the Kinesis Agent).
     pub shutdown_timeout: Duration,
+    /// Firehose endpoint override (`firehose.endpoint`); without it, `AWS_ENDPOINT_URL_FIREHOSE`,
+    /// then `AWS_ENDPOINT_URL`, then the region's (`kinesis.region`).
+    pub firehose_endpoint: Option<String>,
+    /// The periodic progress line per flow in the log (`log.statusReportingPeriodSeconds`, or
+    /// `statusReportingPeriodSeconds`, 1..=86,400; 30 s, as the Kinesis Agent).
+    pub status_reporting_period: Duration,
+    /// Add the flow's counters to each progress line (`log.emitMetrics`; false, as the Kinesis
+    /// Agent, which then dumps its internal counters).
+    pub log_emit_metrics: bool,
+    /// `maxSendingThreads` (1..=10,000): the Kinesis Agent's sender pool, so the calls it has in
+    /// flight at once. Here calls are asynchronous (no thread per call); when set, it caps
+    /// each producer's calls in flight (`None`: 24 for a stream, 8 for a delivery stream).
+    pub max_sending_threads: Option<usize>,
 }
 
 /// The Kinesis Agent's credential keys (see [`crate::credentials`]). All empty by default: the
@@ -175,10 +252,34 @@ impl Default for CloudWatchConfig {
 }
 
 impl Flow {
+    /// `kinesisStream NAME` or `deliveryStream NAME`, as check-config shows it.
+    pub fn destination_label(&self) -> String {
+        match self.kind {
+            DestinationKind::KinesisStream => format!("kinesisStream {}", self.stream),
+            DestinationKind::DeliveryStream => format!("deliveryStream {}", self.stream),
+        }
+    }
+
+    /// The largest batch, in data bytes, the flow hands its producer (`maxBufferSizeBytes`, or
+    /// the Kinesis Agent's default for the destination).
+    pub fn max_batch_bytes(&self) -> usize {
+        self.tuning
+            .max_buffer_size_bytes
+            .unwrap_or(match self.kind {
+                DestinationKind::KinesisStream => 5 * 1024 * 1024,
+                DestinationKind::DeliveryStream => 4 * 1024 * 1024,
+            })
+    }
+
     /// The flow's key in the checkpoint file: its destination and file pattern.
     pub fn key(&self) -> crate::checkpoint::FlowKey {
+        let prefix = match self.kind {
+            DestinationKind::KinesisStream => "kinesis",
+            // The Kinesis Agent's flow id prefix for Firehose flows.
+            DestinationKind::DeliveryStream => "fh",
+        };
         crate::checkpoint::FlowKey {
-            destination: format!("kinesis:{}", self.stream),
+            destination: format!("{prefix}:{}", self.stream),
             file_pattern: self.file_pattern.clone(),
         }
     }
@@ -355,13 +456,22 @@ const GLOBAL_KEYS: &[&str] = &[
     "cloudwatch.tagInstance",
     "cloudwatch.metricsBufferTimeMillis",
     "cloudwatch.metricsQueueSize",
+    "firehose.endpoint",
+    "maxSendingThreads",
+    "log.emitMetrics",
+    "log.statusReportingPeriodSeconds",
+    "statusReportingPeriodSeconds",
 ];
-/// Kinesis Agent keys that mean nothing here (credentials come from the AWS chain): accepted
-/// with a warning.
-const IGNORED_GLOBAL_KEYS: &[&str] = &["firehose.endpoint", "maxSendingThreads", "log.emitMetrics"];
 const FLOW_KEYS: &[&str] = &[
     "filePattern",
     "kinesisStream",
+    "deliveryStream",
+    "retryInitialBackoffMillis",
+    "retryMaxBackoffMillis",
+    "publishQueueCapacity",
+    "fileFooterPattern",
+    "minTimeBetweenFilePollsMillis",
+    "aggregatedRecordSizeBytes",
     "partitionKeyOption",
     "partitionKeyField",
     "initialPosition",
@@ -402,6 +512,15 @@ fn boolean(v: &Value, path: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// An http(s) URL.
+fn url(v: &Value, path: &str, example: &str) -> Result<String, ConfigError> {
+    let e = string(v, path)?.trim();
+    if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() < 9 {
+        return Err(err(path, format!("{e:?} is not a URL like {example}")));
+    }
+    Ok(e.to_owned())
+}
+
 fn string<'a>(v: &'a Value, path: &str) -> Result<&'a str, ConfigError> {
     v.as_str()
         .ok_or_else(|| err(path, format!("must be a string, got {v}")))
@@ -414,9 +533,7 @@ pub fn from_value(v: &Value) -> Result<Loaded, ConfigError> {
         .ok_or_else(|| err("(top level)", "must be an object"))?;
     let mut warnings = Vec::new();
     for k in obj.keys() {
-        if IGNORED_GLOBAL_KEYS.contains(&k.as_str()) {
-            warnings.push(format!("{k}: not used by this agent (AWS credentials and metrics work differently); ignored"));
-        } else if !GLOBAL_KEYS.contains(&k.as_str()) && !k.starts_with("checkpoints.") {
+        if !GLOBAL_KEYS.contains(&k.as_str()) && !k.starts_with("checkpoints.") {
             warnings.push(format!("{k}: unknown key, ignored"));
         }
     }
@@ -435,10 +552,10 @@ pub fn from_value(v: &Value) -> Result<Loaded, ConfigError> {
     }
     let mut seen = std::collections::HashSet::new();
     for (i, f) in flows.iter().enumerate() {
-        if !seen.insert((&f.stream, &f.file_pattern)) {
+        if !seen.insert((f.kind, &f.stream, &f.file_pattern)) {
             return Err(err(
                 format!("flows[{i}]"),
-                "duplicate flow (same filePattern and kinesisStream)",
+                "duplicate flow (same filePattern and destination)",
             ));
         }
     }
@@ -479,9 +596,41 @@ pub fn from_value(v: &Value) -> Result<Loaded, ConfigError> {
         Some(v) => Duration::from_millis(number(v, "shutdownTimeoutMillis", 1_000, 600_000)?),
         None => Duration::from_secs(10),
     };
+    let firehose_endpoint = match obj.get("firehose.endpoint") {
+        Some(v) => Some(url(
+            v,
+            "firehose.endpoint",
+            "https://firehose.us-east-1.amazonaws.com",
+        )?),
+        None => None,
+    };
+    let status_reporting_period = match (
+        obj.get("log.statusReportingPeriodSeconds"),
+        obj.get("statusReportingPeriodSeconds"),
+    ) {
+        (Some(v), _) => {
+            Duration::from_secs(number(v, "log.statusReportingPeriodSeconds", 1, 86_400)?)
+        }
+        (None, Some(v)) => {
+            Duration::from_secs(number(v, "statusReportingPeriodSeconds", 1, 86_400)?)
+        }
+        (None, None) => Duration::from_secs(30),
+    };
+    let log_emit_metrics = match obj.get("log.emitMetrics") {
+        Some(v) => boolean(v, "log.emitMetrics")?,
+        None => false,
+    };
+    let max_sending_threads = match obj.get("maxSendingThreads") {
+        Some(v) => Some(usize::try_from(number(v, "maxSendingThreads", 1, 10_000)?).unwrap_or(1)),
+        None => None,
+    };
     Ok(Loaded {
         config: AgentConfig {
             shutdown_timeout,
+            firehose_endpoint,
+            status_reporting_period,
+            log_emit_metrics,
+            max_sending_threads,
             credentials,
             cloudwatch,
             http_listen,
@@ -605,12 +754,6 @@ fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigE
         .as_object()
         .ok_or_else(|| err(format!("flows[{i}]"), "must be an object"))?;
     for k in obj.keys() {
-        if k == "deliveryStream" {
-            return Err(err(
-                p(k),
-                "Firehose delivery streams are not supported; use kinesisStream",
-            ));
-        }
         if !FLOW_KEYS.contains(&k.as_str()) {
             warnings.push(format!("{}: unknown key, ignored", p(k)));
         }
@@ -627,13 +770,44 @@ fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigE
             format!("{file_pattern:?} is not a valid glob"),
         ));
     }
-    let stream = string(
-        obj.get("kinesisStream")
-            .ok_or_else(|| err(p("kinesisStream"), "is required"))?,
-        &p("kinesisStream"),
-    )?
-    .to_string();
-    kinesis_core::StreamRef::parse(&stream).map_err(|e| err(p("kinesisStream"), e.to_string()))?;
+    let (kind, stream) = match (obj.get("kinesisStream"), obj.get("deliveryStream")) {
+        (Some(k), None) => {
+            let stream = string(k, &p("kinesisStream"))?.to_string();
+            kinesis_core::StreamRef::parse(&stream)
+                .map_err(|e| err(p("kinesisStream"), e.to_string()))?;
+            (DestinationKind::KinesisStream, stream)
+        }
+        (None, Some(d)) => {
+            let name = string(d, &p("deliveryStream"))?.to_string();
+            check_delivery_stream_name(&name).map_err(|r| err(p("deliveryStream"), r))?;
+            (DestinationKind::DeliveryStream, name)
+        }
+        (Some(_), Some(_)) => {
+            return Err(err(
+                format!("flows[{i}]"),
+                "has both kinesisStream and deliveryStream; a flow ships to one destination \
+                 (make two flows of the same filePattern to ship to both)",
+            ));
+        }
+        (None, None) => {
+            return Err(err(
+                format!("flows[{i}]"),
+                "needs a destination: kinesisStream (a Kinesis data stream) or deliveryStream \
+                 (an Amazon Data Firehose delivery stream)",
+            ));
+        }
+    };
+    let firehose = kind == DestinationKind::DeliveryStream;
+    if firehose {
+        for k in ["partitionKeyOption", "partitionKeyField"] {
+            if obj.contains_key(k) {
+                warnings.push(format!(
+                    "{}: delivery streams have no partition keys; ignored",
+                    p(k)
+                ));
+            }
+        }
+    }
     let partition_key = match obj
         .get("partitionKeyOption")
         .map(|v| string(v, &p("partitionKeyOption")))
@@ -669,12 +843,7 @@ fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigE
         Some(v) => Duration::from_millis(number(v, &p("maxBufferAgeMillis"), 1_000, 900_000)?),
         None => Duration::from_millis(100),
     };
-    if let Some(v) = obj.get("maxBufferSizeRecords") {
-        number(v, &p("maxBufferSizeRecords"), 1, 500)?;
-    }
-    if let Some(v) = obj.get("maxBufferSizeBytes") {
-        number(v, &p("maxBufferSizeBytes"), 1, 5 * 1024 * 1024)?;
-    }
+    let tuning = tuning(obj, i, firehose)?;
     let multi_line_start_pattern = match obj.get("multiLineStartPattern") {
         Some(v) => {
             let s = string(v, &p("multiLineStartPattern"))?;
@@ -697,10 +866,22 @@ fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigE
         Some(v) => string(v, &p("truncatedRecordTerminator"))?.to_string(),
         None => "\n".to_string(),
     };
+    // A Kinesis record: 1 MiB by default, up to 10 MiB (data + key); a Firehose record:
+    // 1,000 KiB (the Kinesis Agent's FirehoseConstants.MAX_RECORD_SIZE_BYTES).
+    let record_limit = if firehose {
+        kinesis_producer::firehose::FIREHOSE_MAX_RECORD_BYTES
+    } else {
+        10 * 1024 * 1024
+    };
+    let default_record = if firehose {
+        kinesis_producer::firehose::FIREHOSE_MAX_RECORD_BYTES
+    } else {
+        1024 * 1024
+    };
     let max_record_bytes = match obj.get("maxRecordBytes") {
-        Some(v) => usize::try_from(number(v, &p("maxRecordBytes"), 1024, 10 * 1024 * 1024)?)
-            .unwrap_or(1024 * 1024),
-        None => 1024 * 1024,
+        Some(v) => usize::try_from(number(v, &p("maxRecordBytes"), 1024, record_limit as u64)?)
+            .unwrap_or(default_record),
+        None => default_record,
     };
     let partial_line_timeout = match obj.get("partialLineTimeoutMillis") {
         Some(v) => Duration::from_millis(number(v, &p("partialLineTimeoutMillis"), 10, 3_600_000)?),
@@ -741,6 +922,8 @@ fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigE
     Ok(Flow {
         file_pattern,
         stream,
+        kind,
+        tuning,
         partition_key,
         initial_position,
         max_buffer_age,
@@ -753,6 +936,88 @@ fn flow(v: &Value, i: usize, warnings: &mut Vec<String>) -> Result<Flow, ConfigE
         processors,
         identity,
     })
+}
+
+/// A Firehose delivery stream name: 1 to 64 of `a-zA-Z0-9_.-` (the API's pattern).
+fn check_delivery_stream_name(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a delivery stream name (1 to 64 of a-z, A-Z, 0-9, _ . -)"
+        ))
+    }
+}
+
+/// The Kinesis Agent's per-flow batching, retry and polling keys.
+fn tuning(
+    obj: &serde_json::Map<String, Value>,
+    i: usize,
+    firehose: bool,
+) -> Result<FlowTuning, ConfigError> {
+    let p = |k: &str| format!("flows[{i}].{k}");
+    let mut t = FlowTuning::default();
+    let size = |k: &str, min: u64, max: u64| -> Result<Option<usize>, ConfigError> {
+        obj.get(k)
+            .map(|v| number(v, &p(k), min, max).map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
+            .transpose()
+    };
+    let millis = |k: &str, min: u64, max: u64| -> Result<Option<Duration>, ConfigError> {
+        obj.get(k)
+            .map(|v| number(v, &p(k), min, max).map(Duration::from_millis))
+            .transpose()
+    };
+    if let Some(n) = size("maxBufferSizeRecords", 1, 500)? {
+        t.max_buffer_size_records = n;
+    }
+    // The Kinesis Agent's maxima: a PutRecords (5 MiB) or a PutRecordBatch (4 MiB).
+    let max_bytes = if firehose { 4 } else { 5 } * 1024 * 1024;
+    t.max_buffer_size_bytes = size("maxBufferSizeBytes", 1, max_bytes)?;
+    t.retry_initial_backoff = millis("retryInitialBackoffMillis", 1, 60_000)?;
+    t.retry_max_backoff = millis("retryMaxBackoffMillis", 1, 600_000)?;
+    if let (Some(a), Some(b)) = (t.retry_initial_backoff, t.retry_max_backoff)
+        && a > b
+    {
+        return Err(err(
+            p("retryInitialBackoffMillis"),
+            format!(
+                "must not exceed retryMaxBackoffMillis ({} > {})",
+                a.as_millis(),
+                b.as_millis()
+            ),
+        ));
+    }
+    if let Some(n) = size("publishQueueCapacity", 1, 10_000)? {
+        t.publish_queue_capacity = n;
+    }
+    t.min_time_between_file_polls = millis("minTimeBetweenFilePollsMillis", 1, 60_000)?;
+    if let Some(v) = obj.get("fileFooterPattern") {
+        let s = string(v, &p("fileFooterPattern"))?;
+        crate::process::check_java_only(s).map_err(|r| err(p("fileFooterPattern"), r))?;
+        t.file_footer_pattern = Some(
+            regex::bytes::Regex::new(s)
+                .map_err(|e| err(p("fileFooterPattern"), crate::process::regex_reason(s, &e)))?,
+        );
+    }
+    if let Some(n) = size(
+        "aggregatedRecordSizeBytes",
+        0,
+        kinesis_producer::firehose::FIREHOSE_MAX_RECORD_BYTES as u64,
+    )? {
+        if !firehose {
+            return Err(err(
+                p("aggregatedRecordSizeBytes"),
+                "is for deliveryStream flows only, as in the Kinesis Agent (records to a \
+                 kinesisStream are KPL-aggregated by the producer anyway)",
+            ));
+        }
+        t.aggregated_record_size_bytes = n;
+    }
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -1049,7 +1314,11 @@ mod tests {
                 "flows[0].multiLineStartPattern",
             ),
             (
-                r#"{"flows": [{"filePattern": "/a", "deliveryStream": "f"}]}"#,
+                r#"{"flows": [{"filePattern": "/a", "deliveryStream": "bad name"}]}"#,
+                "flows[0].deliveryStream",
+            ),
+            (
+                r#"{"flows": [{"filePattern": "/a", "deliveryStream": 7}]}"#,
                 "flows[0].deliveryStream",
             ),
             (
@@ -1064,6 +1333,193 @@ mod tests {
         for (text, path) in cases {
             let e = parse(text).unwrap_err();
             assert_eq!(e.path, path, "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_flow_has_exactly_one_destination() {
+        let l = parse(r#"{"flows": [{"filePattern": "/a", "deliveryStream": "logs-to-s3"}], "firehose.endpoint": "http://127.0.0.1:4573"}"#).unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let f = &l.config.flows[0];
+        assert_eq!(f.kind, DestinationKind::DeliveryStream);
+        assert_eq!(f.destination_label(), "deliveryStream logs-to-s3");
+        assert_eq!(
+            f.key().destination,
+            "fh:logs-to-s3",
+            "the Kinesis Agent's flow id"
+        );
+        assert_eq!(f.max_record_bytes, 1000 * 1024, "Firehose's record limit");
+        assert_eq!(f.max_batch_bytes(), 4 * 1024 * 1024);
+        assert_eq!(
+            l.config.firehose_endpoint.as_deref(),
+            Some("http://127.0.0.1:4573")
+        );
+        // (flow, path, words of the reason)
+        let cases = [
+            (
+                r#"{"filePattern": "/a", "kinesisStream": "s", "deliveryStream": "d"}"#,
+                "flows[0]",
+                "both kinesisStream and deliveryStream",
+            ),
+            (
+                r#"{"filePattern": "/a"}"#,
+                "flows[0]",
+                "kinesisStream (a Kinesis data stream) or deliveryStream",
+            ),
+            (
+                r#"{"filePattern": "/a", "kinesisStream": "s", "aggregatedRecordSizeBytes": 100}"#,
+                "flows[0].aggregatedRecordSizeBytes",
+                "deliveryStream flows only",
+            ),
+            (
+                r#"{"filePattern": "/a", "deliveryStream": "d", "aggregatedRecordSizeBytes": 2000000}"#,
+                "flows[0].aggregatedRecordSizeBytes",
+                "0..=1024000",
+            ),
+            (
+                r#"{"filePattern": "/a", "deliveryStream": "d", "maxBufferSizeBytes": 5000000}"#,
+                "flows[0].maxBufferSizeBytes",
+                "1..=4194304",
+            ),
+            (
+                r#"{"filePattern": "/a", "deliveryStream": "d", "maxRecordBytes": 2000000}"#,
+                "flows[0].maxRecordBytes",
+                "1024..=1024000",
+            ),
+        ];
+        for (flow, path, words) in cases {
+            let e = parse(&format!(r#"{{"flows": [{flow}]}}"#)).unwrap_err();
+            assert_eq!(e.path, path, "{flow}: {e}");
+            assert!(e.reason.contains(words), "{flow}: {e}");
+        }
+        // The same pattern to a stream and to a delivery stream: two flows, not a duplicate.
+        let l = parse(r#"{"flows": [{"filePattern": "/a", "kinesisStream": "x"}, {"filePattern": "/a", "deliveryStream": "x"}]}"#).unwrap();
+        assert_eq!(l.config.flows.len(), 2);
+        // A partition key means nothing to a delivery stream: a warning.
+        let l = parse(r#"{"flows": [{"filePattern": "/a", "deliveryStream": "d", "partitionKeyOption": "DETERMINISTIC"}]}"#).unwrap();
+        assert!(
+            l.warnings[0].contains("flows[0].partitionKeyOption")
+                && l.warnings[0].contains("ignored"),
+            "{:?}",
+            l.warnings
+        );
+        let e = parse(r#"{"flows": [{"filePattern": "/a", "deliveryStream": "d"}], "firehose.endpoint": "firehose"}"#).unwrap_err();
+        assert_eq!(e.path, "firehose.endpoint");
+    }
+
+    #[test]
+    fn the_kinesis_agents_flow_keys_are_honoured_with_its_defaults() {
+        let l = parse(r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s"}]}"#).unwrap();
+        let t = &l.config.flows[0].tuning;
+        assert_eq!(t.max_buffer_size_records, 500);
+        assert_eq!(l.config.flows[0].max_batch_bytes(), 5 * 1024 * 1024);
+        assert_eq!(t.publish_queue_capacity, 100);
+        assert_eq!((t.retry_initial_backoff, t.retry_max_backoff), (None, None));
+        assert!(t.file_footer_pattern.is_none() && t.min_time_between_file_polls.is_none());
+        let l = parse(
+            r#"{"flows": [{"filePattern": "/a", "kinesisStream": "s",
+                "maxBufferSizeRecords": "100", "maxBufferSizeBytes": 65536,
+                "retryInitialBackoffMillis": 200, "retryMaxBackoffMillis": 3000,
+                "publishQueueCapacity": 7, "fileFooterPattern": "^END$",
+                "minTimeBetweenFilePollsMillis": 250}]}"#,
+        )
+        .unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let f = &l.config.flows[0];
+        let t = &f.tuning;
+        assert_eq!(t.max_buffer_size_records, 100);
+        assert_eq!(f.max_batch_bytes(), 65536);
+        assert_eq!(t.retry_initial_backoff, Some(Duration::from_millis(200)));
+        assert_eq!(t.retry_max_backoff, Some(Duration::from_secs(3)));
+        assert_eq!(t.publish_queue_capacity, 7);
+        assert!(t.file_footer_pattern.as_ref().unwrap().is_match(b"END"));
+        assert_eq!(
+            t.min_time_between_file_polls,
+            Some(Duration::from_millis(250))
+        );
+        // (key: value, path)
+        let bad = [
+            (
+                r#""maxBufferSizeRecords": 0"#,
+                "flows[0].maxBufferSizeRecords",
+            ),
+            (
+                r#""maxBufferSizeRecords": 501"#,
+                "flows[0].maxBufferSizeRecords",
+            ),
+            (
+                r#""maxBufferSizeBytes": 6000000"#,
+                "flows[0].maxBufferSizeBytes",
+            ),
+            (
+                r#""retryInitialBackoffMillis": 0"#,
+                "flows[0].retryInitialBackoffMillis",
+            ),
+            (
+                r#""retryMaxBackoffMillis": "later""#,
+                "flows[0].retryMaxBackoffMillis",
+            ),
+            (
+                r#""retryInitialBackoffMillis": 5000, "retryMaxBackoffMillis": 1000"#,
+                "flows[0].retryInitialBackoffMillis",
+            ),
+            (
+                r#""publishQueueCapacity": 0"#,
+                "flows[0].publishQueueCapacity",
+            ),
+            (r#""fileFooterPattern": "(""#, "flows[0].fileFooterPattern"),
+            (
+                r#""fileFooterPattern": "^(?!x)""#,
+                "flows[0].fileFooterPattern",
+            ),
+            (r#""fileFooterPattern": 3"#, "flows[0].fileFooterPattern"),
+            (
+                r#""minTimeBetweenFilePollsMillis": 0"#,
+                "flows[0].minTimeBetweenFilePollsMillis",
+            ),
+        ];
+        for (kv, path) in bad {
+            let text =
+                format!(r#"{{"flows": [{{"filePattern": "/a", "kinesisStream": "s", {kv}}}]}}"#);
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.path, path, "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_kinesis_agents_global_keys_are_honoured_with_its_defaults() {
+        let base = r#""flows": [{"filePattern": "/a", "kinesisStream": "s"}]"#;
+        let c = parse(&format!("{{{base}}}")).unwrap().config;
+        assert_eq!(c.status_reporting_period, Duration::from_secs(30));
+        assert!(!c.log_emit_metrics);
+        assert_eq!(c.max_sending_threads, None);
+        assert_eq!(c.firehose_endpoint, None);
+        let l = parse(&format!(
+            r#"{{{base}, "log.emitMetrics": "true", "log.statusReportingPeriodSeconds": 5, "maxSendingThreads": 4}}"#
+        ))
+        .unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert_eq!(l.config.status_reporting_period, Duration::from_secs(5));
+        assert!(l.config.log_emit_metrics);
+        assert_eq!(l.config.max_sending_threads, Some(4));
+        let c = parse(&format!(r#"{{{base}, "statusReportingPeriodSeconds": 2}}"#))
+            .unwrap()
+            .config;
+        assert_eq!(c.status_reporting_period, Duration::from_secs(2));
+        for (kv, path) in [
+            (r#""log.emitMetrics": 1"#, "log.emitMetrics"),
+            (
+                r#""log.statusReportingPeriodSeconds": 0"#,
+                "log.statusReportingPeriodSeconds",
+            ),
+            (
+                r#""statusReportingPeriodSeconds": "x""#,
+                "statusReportingPeriodSeconds",
+            ),
+            (r#""maxSendingThreads": 0"#, "maxSendingThreads"),
+        ] {
+            let e = parse(&format!("{{{base}, {kv}}}")).unwrap_err();
+            assert_eq!(e.path, path, "{kv}: {e}");
         }
     }
 

@@ -1,11 +1,12 @@
-//! One flow at work: a tailer task reading its files into the producer, and an acker task
-//! advancing the store as batches are delivered.
+//! One flow at work: a tailer task reading its files into the producer (Kinesis or Firehose),
+//! an acker task advancing the store as batches are delivered, and the progress reporter.
 //!
 //! ```text
 //!   store.entries(flow) ─► Tailer ─ scan (1 s / fs event) ─ events ─► store (before any line)
 //!                           │
-//!                           └ read (≤ ROUND_BUDGET) ─► records::batch_lines ─► permit from the
-//!                             unsettled budget ─► Producer::send_batch ─► acker ─► store.advance
+//!                           └ read (≤ ROUND_BUDGET) ─► records::batch_lines ─► a place in the
+//!                             publish queue + permit from the unsettled budget ─►
+//!                             Sink::send_batch ─► acker ─► store.advance
 //!   stop: no more reading ─► release every file ─► flush ─► acker drains (deadline) ─► producer
 //!         shutdown
 //! ```
@@ -13,13 +14,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kinesis_producer::Producer;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
 use crate::acks::{self, AckMsg, Sent};
 use crate::config::Flow;
+use crate::progress::Progress;
+use crate::records::BatchLimits;
+use crate::sink::Sink;
 use crate::store::Store;
 use crate::tail::{Event, ROUND_BUDGET, Tailer};
 
@@ -29,7 +32,9 @@ pub(crate) struct FlowRun {
     stop: watch::Sender<bool>,
     tail: Abort,
     acker: Abort,
-    producer: Producer,
+    _report: Abort,
+    progress: Arc<Progress>,
+    sink: Sink,
     stream: String,
 }
 
@@ -61,43 +66,61 @@ impl Abort {
 
 /// Bytes of unsettled batches a flow may have: as much as its producer buffers. When the
 /// stream rejects everything, this is what the agent holds for it, and reading waits.
-fn unsettled_budget_kib(producer: &Producer) -> u32 {
-    u32::try_from(producer.config().max_buffered_bytes / 1024).unwrap_or(u32::MAX)
+fn unsettled_budget_kib(sink: &Sink) -> u32 {
+    u32::try_from(sink.max_buffered_bytes() / 1024).unwrap_or(u32::MAX)
+}
+
+/// How a flow runs besides its own keys.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FlowOptions {
+    /// Pause between polls when nothing was read.
+    pub(crate) poll: Duration,
+    /// Checkpoint entries' time to live.
+    pub(crate) ttl: Duration,
+    /// Period of the progress line.
+    pub(crate) report_every: Duration,
+    /// Counters on the progress line (`log.emitMetrics`).
+    pub(crate) report_metrics: bool,
 }
 
 impl FlowRun {
-    /// Starts reading `flow` into `producer`.
-    pub(crate) fn start(
-        flow: Flow,
-        producer: Producer,
-        store: Store,
-        poll: Duration,
-        ttl: Duration,
-    ) -> Self {
+    /// Starts reading `flow` into `sink`.
+    pub(crate) fn start(flow: Flow, sink: Sink, store: Store, opts: FlowOptions) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let (ack_tx, ack_rx) = mpsc::channel(1024);
-        let stream = flow.stream.clone();
-        let destination = crate::cloudwatch::destination(&flow.stream).into();
+        let stream = flow.destination_label();
+        let destination = crate::cloudwatch::destination_of(&flow).into();
+        let progress = Arc::new(Progress::default());
         let acker = tokio::spawn(acks::run(
             ack_rx,
-            producer.clone(),
+            sink.clone(),
             store.clone(),
             destination,
+            Arc::clone(&progress),
         ));
+        let id = format!("{}:{}", flow.key().destination, flow.file_pattern);
+        let report = crate::progress::report(
+            Arc::clone(&progress),
+            id,
+            opts.report_every,
+            opts.report_metrics,
+        );
         let tail = tokio::spawn(tail(
             flow,
-            producer.clone(),
+            sink.clone(),
             store,
             ack_tx,
             stop_rx,
-            poll,
-            ttl,
+            opts,
+            Arc::clone(&progress),
         ));
         Self {
             stop,
             tail: Abort(Some(tail)),
             acker: Abort(Some(acker)),
-            producer,
+            _report: Abort(Some(report)),
+            progress,
+            sink,
             stream,
         }
     }
@@ -111,24 +134,26 @@ impl FlowRun {
         self.tail
             .join_until(deadline + Duration::from_secs(5))
             .await;
-        if tokio::time::timeout_at(deadline, self.producer.flush())
+        if tokio::time::timeout_at(deadline, self.sink.flush())
             .await
             .is_err()
         {
-            warn!(message = "The producer's flush did not finish by the deadline.", stream = %self.stream, outstanding = self.producer.outstanding_records());
+            warn!(message = "The producer's flush did not finish by the deadline.", destination = %self.stream, outstanding = self.sink.outstanding_records());
         }
         if !self.acker.join_until(deadline).await {
-            warn!(message = "Deliveries still pending at the deadline; their lines will be read again.", stream = %self.stream);
+            warn!(message = "Deliveries still pending at the deadline; their lines will be read again.", destination = %self.stream);
         }
-        let report = self.producer.shutdown(Duration::from_millis(100)).await;
-        if !report.undelivered.is_empty() || !report.in_flight.is_empty() {
+        let (undelivered, in_flight) = self.sink.shutdown(Duration::from_millis(100)).await;
+        if undelivered > 0 || in_flight > 0 {
             warn!(
                 message = "Lines not delivered at shutdown; they will be read again.",
-                stream = %self.stream,
-                undelivered = report.undelivered.len(),
-                in_flight = report.in_flight.len()
+                destination = %self.stream,
+                undelivered,
+                in_flight
             );
         }
+        // The last word on the flow's progress, as the Kinesis Agent logs at its stop.
+        self.progress.log(&self.stream, false);
     }
 }
 
@@ -160,18 +185,23 @@ async fn forward(tailer: &mut Tailer, store: &Store, acks: &mpsc::Sender<AckMsg>
 
 async fn tail(
     flow: Flow,
-    producer: Producer,
+    sink: Sink,
     store: Store,
     acks: mpsc::Sender<AckMsg>,
     mut stop: watch::Receiver<bool>,
-    poll: Duration,
-    ttl: Duration,
+    opts: FlowOptions,
+    progress: Arc<Progress>,
 ) {
+    let (poll, ttl) = (opts.poll, opts.ttl);
     let key = flow.key();
+    let destination = crate::cloudwatch::destination_of(&flow);
     let entries = store.entries(key.clone()).await;
     let mut tailer = Tailer::new(flow.clone(), entries, ttl);
-    let budget_kib = unsettled_budget_kib(&producer);
+    let budget_kib = unsettled_budget_kib(&sink);
     let unsettled = Arc::new(Semaphore::new(budget_kib as usize));
+    // publishQueueCapacity: batches handed over and not yet settled.
+    let queue = Arc::new(Semaphore::new(flow.tuning.publish_queue_capacity.max(1)));
+    let limits = BatchLimits::of(&flow, sink.max_buffered_bytes());
     let mut next_scan = Instant::now();
     let mut first_scan = true;
     // File-system events wake us at once (coalesced: one pending wake-up at most); polling
@@ -191,7 +221,7 @@ async fn tail(
         if now >= next_scan {
             tailer.scan(now);
             for (id, path, len, offset) in tailer.files() {
-                crate::http::behind::seen(id, &flow.stream, path, len, Some(offset));
+                crate::http::behind::seen(id, &flow.stream, &destination, path, len, Some(offset));
             }
             if !forward(&mut tailer, &store, &acks).await {
                 break;
@@ -208,35 +238,39 @@ async fn tail(
         }
         let idle = chunks.is_empty() && tailer.last_read() == 0;
         for c in chunks {
-            for (records, end_offset) in
-                crate::records::batch_lines(c.records, &c.ends, &flow, producer.config())
+            for (batch, end_offset) in
+                crate::records::batch_lines(c.records, &c.ends, &flow, limits)
             {
-                let cost: usize = records
-                    .iter()
-                    .map(kinesis_producer::batch_buffer_cost)
-                    .sum();
-                let kib = u32::try_from(cost.div_ceil(1024))
+                let kib = u32::try_from(batch.cost().div_ceil(1024))
                     .unwrap_or(u32::MAX)
                     .min(budget_kib);
-                // Waits while the flow's unsettled budget is spent (the stream rejects or
-                // stalls): reading pauses instead of filling memory.
+                // Waits while the flow's publish queue is full or its unsettled budget is
+                // spent (the stream rejects or stalls): reading pauses instead of filling
+                // memory.
+                let slot = tokio::select! {
+                    p = Arc::clone(&queue).acquire_owned() => p.ok(),
+                    _ = stop.changed() => break 'run,
+                };
                 let permit = tokio::select! {
                     p = Arc::clone(&unsettled).acquire_many_owned(kib) => p.ok(),
                     _ = stop.changed() => break 'run,
                 };
-                metrics::counter!("agent_lines_read_total").increment(records.len() as u64);
+                let (records, bytes) = (batch.len(), batch.data_bytes());
+                metrics::counter!("agent_lines_read_total").increment(records as u64);
+                progress.parsed(records as u64, bytes);
                 let sent = Sent {
-                    records: records.len(),
-                    bytes: records.iter().map(|r| r.data.len() as u64).sum(),
+                    records,
+                    bytes,
                     entry: c.entry,
                     path: Arc::clone(&c.path),
                     seq: tailer.next_seq(c.entry),
                     end_offset,
                     permit,
+                    slot,
                 };
                 // Waits while the producer's buffer is full: reading pauses (backpressure).
                 let receipt = tokio::select! {
-                    r = producer.send_batch(records) => r,
+                    r = sink.send_batch(batch) => r,
                     _ = stop.changed() => break 'run,
                 };
                 match receipt {

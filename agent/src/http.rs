@@ -95,6 +95,8 @@ pub mod behind {
     #[derive(Debug)]
     struct Row {
         stream: String,
+        /// CloudWatch's `Destination`: `KinesisStream:<name>` or `DeliveryStream:<name>`.
+        destination: String,
         path: String,
         len: u64,
         acked: u64,
@@ -103,10 +105,19 @@ pub mod behind {
     static ROWS: Mutex<BTreeMap<EntryId, Row>> = Mutex::new(BTreeMap::new());
 
     /// The file's length at the last scan (and its start offset when new).
-    pub fn seen(id: EntryId, stream: &str, path: &Path, len: u64, start: Option<u64>) {
+    /// `destination` is CloudWatch's `Destination` of the flow.
+    pub fn seen(
+        id: EntryId,
+        stream: &str,
+        destination: &str,
+        path: &Path,
+        len: u64,
+        start: Option<u64>,
+    ) {
         let mut rows = ROWS.lock().unwrap_or_else(PoisonError::into_inner);
         let row = rows.entry(id).or_insert_with(|| Row {
             stream: stream.to_string(),
+            destination: destination.to_string(),
             path: String::new(),
             len: 0,
             acked: start.unwrap_or(0),
@@ -154,13 +165,13 @@ pub mod behind {
         let mut per_stream: std::collections::BTreeMap<&str, u64> =
             std::collections::BTreeMap::new();
         for r in rows.values() {
-            *per_stream.entry(r.stream.as_str()).or_insert(0) += r.len.saturating_sub(r.acked);
+            *per_stream.entry(r.destination.as_str()).or_insert(0) += r.len.saturating_sub(r.acked);
         }
         crate::cloudwatch::record(|| {
-            for (stream, behind) in per_stream {
+            for (destination, behind) in per_stream {
                 metrics::gauge!(
                     crate::cloudwatch::BYTES_BEHIND,
-                    crate::cloudwatch::DESTINATION => crate::cloudwatch::destination(stream)
+                    crate::cloudwatch::DESTINATION => destination.to_owned()
                 )
                 .set(behind as f64);
             }

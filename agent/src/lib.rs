@@ -1,11 +1,12 @@
-//! `kinesis-agent`: tails log files and ships their lines to Kinesis through the producer,
-//! checkpointing only what the stream acknowledged.
+//! `kinesis-agent`: tails log files and ships their lines to Kinesis (`kinesisStream`) or
+//! Amazon Data Firehose (`deliveryStream`) through the producers, checkpointing only what the
+//! destination acknowledged.
 //!
 //! ```text
 //!   control (signals) ─ Stop / Reload(config) ─► run_controlled
 //!                                                 │ one Store task owns the checkpoint file
-//!   per flow: Tailer ─ batches (≤ unsettled budget) ─► Producer::send_batch (waits when full)
-//!                                                        │ one receipt per batch
+//!   per flow: Tailer ─ batches (≤ unsettled budget) ─► Producer / FirehoseProducer::send_batch
+//!                                                        │ one receipt per batch (waits when full)
 //!             acker: per (flow, file), in order, the offset below which every batch is
 //!                    acknowledged ─► Store::advance ─► checkpoint file (atomic, versioned)
 //! ```
@@ -42,7 +43,9 @@ pub mod identity;
 pub mod jsonc;
 pub mod lines;
 pub mod process;
+pub(crate) mod progress;
 pub(crate) mod records;
+pub(crate) mod sink;
 pub mod store;
 pub mod tail;
 pub(crate) mod telemetry;
@@ -52,13 +55,15 @@ use std::time::Duration;
 
 use kinesis_core::sdk::AwsOptions;
 use kinesis_core::{BackoffConfig, ErrorKind};
-use kinesis_producer::{Producer, ProducerConfig};
+use kinesis_producer::Producer;
+use kinesis_producer::firehose::FirehoseProducer;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::config::{AgentConfig, Flow};
-use crate::flow::FlowRun;
+use crate::config::{AgentConfig, DestinationKind};
+use crate::flow::{FlowOptions, FlowRun};
+use crate::sink::Sink;
 use crate::store::Store;
 
 /// Running the agent failed.
@@ -78,6 +83,14 @@ pub enum AgentError {
         stream: String,
         /// The cause.
         source: kinesis_producer::BuildError,
+    },
+    /// A Firehose producer could not start (its configuration).
+    #[error("flow to delivery stream {stream}: {source}")]
+    Firehose {
+        /// The flow's delivery stream.
+        stream: String,
+        /// The cause.
+        source: kinesis_producer::ConfigError,
     },
 }
 
@@ -160,18 +173,42 @@ async fn client_for(cfg: &AgentConfig) -> aws_sdk_kinesis::Client {
 /// Longest a Kinesis call made by the agent may take (an attempt; the SDK retries).
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
-fn producer_config(flow: &Flow) -> ProducerConfig {
-    ProducerConfig {
-        record_max_buffered_time: flow.max_buffer_age.min(Duration::from_secs(1)),
-        max_record_bytes: flow.max_record_bytes,
-        // The agent resends failed records itself; a long TTL keeps retries in the producer.
-        record_ttl: Duration::from_secs(300),
-        // Lines are on disk already: a small buffer is enough to keep the stream busy, and
-        // keeps the agent's memory low (measured: 20 MiB is where throughput stops rising,
-        // BENCHMARKS.md). It must hold a few of the largest records.
-        max_buffered_bytes: (20 * 1024 * 1024).max(4 * flow.max_record_bytes + 4096),
-        ..ProducerConfig::default()
+/// The Firehose client, for flows with `deliveryStream`: the region of `kinesis.region`, the
+/// endpoint of `firehose.endpoint` (else `AWS_ENDPOINT_URL_FIREHOSE`, `AWS_ENDPOINT_URL`, the
+/// region's), and the agent's one identity. With `metered`, its PutRecordBatch calls count
+/// for `ServiceErrors`.
+async fn firehose_client_for(cfg: &AgentConfig, metered: bool) -> aws_sdk_firehose::Client {
+    let opts = AwsOptions {
+        region: cfg.kinesis_region.clone(),
+        // Not on the shared configuration: STS (assumeRoleARN) must not go to Firehose's
+        // endpoint.
+        endpoint_url: None,
+        profile: None,
+    };
+    let mut sdk = kinesis_core::sdk::load(&opts).await;
+    if sdk.region().is_none() && cfg.firehose_endpoint.is_some() {
+        sdk = sdk
+            .into_builder()
+            .region(aws_types::region::Region::from_static(
+                kinesis_core::sdk::LOCAL_FALLBACK_REGION,
+            ))
+            .build();
     }
+    let sdk = credentials::apply(&cfg.credentials, sdk).await;
+    let mut b = aws_sdk_firehose::config::Builder::from(&sdk);
+    if let Some(e) = &cfg.firehose_endpoint {
+        b = b.endpoint_url(e);
+    }
+    if metered {
+        b = b.interceptor(cloudwatch::PutRecordsCalls);
+    }
+    aws_sdk_firehose::Client::from_conf(b.build())
+}
+
+fn has_firehose(cfg: &AgentConfig) -> bool {
+    cfg.flows
+        .iter()
+        .any(|f| f.kind == DestinationKind::DeliveryStream)
 }
 
 /// Pauses between attempts to start a flow whose stream cannot be reached.
@@ -179,26 +216,53 @@ const START_BACKOFF: BackoffConfig =
     BackoffConfig::new(Duration::from_secs(1), Duration::from_secs(30));
 
 enum Built {
-    Ready(Vec<Producer>),
+    Ready(Vec<Sink>),
     Stopped,
     Failed(AgentError),
 }
 
 /// Starts a producer per flow, retrying transient failures (throttling, a stream still being
 /// created, the network) until they work or a `Stop` comes; failures retrying cannot fix
-/// (no such stream, no permission, an invalid configuration) end it.
+/// (no such stream, no permission, an invalid configuration) end it. A Firehose producer
+/// starts without a call (a delivery stream that is missing or closed to us fails its
+/// records, which are sent again, backing off, with a warning).
 async fn build_producers(
     cfg: &AgentConfig,
     client: &aws_sdk_kinesis::Client,
+    firehose: Option<&aws_sdk_firehose::Client>,
     control: &mut mpsc::Receiver<Control>,
     queued: &mut Option<Control>,
 ) -> Built {
     let mut producers = Vec::new();
     for flow in &cfg.flows {
+        if flow.kind == DestinationKind::DeliveryStream {
+            let Some(fh) = firehose else {
+                return Built::Failed(AgentError::Firehose {
+                    stream: flow.stream.clone(),
+                    source: kinesis_producer::ConfigError {
+                        field: "client",
+                        reason: "no Firehose client (a bug)".into(),
+                    },
+                });
+            };
+            match FirehoseProducer::builder(fh.clone(), &flow.stream)
+                .config(sink::firehose_config(flow, cfg))
+                .build()
+            {
+                Ok(p) => producers.push(Sink::Firehose(p)),
+                Err(source) => {
+                    return Built::Failed(AgentError::Firehose {
+                        stream: flow.stream.clone(),
+                        source,
+                    });
+                }
+            }
+            continue;
+        }
         let mut backoff = START_BACKOFF.build();
         loop {
             let build = Producer::builder(client.clone(), &flow.stream)
-                .config(producer_config(flow))
+                .config(sink::producer_config(flow, cfg))
                 .build();
             let result = tokio::select! {
                 r = build => r,
@@ -213,7 +277,7 @@ async fn build_producers(
             };
             match result {
                 Ok(p) => {
-                    producers.push(p);
+                    producers.push(Sink::Kinesis(p));
                     break;
                 }
                 Err(e)
@@ -243,18 +307,21 @@ async fn build_producers(
     Built::Ready(producers)
 }
 
-fn start_flows(cfg: &AgentConfig, producers: Vec<Producer>, store: &Store) -> Vec<FlowRun> {
+fn start_flows(cfg: &AgentConfig, producers: Vec<Sink>, store: &Store) -> Vec<FlowRun> {
     cfg.flows
         .iter()
         .zip(producers)
         .map(|(f, p)| {
-            FlowRun::start(
-                f.clone(),
-                p,
-                store.clone(),
-                cfg.poll_interval,
-                cfg.checkpoint_ttl,
-            )
+            let opts = FlowOptions {
+                poll: f
+                    .tuning
+                    .min_time_between_file_polls
+                    .unwrap_or(cfg.poll_interval),
+                ttl: cfg.checkpoint_ttl,
+                report_every: cfg.status_reporting_period,
+                report_metrics: cfg.log_emit_metrics,
+            };
+            FlowRun::start(f.clone(), p, store.clone(), opts)
         })
         .collect()
 }
@@ -312,21 +379,27 @@ pub async fn run_controlled(
         Some(c) => c,
         None => client_for(&cfg).await,
     });
+    let mut firehose = if has_firehose(&cfg) {
+        Some(firehose_client_for(&cfg, cloudwatch.is_some()).await)
+    } else {
+        None
+    };
     let mut queued = None;
     process::prepare(&cfg.flows).await;
-    let mut flows = match build_producers(&cfg, &client, &mut control, &mut queued).await {
-        Built::Ready(p) => start_flows(&cfg, p, &store),
-        Built::Stopped => {
-            stop_metrics(cloudwatch, drain.min(LAST_METRICS_WITHIN)).await;
-            store.shutdown().await?;
-            return Ok(());
-        }
-        Built::Failed(e) => {
-            stop_metrics(cloudwatch, drain.min(LAST_METRICS_WITHIN)).await;
-            let _ = store.shutdown().await;
-            return Err(e);
-        }
-    };
+    let mut flows =
+        match build_producers(&cfg, &client, firehose.as_ref(), &mut control, &mut queued).await {
+            Built::Ready(p) => start_flows(&cfg, p, &store),
+            Built::Stopped => {
+                stop_metrics(cloudwatch, drain.min(LAST_METRICS_WITHIN)).await;
+                store.shutdown().await?;
+                return Ok(());
+            }
+            Built::Failed(e) => {
+                stop_metrics(cloudwatch, drain.min(LAST_METRICS_WITHIN)).await;
+                let _ = store.shutdown().await;
+                return Err(e);
+            }
+        };
     ready();
     let mut cfg = cfg;
     loop {
@@ -350,12 +423,31 @@ pub async fn run_controlled(
         } else {
             metered(client_for(&new).await)
         };
+        let new_firehose = match &firehose {
+            Some(f)
+                if new.firehose_endpoint == cfg.firehose_endpoint
+                    && new.kinesis_region == cfg.kinesis_region
+                    && new.credentials == cfg.credentials =>
+            {
+                Some(f.clone())
+            }
+            _ if has_firehose(&new) => Some(firehose_client_for(&new, cloudwatch.is_some()).await),
+            _ => None,
+        };
         if new.cloudwatch != cfg.cloudwatch {
             warn!(message = "Reload: cloudwatch.* settings changed; they apply after a restart.");
         }
         // The old flows keep running while the new ones' producers start.
         process::prepare(&new.flows).await;
-        let producers = match build_producers(&new, &new_client, &mut control, &mut queued).await {
+        let producers = match build_producers(
+            &new,
+            &new_client,
+            new_firehose.as_ref(),
+            &mut control,
+            &mut queued,
+        )
+        .await
+        {
             Built::Ready(p) => p,
             Built::Stopped => break,
             Built::Failed(e) => {
@@ -376,6 +468,7 @@ pub async fn run_controlled(
         }
         flows = start_flows(&new, producers, &store);
         client = new_client;
+        firehose = new_firehose;
         info!(message = "Configuration reloaded.", flows = new.flows.len());
         cfg = new;
     }

@@ -171,7 +171,7 @@ fn main() -> ExitCode {
                     println!(
                         "- {} -> {} (key {:?}, start {:?}, buffer {:?}, records over {} bytes: {:?}{})",
                         f.file_pattern,
-                        f.stream,
+                        f.destination_label(),
                         f.partition_key,
                         f.initial_position,
                         f.max_buffer_age,

@@ -827,6 +827,8 @@ mod tests {
             partial_line_timeout: Duration::from_secs(5),
             processors: Vec::new(),
             identity: FileIdentity::Content,
+            kind: crate::config::DestinationKind::KinesisStream,
+            tuning: crate::config::FlowTuning::default(),
         }
     }
 

@@ -34,6 +34,8 @@ fn flow(pattern: &Path, stream: &str) -> Flow {
         partial_line_timeout: Duration::from_millis(300),
         processors: Vec::new(),
         identity: kinesis_agent::config::FileIdentity::Content,
+        kind: kinesis_agent::config::DestinationKind::KinesisStream,
+        tuning: kinesis_agent::config::FlowTuning::default(),
     }
 }
 
@@ -48,6 +50,10 @@ fn config(dir: &Path, flows: Vec<Flow>) -> AgentConfig {
         checkpoint_ttl: Duration::from_secs(7 * 86_400),
         credentials: Default::default(),
         shutdown_timeout: Duration::from_secs(10),
+        firehose_endpoint: None,
+        status_reporting_period: Duration::from_secs(30),
+        log_emit_metrics: false,
+        max_sending_threads: None,
         cloudwatch: kinesis_agent::config::CloudWatchConfig {
             emit_metrics: false,
             ..Default::default()
