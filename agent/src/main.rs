@@ -1,14 +1,18 @@
 //! `kinesis-agent --config FILE` (or `-c FILE`) runs the daemon; `kinesis-agent check-config
-//! FILE` validates a configuration and prints the effective flows. Without FILE, the Kinesis
-//! Agent's `/etc/aws-kinesis/agent.json`; the flows of `agent.d/` are added (see
+//! FILE` validates a configuration and prints the effective flows; `kinesis-agent
+//! import-checkpoints [--config FILE] [--force] [--dry-run] [SQLITE_DB]` turns the Java Kinesis
+//! Agent's checkpoint database into this agent's checkpoint file ([`import`]). Without FILE,
+//! the Kinesis Agent's `/etc/aws-kinesis/agent.json`; the flows of `agent.d/` are added (see
 //! `config::load`).
+
+mod import;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: kinesis-agent [(--config | -c) FILE]\n       kinesis-agent check-config [FILE]\n(FILE defaults to /etc/aws-kinesis/agent.json; the flows of agent.d/*.json beside it and in /etc/aws-kinesis/agent.d are added)"
+        "usage: kinesis-agent [(--config | -c) FILE]\n       kinesis-agent check-config [FILE]\n       kinesis-agent import-checkpoints [(--config | -c) FILE] [--force] [--dry-run] [SQLITE_DB]\n(FILE defaults to /etc/aws-kinesis/agent.json; the flows of agent.d/*.json beside it and in /etc/aws-kinesis/agent.d are added;\n SQLITE_DB, the Java Kinesis Agent's checkpoint database, to /var/run/aws-kinesis-agent/checkpoints; --force replaces\n an existing checkpoint file of this agent, --dry-run prints what would be imported and writes nothing)"
     );
     ExitCode::from(2)
 }
@@ -114,6 +118,9 @@ fn main() -> ExitCode {
         builder.init();
     }
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "import-checkpoints") {
+        return import_checkpoints(&args[1..]);
+    }
     // The Kinesis Agent's default file when none is named (its AgentOptions).
     let default = kinesis_agent::config::DEFAULT_CONFIG_FILE.to_owned();
     match args.as_slice() {
@@ -217,5 +224,42 @@ fn main() -> ExitCode {
             })
         }
         _ => usage(),
+    }
+}
+
+/// `import-checkpoints [(--config | -c) FILE] [--force] [--dry-run] [SQLITE_DB]`.
+fn import_checkpoints(args: &[String]) -> ExitCode {
+    let mut config = PathBuf::from(kinesis_agent::config::DEFAULT_CONFIG_FILE);
+    let mut db = None;
+    let mut force = false;
+    let mut dry_run = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" | "-c" => match it.next() {
+                Some(f) => config = PathBuf::from(f),
+                None => return usage(),
+            },
+            "--force" => force = true,
+            "--dry-run" => dry_run = true,
+            s if s.starts_with('-') || db.is_some() => return usage(),
+            s => db = Some(PathBuf::from(s)),
+        }
+    }
+    let cfg = match load(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let opts = import::Options {
+        db: db.unwrap_or_else(|| PathBuf::from(import::DEFAULT_DB)),
+        force,
+        dry_run,
+    };
+    match import::run(&opts, &cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("import-checkpoints: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
