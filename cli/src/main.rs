@@ -21,6 +21,7 @@ mod consume;
 mod local;
 mod position;
 mod put;
+mod put_record;
 mod record_out;
 mod streams;
 mod tail;
@@ -60,6 +61,8 @@ enum Command {
     Streams(streams::StreamsCommand),
     /// Send lines from stdin (or a file) as records, through the producer.
     Put(put::PutArgs),
+    /// Send one record with a direct PutRecord and print its shard and sequence number.
+    PutRecord(put_record::PutRecordArgs),
     /// Run a consumer worker that prints one JSON line per user record.
     Consume(consume::ConsumeArgs),
     /// Print records from a stream's shards without a lease table (kcat -C).
@@ -99,6 +102,9 @@ fn main() -> ExitCode {
         Command::Streams(cmd) => runtime().and_then(|rt| rt.block_on(streams::run(cmd, &opts))),
         Command::Put(args) => runtime().and_then(|rt| rt.block_on(put::run(args, &opts))),
         Command::Consume(args) => runtime().and_then(|rt| rt.block_on(consume::run(args, &opts))),
+        Command::PutRecord(args) => {
+            runtime().and_then(|rt| rt.block_on(put_record::run(args, &opts)))
+        }
         Command::Tail(args) => runtime().and_then(|rt| rt.block_on(tail::run(args, &opts))),
         Command::Leases(cmd) => runtime().and_then(|rt| rt.block_on(consume::leases(cmd, &opts))),
     };

@@ -482,7 +482,10 @@ async fn bad_input_is_refused_with_a_message() {
             vec!["--stream", &stream, "--shard", "shardId-000000000009"],
             "has no shard shardId-000000000009",
         ),
-        (vec!["--stream", &stream, "--shard", "nonsense"], "has no shard nonsense"),
+        (
+            vec!["--stream", &stream, "--shard", "nonsense"],
+            "has no shard nonsense",
+        ),
         (
             vec!["--stream", &stream, "--from", "yesterday"],
             "expected trim-horizon",
