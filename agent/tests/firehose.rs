@@ -1,0 +1,479 @@
+//! Flows with `deliveryStream`: the `kinesis-agent` binary against moto_server (PyPI
+//! `moto[server]`), whose Firehose delivers each `PutRecordBatch` to its S3 at once; every
+//! line is read back from the bucket's objects. Rotation (rename+create, copytruncate) while
+//! writing, kill -9 and restart, a failing or stalled `PutRecordBatch` (testkit's FaultProxy in
+//! front of moto) that must not move the checkpoint, `fileFooterPattern` and the progress line.
+//! Skips itself, saying why, only where moto cannot be started (under `CI`, that fails).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::needless_pass_by_value
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use aws_sdk_firehose::types::{DeliveryStreamType, ExtendedS3DestinationConfiguration};
+use common::{append, checkpoints, kill_9, signal, spawn, spawn_logged};
+use kinesis_testkit::moto::MotoServer;
+use kinesis_testkit::{Fault, FaultProxy, Rule, eventually, local_sdk_config};
+use serde_json::json;
+
+/// moto itself (its `endpoint()` is the CloudWatch bridge in front of it).
+fn moto_url(moto: &MotoServer) -> String {
+    format!("http://{}", moto.addr())
+}
+
+/// The AWS CLI of the test venv, against moto.
+fn aws(endpoint: &str, args: &[&str]) -> std::process::Output {
+    let py = kinesis_testkit::python::python().expect("test venv");
+    let cli = py.parent().unwrap().join("aws");
+    let out = Command::new(cli)
+        .arg("--endpoint-url")
+        .arg(endpoint)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "aws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A bucket and a DirectPut delivery stream into it; the bucket's name.
+async fn delivery_stream(moto: &MotoServer, name: &str) -> String {
+    let endpoint = moto_url(moto);
+    let bucket = format!("{name}-bucket");
+    aws(&endpoint, &["s3api", "create-bucket", "--bucket", &bucket]);
+    let conf = aws_sdk_firehose::config::Builder::from(&local_sdk_config())
+        .endpoint_url(&endpoint)
+        .build();
+    aws_sdk_firehose::Client::from_conf(conf)
+        .create_delivery_stream()
+        .delivery_stream_name(name)
+        .delivery_stream_type(DeliveryStreamType::DirectPut)
+        .extended_s3_destination_configuration(
+            ExtendedS3DestinationConfiguration::builder()
+                .bucket_arn(format!("arn:aws:s3:::{bucket}"))
+                .role_arn("arn:aws:iam::123456789012:role/firehose")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    bucket
+}
+
+/// Every line in the bucket's objects, with how many times it is there.
+fn lines_in(endpoint: &str, bucket: &str, scratch: &Path) -> BTreeMap<String, usize> {
+    let dir: PathBuf = scratch.join(format!("s3-{bucket}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    aws(
+        endpoint,
+        &[
+            "s3",
+            "cp",
+            &format!("s3://{bucket}/"),
+            dir.to_str().unwrap(),
+            "--recursive",
+            "--quiet",
+        ],
+    );
+    let mut lines = BTreeMap::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                for l in std::fs::read_to_string(&p).unwrap().lines() {
+                    *lines.entry(l.to_owned()).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    lines
+}
+
+/// Waits until the bucket holds every one of `want`; what it holds then.
+async fn wait_for_all(
+    endpoint: &str,
+    bucket: &str,
+    scratch: &Path,
+    want: &[String],
+    within: Duration,
+) -> BTreeMap<String, usize> {
+    eventually("every line in S3", within, || async {
+        let got = lines_in(endpoint, bucket, scratch);
+        want.iter().all(|l| got.contains_key(l)).then_some(got)
+    })
+    .await
+}
+
+/// `agent.json` with one Firehose flow of `d/<pattern>` to `stream` at `endpoint`.
+fn firehose_config(
+    d: &Path,
+    endpoint: &str,
+    pattern: &str,
+    stream: &str,
+    flow_extra: serde_json::Value,
+    extra: serde_json::Value,
+) -> PathBuf {
+    let mut flow = json!({ "filePattern": d.join(pattern), "deliveryStream": stream,
+                           "initialPosition": "START_OF_FILE", "maxBufferAgeMillis": "1000" });
+    if let (Some(o), Some(x)) = (flow.as_object_mut(), flow_extra.as_object()) {
+        o.extend(x.clone());
+    }
+    let mut top = json!({ "firehose.endpoint": endpoint });
+    if let (Some(o), Some(x)) = (top.as_object_mut(), extra.as_object()) {
+        o.extend(x.clone());
+    }
+    common::write_config(d, None, vec![flow], top)
+}
+
+fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}-{i:06}")).collect()
+}
+
+/// The checkpoint offset of `path`, if the checkpoint file has it.
+fn offset_of(d: &Path, path: &Path) -> Option<u64> {
+    checkpoints(d)
+        .into_iter()
+        .find(|(p, _)| p == path)
+        .map(|(_, o)| o)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_reaches_s3_across_rename_and_copytruncate_rotation_while_writing() {
+    let Some(moto) = MotoServer::start_or_skip().await else {
+        return;
+    };
+    let bucket = delivery_stream(&moto, "rotated").await;
+    let d = common::dir("fh-rotate");
+    // Joined records (aggregatedRecordSizeBytes): S3 still holds one line per line.
+    let config = firehose_config(
+        &d,
+        &moto_url(&moto),
+        "app.log*",
+        "rotated",
+        json!({ "aggregatedRecordSizeBytes": 4096 }),
+        json!({}),
+    );
+    let log = d.join("app.log");
+    let mut want = numbered("a", 0..3_000);
+    append(&log, want.clone());
+    let mut agent = spawn(&config);
+    // The agent is reading app.log: rotate it by rename + create under it.
+    eventually(
+        "app.log partly acknowledged",
+        Duration::from_secs(60),
+        || async { offset_of(&d, &log).filter(|o| *o > 0) },
+    )
+    .await;
+    std::fs::rename(&log, d.join("app.log.1")).unwrap();
+    let b = numbered("b", 0..3_000);
+    append(&log, b.clone());
+    want.extend(b);
+    // Then copytruncate: copy, truncate in place, keep writing.
+    eventually(
+        "the new app.log partly acknowledged",
+        Duration::from_secs(60),
+        || async { offset_of(&d, &log).filter(|o| *o > 0) },
+    )
+    .await;
+    let c = numbered("c", 0..1_000);
+    append(&log, c.clone());
+    want.extend(c);
+    std::fs::copy(&log, d.join("app.log.2")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let e = numbered("e", 0..2_000);
+    append(&log, e.clone());
+    want.extend(e);
+    let got = wait_for_all(
+        &moto_url(&moto),
+        &bucket,
+        &d,
+        &want,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(got.len(), want.len(), "nothing but the lines written");
+    signal(&agent, "TERM");
+    let status = common::exits_within(&mut agent, Duration::from_secs(20), "stop").await;
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_and_a_restart_deliver_every_line_at_least_once() {
+    let Some(moto) = MotoServer::start_or_skip().await else {
+        return;
+    };
+    let bucket = delivery_stream(&moto, "killed").await;
+    let d = common::dir("fh-kill");
+    let config = firehose_config(
+        &d,
+        &moto_url(&moto),
+        "*.log",
+        "killed",
+        json!({}),
+        json!({}),
+    );
+    let log = d.join("app.log");
+    let mut want = numbered("k", 0..20_000);
+    append(&log, want.clone());
+    let agent = spawn(&config);
+    eventually(
+        "some lines acknowledged",
+        Duration::from_secs(60),
+        || async { offset_of(&d, &log).filter(|o| *o > 0) },
+    )
+    .await;
+    // Mid-stream: acknowledged lines behind, lines in flight and unread ones ahead.
+    kill_9(agent);
+    let at_kill = offset_of(&d, &log).unwrap();
+    let more = numbered("m", 0..1_000);
+    append(&log, more.clone());
+    want.extend(more);
+    let mut agent = spawn(&config);
+    let got = wait_for_all(
+        &moto_url(&moto),
+        &bucket,
+        &d,
+        &want,
+        Duration::from_secs(120),
+    )
+    .await;
+    let resent: usize = got.values().map(|n| n - 1).sum();
+    assert!(
+        resent < want.len(),
+        "the restart resumed from the checkpoint ({at_kill}), not from the start: {resent} resent"
+    );
+    signal(&agent, "TERM");
+    let status = common::exits_within(&mut agent, Duration::from_secs(20), "stop").await;
+    assert!(status.success());
+    let len = std::fs::metadata(&log).unwrap().len();
+    assert_eq!(
+        offset_of(&d, &log),
+        Some(len),
+        "a stop checkpoints every line"
+    );
+}
+
+/// Whether the log has, for the flow, a progress line with `sent` records sent.
+fn progress_says(log: &Path, sent: usize) -> bool {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.contains("Progress:")
+                && l.contains(&format!(
+                    "and {sent} records sent successfully to destinations"
+                ))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_stalled_put_record_batch_does_not_move_the_checkpoint() {
+    let Some(moto) = MotoServer::start_or_skip().await else {
+        return;
+    };
+    let bucket = delivery_stream(&moto, "faulty").await;
+    let proxy = FaultProxy::start(moto.addr(), 3).unwrap();
+    let d = common::dir("fh-fault");
+    let config = firehose_config(
+        &d,
+        &proxy.endpoint(),
+        "*.log",
+        "faulty",
+        // Short pauses, so that the failures pile up quickly.
+        json!({ "retryInitialBackoffMillis": 50, "retryMaxBackoffMillis": 200 }),
+        json!({ "log.statusReportingPeriodSeconds": 1 }),
+    );
+    // The agent's own logs away from the files it tails.
+    let logs = common::dir("fh-fault-logs");
+    let log = d.join("app.log");
+    let want = numbered("f", 0..300);
+    append(&log, want.clone());
+    for fault in [Fault::error("ServiceUnavailableException"), Fault::Stall] {
+        let stalled = fault == Fault::Stall;
+        proxy.set_rules(vec![Rule::new(Some("PutRecordBatch"), fault)]);
+        let agent_log = logs.join(format!("agent-{stalled}.log"));
+        let agent = spawn_logged(&config, &agent_log);
+        eventually(
+            "PutRecordBatch faulted",
+            Duration::from_secs(60),
+            || async { (proxy.stats().op("PutRecordBatch").injected() >= 3).then_some(()) },
+        )
+        .await;
+        // The agent has read the file, tried and failed several times (or waits on a call
+        // that never ends): its progress line says nothing was sent, and no line is in S3.
+        eventually("a progress line", Duration::from_secs(30), || async {
+            std::fs::read_to_string(&agent_log)
+                .unwrap_or_default()
+                .contains("records parsed")
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            offset_of(&d, &log).unwrap_or(0),
+            0,
+            "no line acknowledged ({})",
+            if stalled { "stalled" } else { "failed" }
+        );
+        assert!(lines_in(&moto_url(&moto), &bucket, &d).is_empty());
+        assert!(!progress_says(&agent_log, 300));
+        kill_9(agent);
+        assert_eq!(offset_of(&d, &log).unwrap_or(0), 0);
+        proxy.release_stalled();
+    }
+    // Healed: every line arrives and the checkpoint reaches the file's end.
+    proxy.clear();
+    let agent_log = logs.join("agent-healed.log");
+    let mut agent = spawn_logged(&config, &agent_log);
+    wait_for_all(
+        &moto_url(&moto),
+        &bucket,
+        &d,
+        &want,
+        Duration::from_secs(60),
+    )
+    .await;
+    let len = std::fs::metadata(&log).unwrap().len();
+    eventually("checkpoint at the end", Duration::from_secs(30), || async {
+        (offset_of(&d, &log) == Some(len)).then_some(())
+    })
+    .await;
+    eventually(
+        "the progress line counts them",
+        Duration::from_secs(30),
+        || async { progress_says(&agent_log, 300).then_some(()) },
+    )
+    .await;
+    signal(&agent, "TERM");
+    common::exits_within(&mut agent, Duration::from_secs(20), "stop").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn footer_lines_are_not_shipped_and_progress_is_logged_per_flow() {
+    let Some(moto) = MotoServer::start_or_skip().await else {
+        return;
+    };
+    let bucket = delivery_stream(&moto, "footed").await;
+    let d = common::dir("fh-footer");
+    let config = firehose_config(
+        &d,
+        &moto_url(&moto),
+        "*.log",
+        "footed",
+        json!({ "fileFooterPattern": "^=== END OF FILE ===$" }),
+        json!({ "log.statusReportingPeriodSeconds": "1", "log.emitMetrics": true }),
+    );
+    let log = d.join("app.log");
+    let lines = numbered("x", 0..200);
+    let mut file = lines[..100].to_vec();
+    file.push("=== END OF FILE ===".into());
+    file.extend_from_slice(&lines[100..]);
+    file.push("=== END OF FILE ===".into());
+    append(&log, file);
+    // The agent's own log away from the files it tails.
+    let logs = common::dir("fh-footer-logs");
+    let agent_log = logs.join("agent.log");
+    let mut agent = spawn_logged(&config, &agent_log);
+    let got = wait_for_all(
+        &moto_url(&moto),
+        &bucket,
+        &d,
+        &lines,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        !got.keys().any(|l| l.contains("END OF FILE")),
+        "no footer line in S3"
+    );
+    // The trailing footer is passed by the checkpoint too.
+    let len = std::fs::metadata(&log).unwrap().len();
+    eventually("checkpoint at the end", Duration::from_secs(30), || async {
+        (offset_of(&d, &log) == Some(len)).then_some(())
+    })
+    .await;
+    // The Kinesis Agent's progress line, per flow (its id), with the counters as fields.
+    let text = eventually("a progress line", Duration::from_secs(30), || async {
+        let t = std::fs::read_to_string(&agent_log).unwrap_or_default();
+        progress_says(&agent_log, 200).then_some(t)
+    })
+    .await;
+    let line = text
+        .lines()
+        .find(|l| l.contains("and 200 records sent successfully"))
+        .unwrap();
+    assert!(
+        line.contains("fh:footed:") && line.contains("Progress: 200 records parsed ("),
+        "{line}"
+    );
+    assert!(line.contains("bytes_sent"), "log.emitMetrics: {line}");
+    signal(&agent, "TERM");
+    let status = common::exits_within(&mut agent, Duration::from_secs(20), "stop").await;
+    assert!(status.success());
+}
+
+fn check_config(config: &Path) -> std::process::Output {
+    Command::new(common::bin())
+        .args(["check-config", config.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_config_shows_firehose_flows_and_refuses_both_or_neither_destination() {
+    let d = common::dir("fh-check");
+    let config = firehose_config(
+        &d,
+        "http://127.0.0.1:1",
+        "*.log",
+        "to-s3",
+        json!({}),
+        json!({}),
+    );
+    let out = check_config(&config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("-> deliveryStream to-s3"), "{stdout}");
+    for (flow, words) in [
+        (
+            json!({ "filePattern": d.join("*.log"), "kinesisStream": "s", "deliveryStream": "f" }),
+            "flows[0]: has both kinesisStream and deliveryStream",
+        ),
+        (
+            json!({ "filePattern": d.join("*.log") }),
+            "flows[0]: needs a destination",
+        ),
+    ] {
+        let config = common::write_config(&d, None, vec![flow], json!({}));
+        let out = check_config(&config);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(words), "{stderr}");
+    }
+}
