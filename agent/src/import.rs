@@ -202,6 +202,22 @@ fn java_flow_id(key: &FlowKey) -> String {
     format!("{destination}:{path}")
 }
 
+/// An SQLite error, with what to do when the Java agent still holds the database.
+fn sql_reason(e: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, ReadOnly};
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked) => {
+            format!("{e} (is the Java agent still running? stop it first)")
+        }
+        // Read-only, a journal left by an interrupted write cannot be rolled back.
+        Some(ReadOnly) => format!(
+            "{e} (a journal left by an interrupted write of the Java agent: start and stop the \
+             Java agent once, then import again)"
+        ),
+        _ => e.to_string(),
+    }
+}
+
 /// Reads every row, newest first (the Java agent's order). Fails when the file is not the Java
 /// agent's database.
 fn read_rows(db: &Path) -> Result<Vec<RawRow>, ImportError> {
@@ -232,14 +248,14 @@ fn read_rows(db: &Path) -> Result<Vec<RawRow>, ImportError> {
         db,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| fail(format!("cannot open the database: {e}")))?;
+    .map_err(|e| fail(format!("cannot open the database: {}", sql_reason(&e))))?;
     let tables: i64 = conn
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'FILE_CHECKPOINTS'",
             [],
             |r| r.get(0),
         )
-        .map_err(|e| fail(format!("cannot read the database: {e}")))?;
+        .map_err(|e| fail(format!("cannot read the database: {}", sql_reason(&e))))?;
     if tables == 0 {
         return Err(fail(
             "no FILE_CHECKPOINTS table: not the Java Kinesis Agent's checkpoint database".into(),
@@ -267,7 +283,7 @@ fn read_rows(db: &Path) -> Result<Vec<RawRow>, ImportError> {
             })
         })
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| fail(format!("cannot read FILE_CHECKPOINTS: {e}")))?;
+        .map_err(|e| fail(format!("cannot read FILE_CHECKPOINTS: {}", sql_reason(&e))))?;
     Ok(rows)
 }
 
@@ -289,6 +305,7 @@ fn candidates(flow: &Flow) -> (Vec<Candidate>, HashMap<PathBuf, String>) {
     let paths = glob::glob(&flow.file_pattern)
         .map(|g| g.filter_map(Result::ok).filter(|p| p.is_file()).collect())
         .unwrap_or_else(|_| Vec::new());
+    let mut inodes = std::collections::HashSet::new();
     for path in paths {
         let compressed = path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
             matches!(
@@ -312,7 +329,12 @@ fn candidates(flow: &Flow) -> (Vec<Candidate>, HashMap<PathBuf, String>) {
             })
         });
         match opened {
-            Ok(c) => found.push(c),
+            // Two paths to one file (symlinks): one file, as the tailer reads it once.
+            Ok(c) => {
+                if inodes.insert(c.inode) {
+                    found.push(c);
+                }
+            }
             Err(e) => {
                 unreadable.insert(path, e.to_string());
             }

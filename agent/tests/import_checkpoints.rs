@@ -343,8 +343,15 @@ fn files_that_are_not_the_java_agents_database_fail_the_import() {
         .unwrap()
         .execute("create table FILE_CHECKPOINTS(flow text, path text)", [])
         .unwrap();
+    let torn = d.join("torn.db");
+    std::fs::write(
+        &torn,
+        [&b"SQLite format 3\0"[..], &[0xA5; 4096][..]].concat(),
+    )
+    .unwrap();
     let cases = [
         (text, "not a SQLite database"),
+        (torn, "cannot read the database"),
         (other, "no FILE_CHECKPOINTS table"),
         (layout, "is not the Java agent's layout"),
         (d.join("absent"), "no such file"),
@@ -401,6 +408,18 @@ fn an_existing_checkpoint_file_is_replaced_only_with_force() {
     let cps = kinesis_agent::checkpoint::load(&ours).unwrap();
     assert_eq!(cps.values().map(|e| e.offset).collect::<Vec<_>>(), vec![8]);
     assert!(!d.join("checkpoints.json.tmp").exists());
+    // The Java agent still writing (an exclusive lock held): refused, with the likely cause.
+    let java = rusqlite::Connection::open(&db).unwrap();
+    java.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let out = import(&cfg, &db, &["--force"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is the Java agent still running?"),
+        "{}",
+        stderr(&out)
+    );
+    java.execute_batch("ROLLBACK").unwrap();
+    drop(java);
     // checkpointFile naming the Java agent's database: refused even with --force.
     let same = common::write_config(
         &d,
