@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::api::KinesisApi;
 use crate::config::{ProducerConfig, batch_buffer_cost, buffer_cost};
-use crate::driver::{Command, Driver, Incoming, ShutdownReport};
+use crate::driver::{Command, Driver, Grant, Inbox, Incoming, Reply, ShutdownReport};
 use crate::error::{BuildError, SendBatchError, SendError, TrySendError, TrySendErrorKind};
 use crate::pool::{BufferPool, Closing};
 use crate::receipt::{BatchOutcome, BatchReceipt, PutReceipt};
@@ -175,12 +175,26 @@ impl Producer {
         let stats = Arc::new(Stats::default());
         let (records, records_rx) = mpsc::unbounded_channel();
         let (control, control_rx) = mpsc::unbounded_channel();
-        let driver = Driver::new(Arc::clone(&config), api, stream, Arc::clone(&stats), map);
+        let permits = Arc::clone(pool.permits());
+        let driver = Driver::new(
+            Arc::clone(&config),
+            api,
+            stream,
+            Arc::clone(&stats),
+            map,
+            Arc::clone(&permits),
+        );
         // The task stops by itself when every handle is dropped (the channels close) or after
         // shutdown(); it settles every record before it returns. The record channel is
         // unbounded, but every record in it holds buffer permits: memory stays under
         // max_buffered_bytes (or the pool's capacity).
-        tokio::spawn(driver.run(records_rx, control_rx));
+        tokio::spawn(driver.run(
+            Inbox {
+                rx: records_rx,
+                permits,
+            },
+            control_rx,
+        ));
         Self {
             inner: Arc::new(Inner {
                 records,
@@ -269,8 +283,38 @@ impl Producer {
     /// dropped with it and nothing was enqueued.
     pub async fn send(&self, record: UserRecord) -> Result<PutReceipt, SendError> {
         let cost = self.cost(&record)?;
-        let permit = self.acquire(cost).await?;
-        self.enqueue(record, permit).map_err(|_| SendError::Closed)
+        let grant = self.acquire_grant(cost).await?;
+        self.enqueue(record, grant).map_err(|_| SendError::Closed)
+    }
+
+    /// [`acquire`](Self::acquire) for one record: the permits are forgotten here and given
+    /// back by the driver's ledger when the record is settled (see [`Grant`]). Cancel-safe.
+    async fn acquire_grant(&self, cost: u32) -> Result<Grant, SendError> {
+        let closing = &self.inner.closing;
+        if closing.is_closed() {
+            return Err(SendError::Closed);
+        }
+        let permits = self.inner.pool.permits();
+        // The common case, free space, without a select.
+        match permits.try_acquire_many(cost) {
+            Ok(p) => p.forget(),
+            Err(_) => tokio::select! {
+                () = closing.closed() => return Err(SendError::Closed),
+                p = permits.acquire_many(cost) => p.map_err(|_| SendError::Closed)?.forget(),
+            },
+        }
+        let grant = Grant(cost);
+        // Shut down while it waited (or just now): give the space back.
+        if closing.is_closed() {
+            self.give_back(&grant);
+            return Err(SendError::Closed);
+        }
+        Ok(grant)
+    }
+
+    /// Returns a grant the driver never took.
+    fn give_back(&self, grant: &Grant) {
+        self.inner.pool.permits().add_permits(grant.0 as usize);
     }
 
     /// Hands a record to the producer if the buffer has room now; otherwise gives it back.
@@ -292,37 +336,37 @@ impl Producer {
         let acquired = if self.inner.closing.is_closed() {
             Err(TrySendErrorKind::Invalid(SendError::Closed))
         } else {
-            Arc::clone(self.inner.pool.permits())
-                .try_acquire_many_owned(cost)
-                .map_err(|_| TrySendErrorKind::Full)
+            match self.inner.pool.permits().try_acquire_many(cost) {
+                Ok(p) => {
+                    p.forget();
+                    Ok(Grant(cost))
+                }
+                Err(_) => Err(TrySendErrorKind::Full),
+            }
         };
-        let permit = match acquired {
-            Ok(p) => p,
+        let grant = match acquired {
+            Ok(g) => g,
             Err(kind) => return Err(TrySendError { kind, record }),
         };
-        self.enqueue(record, permit).map_err(|record| TrySendError {
+        self.enqueue(record, grant).map_err(|record| TrySendError {
             kind: TrySendErrorKind::Invalid(SendError::Closed),
             record,
         })
     }
 
-    fn enqueue(
-        &self,
-        record: UserRecord,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<PutReceipt, UserRecord> {
+    fn enqueue(&self, record: UserRecord, grant: Grant) -> Result<PutReceipt, UserRecord> {
         let (reply, rx) = oneshot::channel();
         // Counted before the driver can settle it: outstanding_records() never reads low.
         let accepted = &self.inner.stats.accepted;
         accepted.fetch_add(1, Ordering::Relaxed);
-        match self
-            .inner
-            .records
-            .send(Incoming::one(record, reply, permit))
-        {
+        match self.inner.records.send(Incoming::one(record, reply, grant)) {
             Ok(()) => Ok(PutReceipt::new(rx)),
             Err(mpsc::error::SendError(Incoming::One(p))) => {
                 accepted.fetch_sub(1, Ordering::Relaxed);
+                // The driver is gone (its inbox closed): the space was never counted there.
+                if let Reply::One(_, grant) = &p.reply {
+                    self.give_back(grant);
+                }
                 Err(p.record)
             }
             // Proven invariant: the channel hands back what was sent.

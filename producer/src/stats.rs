@@ -24,8 +24,10 @@ pub(crate) struct Stats {
     pub(crate) put_calls: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) calls_in_flight: AtomicU64,
-    /// User records the handle accepted (counted before they reach the driver).
-    pub(crate) accepted: AtomicU64,
+    /// User records the handle accepted (counted before they reach the driver). On a cache
+    /// line of its own: the callers' threads add to it per record, and the driver writes the
+    /// other counters per event; sharing a line, each would take it from the other.
+    pub(crate) accepted: OwnLine<AtomicU64>,
     /// The arrival of the oldest unsettled record, in nanoseconds since `origin`; `NONE`.
     oldest_arrival: AtomicU64,
     origin: Instant,
@@ -41,10 +43,22 @@ impl Default for Stats {
             put_calls: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             calls_in_flight: AtomicU64::new(0),
-            accepted: AtomicU64::new(0),
+            accepted: OwnLine(AtomicU64::new(0)),
             oldest_arrival: AtomicU64::new(NONE),
             origin: Instant::now(),
         }
+    }
+}
+
+/// A value alone on its cache line (128 bytes: adjacent-line prefetchers pair 64-byte lines).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct OwnLine<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
     }
 }
 

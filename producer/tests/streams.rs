@@ -364,3 +364,65 @@ async fn the_pool_bounds_batches_and_must_hold_a_largest_record() {
     );
     p.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A producer whose task is dropped without settling (its runtime shut down: as after a panic
+/// or an abort) gives every byte it held back to a shared pool: the records it had taken, those
+/// still in its channel, and sends that come after.
+#[test]
+fn a_producer_whose_task_is_dropped_gives_its_pool_space_back() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let env = main.block_on(TestEnv::start());
+    let (proxy, client) = {
+        let _main = main.enter();
+        proxied(&env)
+    };
+    let stream = main.block_on(env.create_stream(1));
+    proxy.add_rule(Rule::new(Some("PutRecords"), Fault::Stall));
+    let pool = BufferPool::new(256 * 1024).unwrap();
+
+    // The producer lives in a runtime of its own, dropped below with its task.
+    let other = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let producer = other
+        .block_on(
+            Producer::builder(client, &stream)
+                .config(config(64 * 1024 * 1024))
+                .buffer_pool(pool.clone())
+                .build(),
+        )
+        .unwrap();
+    // Filled from outside the producer's runtime: some records are taken by its task, the
+    // last ones may still be in its channel when it is dropped.
+    let held = {
+        let _guard = other.enter();
+        fill(&producer, "dropped")
+    };
+    assert!(!held.is_empty());
+    assert!(pool.available_bytes() < buffer_cost(&record("dropped", 0)));
+    drop(other);
+
+    assert_eq!(
+        pool.available_bytes(),
+        pool.capacity(),
+        "every byte is back once the task is gone"
+    );
+    // A send after the task is gone is refused and takes nothing.
+    let refused = producer.try_send(record("dropped", 0)).unwrap_err();
+    assert_eq!(refused.kind, TrySendErrorKind::Invalid(SendError::Closed));
+    assert_eq!(pool.available_bytes(), pool.capacity());
+    // The receipts say the producer stopped without settling them.
+    main.block_on(async {
+        for r in join_all(held).await {
+            assert!(r.is_err());
+        }
+    });
+    drop(producer);
+    drop(env);
+}

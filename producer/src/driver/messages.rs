@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use kinesis_core::{HashKey, UserRecord};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::{Duration, Instant};
 
 use crate::error::{Attempt, AttemptOutcome};
@@ -144,11 +144,90 @@ impl Pending {
     }
 }
 
+/// Buffer space one record holds: taken from the pool's semaphore by the handle (the permits
+/// forgotten there) and given back by the driver's [`Ledger`] when the record is settled, one
+/// release per settled call rather than a reference-counted permit per record (whose count the
+/// callers' threads and the driver's would take from each other once per record).
+#[derive(Debug)]
+pub(crate) struct Grant(pub(crate) u32);
+
+/// The buffer space of the records the driver holds ([`Grant`]s): given back as they are
+/// settled, and all of it when the driver is dropped (a task aborted or panicked), so that a
+/// shared pool never loses space to a producer that is gone.
+#[derive(Debug)]
+pub(crate) struct Ledger {
+    permits: Arc<Semaphore>,
+    held: u64,
+}
+
+impl Ledger {
+    pub(crate) fn new(permits: Arc<Semaphore>) -> Self {
+        Self { permits, held: 0 }
+    }
+
+    /// The driver took a record holding `grant`.
+    pub(crate) fn took(&mut self, grant: &Grant) {
+        self.held += u64::from(grant.0);
+    }
+
+    /// Gives `bytes` of settled records back to the pool.
+    pub(crate) fn release(&mut self, bytes: u64) {
+        // Never more than is held: a miscount must not grow the pool beyond its capacity.
+        let bytes = bytes.min(self.held);
+        if bytes > 0 {
+            self.held -= bytes;
+            self.permits
+                .add_permits(usize::try_from(bytes).unwrap_or(usize::MAX));
+        }
+    }
+
+    /// Bytes held (unit tests).
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> u64 {
+        self.held
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        let held = self.held;
+        self.release(held);
+    }
+}
+
+/// The driver's end of the record channel. Dropped with the driver's task (abort, panic): it
+/// closes the channel and gives back the buffer space of the records still in it, which no
+/// ledger has counted yet. (Sends after the close fail, and their handle gives the space back.)
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    pub(crate) rx: tokio::sync::mpsc::UnboundedReceiver<Incoming>,
+    pub(crate) permits: Arc<Semaphore>,
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.rx.close();
+        let mut bytes = 0usize;
+        while let Ok(m) = self.rx.try_recv() {
+            if let Incoming::One(Pending {
+                reply: Reply::One(_, Grant(g)),
+                ..
+            }) = m
+            {
+                bytes = bytes.saturating_add(g as usize);
+            }
+        }
+        if bytes > 0 {
+            self.permits.add_permits(bytes);
+        }
+    }
+}
+
 /// Who learns a record's fate.
 #[derive(Debug)]
 pub(crate) enum Reply {
     /// Its own receipt (`send`, `try_send`) and buffer space.
-    One(oneshot::Sender<Outcome>, OwnedSemaphorePermit),
+    One(oneshot::Sender<Outcome>, Grant),
     /// A member of a batch (`send_batch`): the batch's receipt (which holds the buffer space
     /// of all), at `index`.
     Batch { id: u64, index: u32 },
@@ -166,12 +245,8 @@ pub(crate) enum Incoming {
 
 impl Incoming {
     /// One record with its own receipt and buffer space.
-    pub(crate) fn one(
-        record: UserRecord,
-        reply: oneshot::Sender<Outcome>,
-        permit: OwnedSemaphorePermit,
-    ) -> Self {
-        Self::One(Pending::new(record, Reply::One(reply, permit)))
+    pub(crate) fn one(record: UserRecord, reply: oneshot::Sender<Outcome>, grant: Grant) -> Self {
+        Self::One(Pending::new(record, Reply::One(reply, grant)))
     }
 
     /// A batch, arrived now.
@@ -244,4 +319,56 @@ pub struct ShutdownReport {
     /// Records whose PutRecords call was still running at the deadline: they may or may not be
     /// in the stream (their receipts fail with `Unknown`).
     pub in_flight: Vec<UserRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kinesis_core::PartitionKey;
+
+    fn one(grant: u32) -> (Incoming, oneshot::Receiver<crate::receipt::Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        let record = UserRecord::new(PartitionKey::new("k").unwrap(), None, "x".into());
+        (Incoming::one(record, tx, Grant(grant)), rx)
+    }
+
+    #[test]
+    fn a_dropped_inbox_gives_back_the_space_of_what_is_still_in_it() {
+        let permits = Arc::new(Semaphore::new(1000));
+        permits.try_acquire_many(300).unwrap().forget();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let inbox = Inbox {
+            rx,
+            permits: Arc::clone(&permits),
+        };
+        let (a, receipt_a) = one(100);
+        let (b, _receipt_b) = one(200);
+        tx.send(a).unwrap();
+        tx.send(b).unwrap();
+        drop(inbox);
+        assert_eq!(permits.available_permits(), 1000);
+        // Closed: a later send comes back to its handle (which gives its grant back itself).
+        assert!(tx.send(one(1).0).is_err());
+        // The receipt learns the record was never settled.
+        assert!(receipt_a.blocking_recv().is_err());
+    }
+
+    #[test]
+    fn a_ledger_gives_back_what_it_holds_once_and_never_more() {
+        let permits = Arc::new(Semaphore::new(1000));
+        permits.try_acquire_many(500).unwrap().forget();
+        let mut ledger = Ledger::new(Arc::clone(&permits));
+        ledger.took(&Grant(300));
+        ledger.took(&Grant(200));
+        ledger.release(300);
+        assert_eq!((permits.available_permits(), ledger.held()), (800, 200));
+        // A miscount does not grow the pool beyond what it lent.
+        ledger.release(10_000);
+        assert_eq!((permits.available_permits(), ledger.held()), (1000, 0));
+        ledger.took(&Grant(0));
+        permits.try_acquire_many(250).unwrap().forget();
+        ledger.took(&Grant(250));
+        drop(ledger);
+        assert_eq!(permits.available_permits(), 1000);
+    }
 }

@@ -57,7 +57,7 @@ use tokio::time::Instant;
 #[cfg(test)]
 pub(crate) use messages::Probe;
 pub use messages::ShutdownReport;
-pub(crate) use messages::{Command, Incoming};
+pub(crate) use messages::{Command, Grant, Inbox, Incoming, Reply};
 
 use crate::api::KinesisApi;
 use crate::config::ProducerConfig;
@@ -106,6 +106,7 @@ impl Driver {
         stream: StreamRef,
         stats: Arc<Stats>,
         map: ShardMap,
+        permits: Arc<tokio::sync::Semaphore>,
     ) -> Self {
         Self {
             buffers: Buffers::new(),
@@ -113,7 +114,7 @@ impl Driver {
             calls: Calls::new(&cfg),
             retries: Retries::new(&cfg),
             refresh: Refresh::new(cfg.shard_map_refresh_interval),
-            settlement: Settlement::new(),
+            settlement: Settlement::new(messages::Ledger::new(permits)),
             telemetry: Telemetry::new(stream.short_name()),
             shutdown: None,
             route_keys: buffers::route_keys(&map),
@@ -131,9 +132,10 @@ impl Driver {
 
     pub(crate) async fn run(
         mut self,
-        mut records: mpsc::UnboundedReceiver<Incoming>,
+        mut inbox: Inbox,
         mut control: mpsc::UnboundedReceiver<Command>,
     ) {
+        let records = &mut inbox.rx;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -175,7 +177,7 @@ impl Driver {
                     None => {
                         // Every handle was dropped without shutdown(): stop now, settling every
                         // record (Drop aborts; shutdown drains).
-                        self.abandon(&mut records, "producer dropped without shutdown()");
+                        self.abandon(records, "producer dropped without shutdown()");
                         return;
                     }
                 },
@@ -202,7 +204,7 @@ impl Driver {
             self.telemetry.emit();
             self.telemetry
                 .sample_pending(self.stats.outstanding(), Instant::now());
-            if self.finish_shutdown_if_due(&mut records) {
+            if self.finish_shutdown_if_due(records) {
                 return;
             }
         }

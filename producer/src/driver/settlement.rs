@@ -18,7 +18,7 @@ use kinesis_core::{SequenceNumber, ShardId};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::{Duration, Instant};
 
-use super::messages::{BatchIn, Pending, Reply};
+use super::messages::{BatchIn, Grant, Ledger, Pending, Reply};
 use crate::error::{FailureReason, PutError};
 use crate::receipt::{BatchFailure, BatchOutcome, Delivered};
 use crate::stats::Stats;
@@ -132,22 +132,28 @@ pub(super) struct Settlement {
     /// Batches from `send_batch` with members not yet settled.
     open_batches: HashMap<u64, OpenBatch>,
     next_batch: u64,
+    /// The buffer space of the records from `send` / `try_send` (a batch's is its permit).
+    pub(super) ledger: Ledger,
 }
 
 impl Settlement {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(ledger: Ledger) -> Self {
         Self {
             epochs: Epochs::default(),
             epoch_opened: None,
             flush_waiters: Vec::new(),
             open_batches: HashMap::new(),
             next_batch: 0,
+            ledger,
         }
     }
 
-    /// Stamps a record with the current epoch.
+    /// Stamps a record with the current epoch, and counts its buffer space as held.
     pub(super) fn admit(&mut self, p: &mut Pending) {
         p.epoch = self.epochs.stamp(1, p.arrived);
+        if let Reply::One(_, grant) = &p.reply {
+            self.ledger.took(grant);
+        }
     }
 
     /// Closes the current epoch once it has been open for [`AGE_GRANULARITY`] (the driver's
@@ -277,7 +283,9 @@ impl Settlement {
             record: super::messages::detached(m.record, m.in_aggregate),
         };
         match m.reply {
-            Reply::One(tx, _permit) => {
+            Reply::One(tx, Grant(bytes)) => {
+                // Space first: a caller woken by the receipt finds it free.
+                self.ledger.release(u64::from(bytes));
                 let _ = tx.send(Err(Box::new(error)));
             }
             Reply::Batch { id, index } => {
@@ -302,7 +310,8 @@ impl Settlement {
         let mut bytes = 0;
         // Counted before any receipt resolves: a caller who saw its receipts sees the counts.
         stats.delivered.fetch_add(n, Ordering::Release);
-        let mut permits: Option<OwnedSemaphorePermit> = None;
+        // Buffer space of the members from `send`: given back once, after their receipts.
+        let mut freed = 0u64;
         // Members of one batch come in runs: settle a run at once.
         let mut run: Option<(u64, usize)> = None;
         for (i, m) in members.into_iter().enumerate() {
@@ -317,12 +326,8 @@ impl Settlement {
                 telemetry.retried(shard, m.attempts - 1);
             }
             match m.reply {
-                Reply::One(tx, permit) => {
-                    // One release for the whole call instead of one per record.
-                    match permits.as_mut() {
-                        Some(p) => p.merge(permit),
-                        None => permits = Some(permit),
-                    }
+                Reply::One(tx, Grant(g)) => {
+                    freed += u64::from(g);
                     let _ = tx.send(Ok(Delivered {
                         shard_id: shard.clone(),
                         sequence_number: seq.clone(),
@@ -351,6 +356,7 @@ impl Settlement {
         if let Some((rid, n)) = run {
             self.batch_settled(rid, n, None);
         }
+        self.ledger.release(freed);
         telemetry.delivered(shard, n, bytes);
     }
 }
