@@ -18,11 +18,13 @@
 mod agg;
 mod cloudwatch;
 mod consume;
+mod consumers;
 mod local;
 mod position;
 mod put;
 mod put_record;
 mod record_out;
+mod settings;
 mod streams;
 mod tail;
 
@@ -70,6 +72,9 @@ enum Command {
     /// Inspect the lease table of a consumer application.
     #[command(subcommand)]
     Leases(consume::LeasesCommand),
+    /// List, register and deregister enhanced fan-out consumers of a stream.
+    #[command(subcommand)]
+    Consumers(consumers::ConsumersCommand),
     /// Encode and decode the KPL aggregation format.
     #[command(subcommand)]
     Agg(agg::AggCommand),
@@ -104,6 +109,9 @@ fn main() -> ExitCode {
         Command::Consume(args) => runtime().and_then(|rt| rt.block_on(consume::run(args, &opts))),
         Command::PutRecord(args) => {
             runtime().and_then(|rt| rt.block_on(put_record::run(args, &opts)))
+        }
+        Command::Consumers(cmd) => {
+            runtime().and_then(|rt| rt.block_on(consumers::run(cmd, &opts)))
         }
         Command::Tail(args) => runtime().and_then(|rt| rt.block_on(tail::run(args, &opts))),
         Command::Leases(cmd) => runtime().and_then(|rt| rt.block_on(consume::leases(cmd, &opts))),

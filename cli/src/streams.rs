@@ -1,4 +1,5 @@
-//! `kinesis streams ...`: create, describe, list, delete and reshard streams.
+//! `kinesis streams ...`: create, describe, list, delete and reshard streams; retention,
+//! encryption, tags and capacity mode (those in `settings.rs`).
 //!
 //! Commands that change a stream wait until it is ACTIVE again (polling DescribeStreamSummary,
 //! not the SDK waiter, whose 10 s first delay is far too slow for emulators).
@@ -70,6 +71,65 @@ pub(crate) enum StreamsCommand {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Set how long records are kept (24 to 8760 hours) and wait until ACTIVE.
+    Retention {
+        /// Stream name or ARN.
+        #[arg(long)]
+        stream: String,
+        /// Retention period in hours.
+        #[arg(long)]
+        hours: i32,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Turn on server-side encryption with a KMS key and wait until ACTIVE.
+    Encrypt {
+        /// Stream name or ARN.
+        #[arg(long)]
+        stream: String,
+        /// KMS key id, key ARN, alias (alias/aws/kinesis) or alias ARN.
+        #[arg(long)]
+        key_id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Turn off server-side encryption and wait until ACTIVE.
+    Decrypt {
+        /// Stream name or ARN.
+        #[arg(long)]
+        stream: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Add or overwrite tags.
+    Tag {
+        /// Stream name or ARN.
+        #[arg(long)]
+        stream: String,
+        /// Tags as KEY=VALUE.
+        #[arg(required = true, value_name = "KEY=VALUE", value_parser = crate::settings::parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// Remove tags.
+    Untag {
+        /// Stream name or ARN.
+        #[arg(long)]
+        stream: String,
+        /// Tag keys.
+        #[arg(required = true, value_name = "KEY", value_parser = crate::settings::parse_tag_key)]
+        keys: Vec<String>,
+    },
+    /// Switch between provisioned and on-demand capacity and wait until ACTIVE.
+    Mode {
+        /// Stream name or ARN.
+        #[arg(long)]
+        stream: String,
+        /// The capacity mode.
+        #[arg(value_enum)]
+        mode: crate::settings::Mode,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Change the number of open shards (uniform scaling) and wait until ACTIVE.
     Scale {
         /// Stream name or ARN.
@@ -86,7 +146,7 @@ pub(crate) enum StreamsCommand {
 pub(crate) struct WaitArgs {
     /// How long to wait for the stream to become ACTIVE.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
-    timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -243,11 +303,37 @@ pub(crate) async fn run(cmd: StreamsCommand, opts: &AwsOptions) -> anyhow::Resul
             wait_active(&client, &stream, wait.timeout).await?;
             crate::outln!("scaled {stream} to {shards} shards")?;
         }
+        StreamsCommand::Retention {
+            stream,
+            hours,
+            wait,
+        } => {
+            crate::settings::retention(&client, &stream_ref(&stream)?, hours, wait.timeout).await?;
+        }
+        StreamsCommand::Encrypt {
+            stream,
+            key_id,
+            wait,
+        } => {
+            crate::settings::encrypt(&client, &stream_ref(&stream)?, &key_id, wait.timeout).await?;
+        }
+        StreamsCommand::Decrypt { stream, wait } => {
+            crate::settings::decrypt(&client, &stream_ref(&stream)?, wait.timeout).await?;
+        }
+        StreamsCommand::Tag { stream, tags } => {
+            crate::settings::tag(&client, &stream_ref(&stream)?, &tags).await?;
+        }
+        StreamsCommand::Untag { stream, keys } => {
+            crate::settings::untag(&client, &stream_ref(&stream)?, &keys).await?;
+        }
+        StreamsCommand::Mode { stream, mode, wait } => {
+            crate::settings::mode(&client, &stream_ref(&stream)?, mode, wait.timeout).await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_active(
+pub(crate) async fn wait_active(
     client: &aws_sdk_kinesis::Client,
     stream: &StreamRef,
     timeout: Duration,

@@ -236,3 +236,309 @@ async fn put_record_prints_where_the_record_went() {
         "missing stream",
     );
 }
+
+async fn summary(env: &TestEnv, stream: &str) -> aws_sdk_kinesis::types::StreamDescriptionSummary {
+    env.kinesis
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap()
+        .stream_description_summary
+        .unwrap()
+}
+
+async fn tags(env: &TestEnv, stream: &str) -> Vec<(String, String)> {
+    let out = env
+        .kinesis
+        .list_tags_for_stream()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+    let mut tags: Vec<(String, String)> = out
+        .tags()
+        .iter()
+        .map(|t| {
+            (
+                t.key().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    tags.sort();
+    tags
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_settings_say_what_they_changed() {
+    let env = TestEnv::start().await;
+    let ep = env.kinesis_endpoint().unwrap();
+    let stream = env.create_stream(1).await;
+    let s = &stream;
+
+    // Retention: up, down, unchanged.
+    let up = one_json(&ok(&run(
+        &ep,
+        &["streams", "retention", "--stream", s, "--hours", "72"],
+    )
+    .await));
+    assert_eq!(
+        up,
+        serde_json::json!({"stream": s, "setting": "retention_hours", "changed": true, "before": 24, "after": 72})
+    );
+    assert_eq!(summary(&env, s).await.retention_period_hours, 72);
+    let down = one_json(&ok(&run(
+        &ep,
+        &["streams", "retention", "--stream", s, "--hours", "48"],
+    )
+    .await));
+    assert_eq!(
+        (down["before"].as_i64(), down["after"].as_i64()),
+        (Some(72), Some(48))
+    );
+    assert_eq!(summary(&env, s).await.retention_period_hours, 48);
+    let same = one_json(&ok(&run(
+        &ep,
+        &["streams", "retention", "--stream", s, "--hours", "48"],
+    )
+    .await));
+    assert_eq!(same["changed"], false);
+
+    // Encryption on, again (unchanged), off.
+    let key = "alias/aws/kinesis";
+    let on = one_json(&ok(&run(
+        &ep,
+        &["streams", "encrypt", "--stream", s, "--key-id", key],
+    )
+    .await));
+    assert_eq!(on["before"], serde_json::json!({"type": "NONE"}));
+    assert_eq!(
+        on["after"],
+        serde_json::json!({"type": "KMS", "key_id": key})
+    );
+    let sum = summary(&env, s).await;
+    assert_eq!(
+        sum.encryption_type(),
+        Some(&aws_sdk_kinesis::types::EncryptionType::Kms)
+    );
+    assert_eq!(sum.key_id(), Some(key));
+    let again = one_json(&ok(&run(
+        &ep,
+        &["streams", "encrypt", "--stream", s, "--key-id", key],
+    )
+    .await));
+    assert_eq!(again["changed"], false);
+    let off = one_json(&ok(&run(&ep, &["streams", "decrypt", "--stream", s]).await));
+    assert_eq!(off["after"], serde_json::json!({"type": "NONE"}));
+    assert_ne!(
+        summary(&env, s).await.encryption_type(),
+        Some(&aws_sdk_kinesis::types::EncryptionType::Kms)
+    );
+
+    // Tags.
+    let t = one_json(&ok(&run(
+        &ep,
+        &["streams", "tag", "--stream", s, "team=core", "env=test"],
+    )
+    .await));
+    assert_eq!(t["before"], serde_json::json!({"team": null, "env": null}));
+    assert_eq!(
+        t["after"],
+        serde_json::json!({"team": "core", "env": "test"})
+    );
+    assert_eq!(
+        tags(&env, s).await,
+        [
+            ("env".into(), "test".into()),
+            ("team".into(), "core".into())
+        ]
+    );
+    let t = one_json(&ok(&run(
+        &ep,
+        &["streams", "tag", "--stream", s, "env=prod"],
+    )
+    .await));
+    assert_eq!(
+        (t["before"]["env"].as_str(), t["after"]["env"].as_str()),
+        (Some("test"), Some("prod"))
+    );
+    let u = one_json(&ok(
+        &run(&ep, &["streams", "untag", "--stream", s, "env"]).await
+    ));
+    assert_eq!(u["before"], serde_json::json!({"env": "prod"}));
+    assert_eq!(u["after"], serde_json::json!({"env": null}));
+    assert_eq!(tags(&env, s).await, [("team".into(), "core".into())]);
+
+    // Mode.
+    let m = one_json(&ok(&run(
+        &ep,
+        &["streams", "mode", "--stream", s, "on-demand"],
+    )
+    .await));
+    assert_eq!(
+        (m["before"].as_str(), m["after"].as_str()),
+        (Some("PROVISIONED"), Some("ON_DEMAND"))
+    );
+    let mode = |sum: aws_sdk_kinesis::types::StreamDescriptionSummary| {
+        sum.stream_mode_details()
+            .unwrap()
+            .stream_mode()
+            .as_str()
+            .to_string()
+    };
+    assert_eq!(mode(summary(&env, s).await), "ON_DEMAND");
+    let m = one_json(&ok(&run(
+        &ep,
+        &["streams", "mode", "--stream", s, "provisioned"],
+    )
+    .await));
+    assert_eq!(m["after"], "PROVISIONED");
+    assert_eq!(mode(summary(&env, s).await), "PROVISIONED");
+
+    // Bad input: refused, nothing changed.
+    let before = summary(&env, s).await;
+    let before_tags = tags(&env, s).await;
+    let bad: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["retention", "--stream", s, "--hours", "23"],
+            "24 to 8760 hours",
+        ),
+        (
+            vec!["retention", "--stream", s, "--hours", "8761"],
+            "24 to 8760 hours",
+        ),
+        (
+            vec!["retention", "--stream", s, "--hours", "a week"],
+            "invalid value",
+        ),
+        (vec!["encrypt", "--stream", s, "--key-id", ""], "--key-id"),
+        (vec!["tag", "--stream", s, "novalue"], "is not KEY=VALUE"),
+        (vec!["tag", "--stream", s], "KEY=VALUE"),
+        (vec!["untag", "--stream", s, ""], "1 to 128 characters"),
+        (
+            vec!["mode", "--stream", s, "serverless"],
+            "invalid value 'serverless'",
+        ),
+        (
+            vec!["retention", "--stream", "no-such-stream", "--hours", "48"],
+            "not found",
+        ),
+        (
+            vec!["encrypt", "--stream", "no-such-stream", "--key-id", key],
+            "not found",
+        ),
+        (vec!["decrypt", "--stream", "no-such-stream"], "not found"),
+        (
+            vec!["tag", "--stream", "no-such-stream", "a=b"],
+            "not found",
+        ),
+        (
+            vec!["untag", "--stream", "no-such-stream", "a"],
+            "not found",
+        ),
+        (
+            vec!["mode", "--stream", "no-such-stream", "on-demand"],
+            "not found",
+        ),
+    ];
+    for (args, want) in bad {
+        let mut full = vec!["streams"];
+        full.extend(&args);
+        refused(&run(&ep, &full).await, want, &format!("{args:?}"));
+    }
+    let after = summary(&env, s).await;
+    assert_eq!(after.retention_period_hours, before.retention_period_hours);
+    assert_eq!(after.encryption_type(), before.encryption_type());
+    assert_eq!(after.stream_mode_details(), before.stream_mode_details());
+    assert_eq!(tags(&env, s).await, before_tags);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_register_list_deregister() {
+    let env = TestEnv::start().await;
+    let ep = env.kinesis_endpoint().unwrap();
+    let stream = env.create_stream(1).await;
+    let s = &stream;
+    assert_eq!(
+        ok(&run(&ep, &["consumers", "list", "--stream", s]).await),
+        ""
+    );
+    let reg = one_json(&ok(&run(
+        &ep,
+        &["consumers", "register", "--stream", s, "--name", "app-1"],
+    )
+    .await));
+    assert_eq!(reg["consumer_name"], "app-1");
+    assert_eq!(reg["status"], "ACTIVE");
+    assert!(reg["consumer_arn"].as_str().unwrap().contains("app-1"));
+    ok(&run(
+        &ep,
+        &["consumers", "register", "--stream", s, "--name", "app-2"],
+    )
+    .await);
+    let listed = ok(&run(&ep, &["consumers", "list", "--stream", s]).await);
+    let mut names: Vec<String> = listed
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["consumer_name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["app-1", "app-2"]);
+    let sdk_arn = env
+        .kinesis
+        .describe_stream_consumer()
+        .stream_arn(summary(&env, s).await.stream_arn())
+        .consumer_name("app-1")
+        .send()
+        .await
+        .unwrap()
+        .consumer_description
+        .unwrap()
+        .consumer_arn;
+    assert_eq!(reg["consumer_arn"], sdk_arn.as_str());
+
+    let gone = one_json(&ok(&run(
+        &ep,
+        &["consumers", "deregister", "--stream", s, "--name", "app-1"],
+    )
+    .await));
+    assert_eq!(gone["status"], "DELETED");
+    let listed = ok(&run(&ep, &["consumers", "list", "--stream", s]).await);
+    assert!(
+        !listed.contains("app-1") && listed.contains("app-2"),
+        "{listed}"
+    );
+
+    // Bad input: refused, nothing changed.
+    let bad: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["register", "--stream", s, "--name", "app-2"],
+            "ResourceInUseException",
+        ),
+        (
+            vec!["register", "--stream", s, "--name", "bad name!"],
+            "a consumer name is",
+        ),
+        (
+            vec!["deregister", "--stream", s, "--name", "app-1"],
+            "has no consumer app-1",
+        ),
+        (vec!["list", "--stream", "no-such-stream"], "not found"),
+        (
+            vec!["register", "--stream", "no-such-stream", "--name", "x"],
+            "not found",
+        ),
+    ];
+    for (args, want) in bad {
+        let mut full = vec!["consumers"];
+        full.extend(&args);
+        refused(&run(&ep, &full).await, want, &format!("{args:?}"));
+    }
+    let listed = ok(&run(&ep, &["consumers", "list", "--stream", s]).await);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+}
