@@ -437,3 +437,58 @@ fn an_existing_checkpoint_file_is_replaced_only_with_force() {
     );
     assert_eq!(std::fs::read(&db).unwrap(), before);
 }
+
+#[test]
+fn firehose_and_kinesis_flows_of_one_file_keep_their_own_offsets() {
+    let d = common::dir("import-fh");
+    let app = d.join("app.log");
+    let all = lines("a", 20);
+    append(&app, all.clone());
+    let pattern = d.join("*.log");
+    let cfg = config(
+        &d,
+        None,
+        vec![
+            common::flow(&pattern, "s"),
+            serde_json::json!({ "filePattern": pattern, "deliveryStream": "ds" }),
+        ],
+    );
+    // The Java agent's ids: `kinesis:<stream>:` and `fh:<delivery stream>:` + the pattern.
+    let row = |flow: String, offset: i64| JavaRow {
+        flow,
+        path: app.clone(),
+        file_id: file_id(&app),
+        size: len(&app),
+        offset,
+        age: 1,
+    };
+    let db = d.join("java-checkpoints");
+    java_db(
+        &db,
+        &[
+            row(
+                format!("kinesis:s:{}", pattern.display()),
+                offset_after(&all, 5),
+            ),
+            row(
+                format!("fh:ds:{}", pattern.display()),
+                offset_after(&all, 12),
+            ),
+        ],
+    );
+    let out = import(&cfg, &db, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cps = kinesis_agent::checkpoint::load(&d.join("checkpoints.json")).unwrap();
+    let mut got: Vec<(String, u64)> = cps
+        .values()
+        .map(|e| (e.flow.destination.clone(), e.offset))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("fh:ds".to_owned(), offset_after(&all, 12) as u64),
+            ("kinesis:s".to_owned(), offset_after(&all, 5) as u64)
+        ]
+    );
+}
