@@ -17,6 +17,7 @@
 
 mod agg;
 mod cloudwatch;
+mod completions;
 mod consume;
 mod consumers;
 mod local;
@@ -30,7 +31,7 @@ mod tail;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use kinesis_core::sdk::AwsOptions;
 
 #[derive(Debug, Parser)]
@@ -78,6 +79,10 @@ enum Command {
     /// Encode and decode the KPL aggregation format.
     #[command(subcommand)]
     Agg(agg::AggCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff; `kinesis man | man -l -`), or a subcommand's.
+    Man(completions::ManArgs),
 }
 
 impl Cli {
@@ -103,6 +108,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         // Pure stdin → stdout work needs no runtime.
         Command::Agg(cmd) => agg::run(&cmd),
+        Command::Completions(args) => completions::completions(&args, Cli::command()),
+        Command::Man(args) => completions::man(&args, Cli::command()),
         Command::Local(args) => runtime().and_then(|rt| rt.block_on(local::run(args))),
         Command::Streams(cmd) => runtime().and_then(|rt| rt.block_on(streams::run(cmd, &opts))),
         Command::Put(args) => runtime().and_then(|rt| rt.block_on(put::run(args, &opts))),

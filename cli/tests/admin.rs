@@ -542,3 +542,88 @@ async fn consumers_register_list_deregister() {
     let listed = ok(&run(&ep, &["consumers", "list", "--stream", s]).await);
     assert_eq!(listed.lines().count(), 1, "{listed}");
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_clap_definitions() {
+    let bin = env!("CARGO_BIN_EXE_kinesis");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin).args(args).output().unwrap();
+        ok(&out)
+    };
+    let bash = run(&["completions", "bash"]);
+    for word in [
+        "tail",
+        "put-record",
+        "consumers",
+        "retention",
+        "--exit-at-end",
+    ] {
+        assert!(bash.contains(word), "bash completion lacks {word}");
+    }
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        assert!(run(&["completions", shell]).contains("tail"), "{shell}");
+    }
+    let out = Command::new(bin)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("invalid value 'tcsh'")
+    );
+
+    let page = run(&["man"]);
+    assert!(page.contains(".TH kinesis 1"), "{page}");
+    assert!(
+        page.contains(".SH SUBCOMMANDS") && page.contains("kinesis\\-tail"),
+        "{page}"
+    );
+    let tail = run(&["man", "tail"]);
+    assert!(
+        tail.contains(".TH kinesis-tail 1  \"kinesis 0.1.0\""),
+        "{tail}"
+    );
+    let out = Command::new(bin).args(["man", "nope"]).output().unwrap();
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("no subcommand \"nope\"")
+    );
+
+    // The page renders: groff formats it without a warning, with the options in the text.
+    let groff = Command::new("groff")
+        .args(["-man", "-Tutf8", "-P-cbou", "-ww"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut groff) = groff else {
+        assert!(
+            std::env::var_os("CI").is_none_or(|v| v.is_empty()),
+            "groff must be installed under CI"
+        );
+        eprintln!("skipped rendering: no groff");
+        return;
+    };
+    {
+        use std::io::Write as _;
+        groff
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(tail.as_bytes())
+            .unwrap();
+    }
+    let out = groff.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("kinesis-tail")
+            && text.contains("--exit-at-end")
+            && text.contains("--format"),
+        "{text}"
+    );
+}
