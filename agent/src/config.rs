@@ -1,15 +1,18 @@
 //! Agent configuration: a native TOML file, or the Java Kinesis Agent's `agent.json` as is.
 //!
 //! ```text
-//!   agent.toml ──┐                         ┌─ flows: [Flow { file_pattern, stream, key, ... }]
-//!                ├─► parse ─► validate ─► AgentConfig
-//!   agent.json ──┘  (numbers as strings,    └─ checkpoint_file, kinesis endpoint/region
-//!                    unknown keys warned)
+//!   agent.toml ──┐                         ┌─ flows: [Flow { file_pattern, stream, kind
+//!                ├─► parse ─► validate ─► AgentConfig     (kinesisStream | deliveryStream),
+//!   agent.json ──┘  (numbers as strings,    │              key, tuning, ... }]
+//!                    unknown keys warned)   └─ checkpoint_file, kinesis/firehose endpoints,
+//!                                              region, credentials, cloudwatch, log status
 //! ```
 //!
-//! Both formats use the Kinesis Agent's key names (`flows`, `filePattern`, `kinesisStream`,
-//! `partitionKeyOption`, `initialPosition`, `maxBufferAgeMillis`, ...). Invalid values fail with
-//! the key's path and the reason; unknown keys produce warnings, not failures.
+//! Both formats use the Kinesis Agent's key names (`flows`, `filePattern`, `kinesisStream` or
+//! `deliveryStream`, `partitionKeyOption`, `initialPosition`, `maxBufferAgeMillis`, ...).
+//! Invalid values fail with the key's path and the reason; unknown keys produce warnings, not
+//! failures. Every Kinesis Agent key is honoured or refused with its reason (see the README's
+//! table of the batching, retry, polling and logging keys).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -252,10 +255,10 @@ impl Default for CloudWatchConfig {
 }
 
 impl Flow {
-    /// `kinesisStream NAME` or `deliveryStream NAME`, as check-config shows it.
+    /// The stream, or `deliveryStream NAME`, as check-config shows it.
     pub fn destination_label(&self) -> String {
         match self.kind {
-            DestinationKind::KinesisStream => format!("kinesisStream {}", self.stream),
+            DestinationKind::KinesisStream => self.stream.clone(),
             DestinationKind::DeliveryStream => format!("deliveryStream {}", self.stream),
         }
     }

@@ -1,5 +1,5 @@
 //! The agent's one AWS identity, from `agent.json` as the Kinesis Agent reads it, used by every
-//! client it makes (Kinesis, CloudWatch):
+//! client it makes (Kinesis, Firehose, CloudWatch):
 //!
 //! ```text
 //!   awsAccessKeyId + awsSecretAccessKey ──(take precedence, as in the Kinesis Agent)──┐

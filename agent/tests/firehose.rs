@@ -315,10 +315,17 @@ async fn a_failed_or_stalled_put_record_batch_does_not_move_the_checkpoint() {
     let log = d.join("app.log");
     let want = numbered("f", 0..300);
     append(&log, want.clone());
-    for fault in [Fault::error("ServiceUnavailableException"), Fault::Stall] {
+    // Throttled (retried inside the producer), rejected (handed back to the agent at once,
+    // which sends the lines again), stalled (no answer at all).
+    let faults = [
+        ("throttled", Fault::error("ServiceUnavailableException")),
+        ("rejected", Fault::error("ResourceNotFoundException")),
+        ("stalled", Fault::Stall),
+    ];
+    for (what, fault) in faults {
         let stalled = fault == Fault::Stall;
         proxy.set_rules(vec![Rule::new(Some("PutRecordBatch"), fault)]);
-        let agent_log = logs.join(format!("agent-{stalled}.log"));
+        let agent_log = logs.join(format!("agent-{what}.log"));
         let agent = spawn_logged(&config, &agent_log);
         eventually(
             "PutRecordBatch faulted",
@@ -335,17 +342,28 @@ async fn a_failed_or_stalled_put_record_batch_does_not_move_the_checkpoint() {
                 .then_some(())
         })
         .await;
+        if what == "rejected" {
+            // The failed records came back to the agent, which keeps them unacknowledged.
+            eventually("lines handed back", Duration::from_secs(30), || async {
+                std::fs::read_to_string(&agent_log)
+                    .unwrap_or_default()
+                    .contains("Records not delivered; sending them again.")
+                    .then_some(())
+            })
+            .await;
+        }
         assert_eq!(
             offset_of(&d, &log).unwrap_or(0),
             0,
-            "no line acknowledged ({})",
-            if stalled { "stalled" } else { "failed" }
+            "no line acknowledged ({what})"
         );
         assert!(lines_in(&moto_url(&moto), &bucket, &d).is_empty());
         assert!(!progress_says(&agent_log, 300));
         kill_9(agent);
         assert_eq!(offset_of(&d, &log).unwrap_or(0), 0);
-        proxy.release_stalled();
+        if stalled {
+            proxy.release_stalled();
+        }
     }
     // Healed: every line arrives and the checkpoint reaches the file's end.
     proxy.clear();
@@ -476,4 +494,81 @@ fn check_config_shows_firehose_flows_and_refuses_both_or_neither_destination() {
         assert!(!out.status.success());
         assert!(stderr.contains(words), "{stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_per_delivery_stream_and_calls_signed_by_the_agents_identity() {
+    use kinesis_testkit::moto::{cloudwatch_for, metric_id, metric_stats};
+    let Some(moto) = MotoServer::start_or_skip().await else {
+        return;
+    };
+    let bucket = delivery_stream(&moto, "metered").await;
+    // A proxy without faults: it records which access key id signed each call.
+    let proxy = FaultProxy::start(moto.addr(), 5).unwrap();
+    let d = common::dir("fh-metrics");
+    let ns = kinesis_testkit::unique_name("agentfh");
+    const KEY: &str = "AKIDFIREHOSEAGENT001";
+    let config = firehose_config(
+        &d,
+        &proxy.endpoint(),
+        "*.log",
+        "metered",
+        json!({}),
+        json!({
+            // The environment has other keys (`test`): the file's sign every call.
+            "awsAccessKeyId": KEY,
+            "awsSecretAccessKey": "firehose-agent-secret",
+            "cloudwatch.emitMetrics": true,
+            "cloudwatch.endpoint": moto.endpoint(),
+            "cloudwatch.namespace": ns,
+            "cloudwatch.metricsBufferTimeMillis": 1000,
+        }),
+    );
+    const N: usize = 2_000;
+    let want = numbered("w", 0..N);
+    let bytes: usize = want.iter().map(|l| l.len() + 1).sum();
+    append(&d.join("app.log"), want.clone());
+    let logs = common::dir("fh-metrics-logs");
+    let mut agent = spawn_logged(&config, &logs.join("agent.log"));
+    let got = wait_for_all(
+        &moto_url(&moto),
+        &bucket,
+        &d,
+        &want,
+        Duration::from_secs(60),
+    )
+    .await;
+    let redelivered: usize = got.values().map(|n| n - 1).sum();
+    let cw = cloudwatch_for(&local_sdk_config(), &moto.endpoint());
+    let dims = [("Destination", "DeliveryStream:metered")];
+    let stat = |name: &'static str| {
+        let cw = cw.clone();
+        let ns = ns.clone();
+        async move { metric_stats(&cw, &ns, &metric_id(name, &dims)).await }
+    };
+    let sent = eventually("RecordsSent reaches N", Duration::from_secs(30), || async {
+        stat("RecordsSent").await.filter(|s| s.sum >= N as f64)
+    })
+    .await;
+    signal(&agent, "TERM");
+    let status = common::exits_within(&mut agent, Duration::from_secs(20), "stop").await;
+    assert!(status.success());
+    if redelivered == 0 {
+        assert_eq!(sent.sum, N as f64, "RecordsSent: one per line");
+        let b = stat("BytesSent").await.unwrap();
+        assert_eq!(b.sum, bytes as f64, "BytesSent: the lines' data");
+    }
+    let calls = stat("ServiceErrors").await.unwrap();
+    assert!(
+        calls.count >= 1.0 && calls.sum == 0.0,
+        "one sample per PutRecordBatch, none failed: {calls:?}"
+    );
+    assert!(stat("BytesBehind").await.is_some());
+    let signers = proxy.signers();
+    assert_eq!(signers.keys().collect::<Vec<_>>(), [KEY], "{signers:?}");
+    let text = std::fs::read_to_string(logs.join("agent.log")).unwrap();
+    assert!(
+        !text.contains("firehose-agent-secret"),
+        "no secret in the log"
+    );
 }
