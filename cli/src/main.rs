@@ -2,13 +2,20 @@
 //!
 //! ```text
 //!   kinesis local            embedded Kinesis + DynamoDB emulators until Ctrl-C
-//!   kinesis streams ...      create | describe | list | delete | split | merge | scale
+//!   kinesis streams ...      create | describe | list | delete | split | merge | scale |
+//!                            retention | encrypt | decrypt | tag | untag | mode (a JSON line
+//!                            with the setting before and after)
 //!   kinesis put              lines ─► records through the producer, with a summary
+//!   kinesis put-record       one PutRecord ─► {shard_id, sequence_number}
+//!   kinesis tail             shards ─► JSON lines | --format, without a lease table (kcat -C):
+//!                            KPL de-aggregated, children after parents, --exit-at-end
 //!   kinesis consume          a consumer worker printing JSON lines; kinesis leases list
 //!                            (both: --metrics-level none|summary|detailed publishes the
 //!                            KPL's / KCL's metrics to CloudWatch, flushed before exit)
 //!   kinesis agg encode       JSON lines of user records  ─► KPL-aggregated records
 //!   kinesis agg decode       JSON lines of Kinesis records ─► user records
+//!   kinesis consumers ...    list | register | deregister enhanced fan-out consumers
+//!   kinesis completions SH   bash | zsh | fish | elvish | powershell script; kinesis man: roff
 //! ```
 //!
 //! AWS access goes through the standard chain (environment, profile, SSO, IMDS) and honours
