@@ -572,3 +572,77 @@ async fn metrics_per_delivery_stream_and_calls_signed_by_the_agents_identity() {
         "no secret in the log"
     );
 }
+
+/// `agent_lines_read_total` on `/metrics`: the lines the flow has handed its producer.
+fn lines_handed_over(port: u16) -> Option<u64> {
+    let scrape = common::http_get(port, "/metrics")?;
+    scrape
+        .lines()
+        .find(|l| l.starts_with("agent_lines_read_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_queue_capacity_and_max_buffer_size_records_bound_a_stalled_flow() {
+    let Some(moto) = MotoServer::start_or_skip().await else {
+        return;
+    };
+    let bucket = delivery_stream(&moto, "queued").await;
+    let proxy = FaultProxy::start(moto.addr(), 9).unwrap();
+    proxy.set_rules(vec![Rule::new(Some("PutRecordBatch"), Fault::Stall)]);
+    let d = common::dir("fh-queue");
+    let port = common::free_port();
+    // Batches of at most 10 lines, at most 2 of them unsettled.
+    let config = firehose_config(
+        &d,
+        &proxy.endpoint(),
+        "*.log",
+        "queued",
+        json!({ "maxBufferSizeRecords": 10, "publishQueueCapacity": 2 }),
+        json!({ "httpListenAddress": format!("127.0.0.1:{port}") }),
+    );
+    let want = numbered("q", 0..500);
+    append(&d.join("app.log"), want.clone());
+    let mut agent = spawn(&config);
+    eventually("calls stalled", Duration::from_secs(30), || async {
+        (proxy.stats().op("PutRecordBatch").injected() >= 1).then_some(())
+    })
+    .await;
+    // Two batches of ten are out; reading waits for them. (Each stalled call times out after
+    // 6 s and is tried again inside the producer: still the same two batches.)
+    let held = eventually("the queue full", Duration::from_secs(30), || async {
+        lines_handed_over(port).filter(|n| *n >= 20)
+    })
+    .await;
+    assert_eq!(held, 20, "2 batches of 10 lines, no more");
+    eventually("a retried call", Duration::from_secs(30), || async {
+        (proxy.stats().op("PutRecordBatch").injected() >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(lines_handed_over(port), Some(20), "still the same two");
+    // Released: everything flows, ten lines per call.
+    proxy.clear();
+    proxy.release_stalled();
+    wait_for_all(
+        &moto_url(&moto),
+        &bucket,
+        &d,
+        &want,
+        Duration::from_secs(60),
+    )
+    .await;
+    // moto writes an object per PutRecordBatch: at most 10 lines each.
+    let listing = aws(
+        &moto_url(&moto),
+        &["s3", "ls", &format!("s3://{bucket}/"), "--recursive"],
+    );
+    let objects = String::from_utf8_lossy(&listing.stdout).lines().count();
+    assert!(
+        objects >= 50,
+        "{objects} PutRecordBatch calls for 500 lines"
+    );
+    signal(&agent, "TERM");
+    let status = common::exits_within(&mut agent, Duration::from_secs(20), "stop").await;
+    assert!(status.success());
+}
