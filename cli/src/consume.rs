@@ -1,4 +1,4 @@
-//! `kinesis consume` (a worker printing JSON lines) and `kinesis leases list`.
+//! `kinesis consume`: a worker printing JSON lines.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::bail;
-use clap::{Args, Subcommand};
+use clap::Args;
 use kinesis_consumer::{
-    Checkpointer, Consumer, ConsumerConfig, InitialPosition, LeaseStore, ProcessorError,
-    RecordBatch, Retrieval, ShardProcessor,
+    Checkpointer, Consumer, ConsumerConfig, InitialPosition, ProcessorError, RecordBatch,
+    Retrieval, ShardProcessor,
 };
 use kinesis_core::ShardId;
 use kinesis_core::sdk::{self, AwsOptions};
@@ -48,16 +48,6 @@ pub(crate) struct ConsumeArgs {
     consumer_name: Option<String>,
     #[command(flatten)]
     metrics: crate::cloudwatch::MetricsArgs,
-}
-
-#[derive(Debug, Subcommand)]
-pub(crate) enum LeasesCommand {
-    /// Show the lease table: shard, owner, counter, checkpoint, parents.
-    List {
-        /// Application name (the table's name).
-        #[arg(long)]
-        app: String,
-    },
 }
 
 fn parse_from(s: &str) -> anyhow::Result<InitialPosition> {
@@ -174,35 +164,5 @@ pub(crate) async fn run(args: ConsumeArgs, opts: &AwsOptions) -> anyhow::Result<
     consumer.shutdown(Duration::from_secs(30)).await;
     metrics.finish().await;
     eprintln!("{} records", count.load(Ordering::SeqCst));
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(crate) async fn leases(cmd: LeasesCommand, opts: &AwsOptions) -> anyhow::Result<ExitCode> {
-    let LeasesCommand::List { app } = cmd;
-    let config = sdk::load(opts).await;
-    let store = LeaseStore::new(sdk::dynamodb_client(&config, opts), app);
-    let leases = store.list().await?;
-    crate::outln!(
-        "{:<22} {:<40} {:>8}  {:<62} {}",
-        "SHARD",
-        "OWNER",
-        "COUNTER",
-        "CHECKPOINT",
-        "PARENTS"
-    )?;
-    for l in leases {
-        crate::outln!(
-            "{:<22} {:<40} {:>8}  {:<62} {}",
-            l.lease_key,
-            l.lease_owner.as_deref().unwrap_or("-"),
-            l.lease_counter,
-            l.checkpoint.to_string(),
-            if l.parent_shard_ids.is_empty() {
-                "-".to_string()
-            } else {
-                l.parent_shard_ids.join(",")
-            }
-        )?;
-    }
     Ok(ExitCode::SUCCESS)
 }

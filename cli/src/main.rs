@@ -9,9 +9,13 @@
 //!   kinesis put-record       one PutRecord ─► {shard_id, sequence_number}
 //!   kinesis tail             shards ─► JSON lines | --format, without a lease table (kcat -C):
 //!                            KPL de-aggregated, children after parents, --exit-at-end
-//!   kinesis consume          a consumer worker printing JSON lines; kinesis leases list
-//!                            (both: --metrics-level none|summary|detailed publishes the
-//!                            KPL's / KCL's metrics to CloudWatch, flushed before exit)
+//!   kinesis consume          a consumer worker printing JSON lines
+//!                            (put and consume: --metrics-level none|summary|detailed publishes
+//!                            the KPL's / KCL's metrics to CloudWatch, flushed before exit)
+//!   kinesis lag              per shard: lease owner, alive?, checkpoint, records/time behind
+//!   kinesis top              the same live every second, with incoming rates and workers
+//!   kinesis leases ...       list | reset | release | delete-table (refused while a live
+//!                            worker holds the lease unless --force; fenced on the counter)
 //!   kinesis agg encode       JSON lines of user records  ─► KPL-aggregated records
 //!   kinesis agg decode       JSON lines of Kinesis records ─► user records
 //!   kinesis consumers ...    list | register | deregister enhanced fan-out consumers
@@ -27,6 +31,8 @@ mod cloudwatch;
 mod completions;
 mod consume;
 mod consumers;
+mod lag;
+mod leases;
 mod local;
 mod position;
 mod put;
@@ -35,6 +41,7 @@ mod record_out;
 mod settings;
 mod streams;
 mod tail;
+mod top;
 
 use std::process::ExitCode;
 
@@ -77,9 +84,13 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// Print records from a stream's shards without a lease table (kcat -C).
     Tail(tail::TailArgs),
-    /// Inspect the lease table of a consumer application.
+    /// Per shard: lease owner (alive?), checkpoint and how far behind the newest record.
+    Lag(lag::LagArgs),
+    /// A live terminal view of a stream and an application: per shard and per worker.
+    Top(top::TopArgs),
+    /// Inspect and repair the lease table of a consumer application.
     #[command(subcommand)]
-    Leases(consume::LeasesCommand),
+    Leases(leases::LeasesCommand),
     /// List, register and deregister enhanced fan-out consumers of a stream.
     #[command(subcommand)]
     Consumers(consumers::ConsumersCommand),
@@ -128,7 +139,9 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(consumers::run(cmd, &opts)))
         }
         Command::Tail(args) => runtime().and_then(|rt| rt.block_on(tail::run(args, &opts))),
-        Command::Leases(cmd) => runtime().and_then(|rt| rt.block_on(consume::leases(cmd, &opts))),
+        Command::Lag(args) => runtime().and_then(|rt| rt.block_on(lag::run(args, &opts))),
+        Command::Top(args) => runtime().and_then(|rt| rt.block_on(top::run(args, &opts))),
+        Command::Leases(cmd) => runtime().and_then(|rt| rt.block_on(leases::run(cmd, &opts))),
     };
     match result {
         Ok(code) => code,
