@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::api::KinesisApi;
 use crate::config::{ProducerConfig, batch_buffer_cost, buffer_cost};
-use crate::driver::{Command, Driver, Grant, Inbox, Incoming, Reply, ShutdownReport};
+use crate::driver::{Command, Driver, Grant, Incoming, Outbox, Reply, ShutdownReport};
 use crate::error::{BuildError, SendBatchError, SendError, TrySendError, TrySendErrorKind};
 use crate::pool::{BufferPool, Closing};
 use crate::receipt::{BatchOutcome, BatchReceipt, PutReceipt};
@@ -138,7 +138,7 @@ pub struct Producer {
 
 #[derive(Debug)]
 struct Inner {
-    records: mpsc::UnboundedSender<Incoming>,
+    records: Outbox,
     control: mpsc::UnboundedSender<Command>,
     /// Its own (`max_buffered_bytes`) or one shared with other producers.
     pool: BufferPool,
@@ -173,28 +173,22 @@ impl Producer {
     ) -> Self {
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
-        let (records, records_rx) = mpsc::unbounded_channel();
-        let (control, control_rx) = mpsc::unbounded_channel();
         let permits = Arc::clone(pool.permits());
+        let (records, inbox) = crate::driver::channel(Arc::clone(&permits));
+        let (control, control_rx) = mpsc::unbounded_channel();
         let driver = Driver::new(
             Arc::clone(&config),
             api,
             stream,
             Arc::clone(&stats),
             map,
-            Arc::clone(&permits),
+            permits,
         );
         // The task stops by itself when every handle is dropped (the channels close) or after
         // shutdown(); it settles every record before it returns. The record channel is
         // unbounded, but every record in it holds buffer permits: memory stays under
         // max_buffered_bytes (or the pool's capacity).
-        tokio::spawn(driver.run(
-            Inbox {
-                rx: records_rx,
-                permits,
-            },
-            control_rx,
-        ));
+        tokio::spawn(driver.run(inbox, control_rx));
         Self {
             inner: Arc::new(Inner {
                 records,
@@ -361,7 +355,7 @@ impl Producer {
         accepted.fetch_add(1, Ordering::Relaxed);
         match self.inner.records.send(Incoming::one(record, reply, grant)) {
             Ok(()) => Ok(PutReceipt::new(rx)),
-            Err(mpsc::error::SendError(Incoming::One(p))) => {
+            Err(Incoming::One(p)) => {
                 accepted.fetch_sub(1, Ordering::Relaxed);
                 // The driver is gone (its inbox closed): the space was never counted there.
                 if let Reply::One(_, grant) = &p.reply {
@@ -370,7 +364,7 @@ impl Producer {
                 Err(p.record)
             }
             // Proven invariant: the channel hands back what was sent.
-            Err(mpsc::error::SendError(Incoming::Batch(_) | Incoming::Flush(_))) => {
+            Err(Incoming::Batch(_) | Incoming::Flush(_)) => {
                 unreachable!("a single record was sent")
             }
         }
@@ -452,7 +446,7 @@ impl Producer {
         let batch = Incoming::batch(records, reply, permit);
         match self.inner.records.send(batch) {
             Ok(()) => Ok(BatchReceipt::new(rx)),
-            Err(mpsc::error::SendError(incoming)) => {
+            Err(incoming) => {
                 accepted.fetch_sub(n, Ordering::Relaxed);
                 Err(SendBatchError {
                     reason: SendError::Closed,

@@ -195,34 +195,6 @@ impl Drop for Ledger {
     }
 }
 
-/// The driver's end of the record channel. Dropped with the driver's task (abort, panic): it
-/// closes the channel and gives back the buffer space of the records still in it, which no
-/// ledger has counted yet. (Sends after the close fail, and their handle gives the space back.)
-#[derive(Debug)]
-pub(crate) struct Inbox {
-    pub(crate) rx: tokio::sync::mpsc::UnboundedReceiver<Incoming>,
-    pub(crate) permits: Arc<Semaphore>,
-}
-
-impl Drop for Inbox {
-    fn drop(&mut self) {
-        self.rx.close();
-        let mut bytes = 0usize;
-        while let Ok(m) = self.rx.try_recv() {
-            if let Incoming::One(Pending {
-                reply: Reply::One(_, Grant(g)),
-                ..
-            }) = m
-            {
-                bytes = bytes.saturating_add(g as usize);
-            }
-        }
-        if bytes > 0 {
-            self.permits.add_permits(bytes);
-        }
-    }
-}
-
 /// Who learns a record's fate.
 #[derive(Debug)]
 pub(crate) enum Reply {
@@ -324,34 +296,6 @@ pub struct ShutdownReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kinesis_core::PartitionKey;
-
-    fn one(grant: u32) -> (Incoming, oneshot::Receiver<crate::receipt::Outcome>) {
-        let (tx, rx) = oneshot::channel();
-        let record = UserRecord::new(PartitionKey::new("k").unwrap(), None, "x".into());
-        (Incoming::one(record, tx, Grant(grant)), rx)
-    }
-
-    #[test]
-    fn a_dropped_inbox_gives_back_the_space_of_what_is_still_in_it() {
-        let permits = Arc::new(Semaphore::new(1000));
-        permits.try_acquire_many(300).unwrap().forget();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let inbox = Inbox {
-            rx,
-            permits: Arc::clone(&permits),
-        };
-        let (a, receipt_a) = one(100);
-        let (b, _receipt_b) = one(200);
-        tx.send(a).unwrap();
-        tx.send(b).unwrap();
-        drop(inbox);
-        assert_eq!(permits.available_permits(), 1000);
-        // Closed: a later send comes back to its handle (which gives its grant back itself).
-        assert!(tx.send(one(1).0).is_err());
-        // The receipt learns the record was never settled.
-        assert!(receipt_a.blocking_recv().is_err());
-    }
 
     #[test]
     fn a_ledger_gives_back_what_it_holds_once_and_never_more() {

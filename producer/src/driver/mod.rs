@@ -34,6 +34,7 @@
 mod buffers;
 mod calls;
 mod collector;
+mod inbox;
 mod messages;
 mod refresh;
 mod retries;
@@ -54,10 +55,11 @@ use kinesis_core::shard_map::ShardMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+pub(crate) use inbox::{Inbox, Outbox, channel};
 #[cfg(test)]
 pub(crate) use messages::Probe;
 pub use messages::ShutdownReport;
-pub(crate) use messages::{Command, Grant, Inbox, Incoming, Reply};
+pub(crate) use messages::{Command, Grant, Incoming, Reply};
 
 use crate::api::KinesisApi;
 use crate::config::ProducerConfig;
@@ -135,15 +137,15 @@ impl Driver {
         mut inbox: Inbox,
         mut control: mpsc::UnboundedReceiver<Command>,
     ) {
-        let records = &mut inbox.rx;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let busy = self.has_work();
             let refresh_at = self.refresh.next_at;
             tokio::select! {
-                // Every branch is cancel-safe: mpsc recv, FuturesUnordered::next, interval tick,
-                // sleep, and a boxed future polled in place.
+                // Every branch is cancel-safe: the inbox's ready, mpsc recv,
+                // FuturesUnordered::next, interval tick, sleep, and a boxed future polled in
+                // place.
                 // Control first: a shutdown must not wait behind a flood of records. (A flush
                 // travels with the records: it covers exactly those sent before it.)
                 biased;
@@ -151,33 +153,29 @@ impl Driver {
                     // Records sent before the command are in their channel: take them first, so a
                     // shutdown covers them.
                     let now = Instant::now();
-                    while let Ok(p) = records.try_recv() {
-                        let n = self.admit(p, now);
-                        self.stats.received.fetch_add(n, Ordering::Relaxed);
-                        self.telemetry.received(n);
+                    let mut n = 0;
+                    for p in inbox.try_recv_all() {
+                        n += self.admit(p, now);
                     }
+                    self.stats.received.fetch_add(n, Ordering::Relaxed);
+                    self.telemetry.received(n);
                     self.command(cmd);
                 }
-                p = records.recv() => match p {
-                    Some(p) => {
+                more = inbox.ready() => match more {
+                    true => {
+                        // Everything queued, at once: bigger batches.
                         let now = Instant::now();
-                        let mut n = self.admit(p, now);
-                        // Take what else is queued before anything else: bigger batches.
-                        let mut messages = 1;
-                        while messages < 4096 {
-                            match records.try_recv() {
-                                Ok(p) => n += self.admit(p, now),
-                                Err(_) => break,
-                            }
-                            messages += 1;
+                        let mut n = 0;
+                        for p in inbox.try_recv_all() {
+                            n += self.admit(p, now);
                         }
                         self.stats.received.fetch_add(n, Ordering::Relaxed);
                         self.telemetry.received(n);
                     }
-                    None => {
+                    false => {
                         // Every handle was dropped without shutdown(): stop now, settling every
                         // record (Drop aborts; shutdown drains).
-                        self.abandon(records, "producer dropped without shutdown()");
+                        self.abandon(&mut inbox, "producer dropped without shutdown()");
                         return;
                     }
                 },
@@ -204,7 +202,7 @@ impl Driver {
             self.telemetry.emit();
             self.telemetry
                 .sample_pending(self.stats.outstanding(), Instant::now());
-            if self.finish_shutdown_if_due(records) {
+            if self.finish_shutdown_if_due(&mut inbox) {
                 return;
             }
         }

@@ -12,12 +12,12 @@
 use std::sync::atomic::Ordering;
 
 use kinesis_core::UserRecord;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
 
 use super::Driver;
-use super::messages::{Incoming, Pending, ShutdownReport};
+use super::Inbox;
+use super::messages::{Pending, ShutdownReport};
 use crate::error::FailureReason;
 
 impl Driver {
@@ -25,13 +25,13 @@ impl Driver {
     /// call with `Unknown`. Returns both lists of records.
     pub(super) fn abandon(
         &mut self,
-        records: &mut mpsc::UnboundedReceiver<Incoming>,
+        inbox: &mut Inbox,
         why: &str,
     ) -> (Vec<UserRecord>, Vec<UserRecord>) {
         // Nothing new can arrive after this; what is queued is settled with the rest.
-        records.close();
+        inbox.close();
         let now = Instant::now();
-        while let Ok(p) = records.try_recv() {
+        for p in inbox.try_recv_all() {
             let n = self.unpack(p, |d, p| {
                 let key = d.shard_key(p.hash());
                 d.buffers.state(&d.cfg, &key, now).members.push(p);
@@ -80,10 +80,7 @@ impl Driver {
 
     /// At a shutdown's deadline, or once nothing is left: abandons what is left and answers the
     /// shutdown. Returns whether the driver is done.
-    pub(super) fn finish_shutdown_if_due(
-        &mut self,
-        records: &mut mpsc::UnboundedReceiver<Incoming>,
-    ) -> bool {
+    pub(super) fn finish_shutdown_if_due(&mut self, inbox: &mut Inbox) -> bool {
         let Some((deadline, _)) = &self.shutdown else {
             return false;
         };
@@ -93,7 +90,7 @@ impl Driver {
         let Some((_, reply)) = self.shutdown.take() else {
             return false;
         };
-        let (undelivered, in_flight) = self.abandon(records, "shutdown deadline passed");
+        let (undelivered, in_flight) = self.abandon(inbox, "shutdown deadline passed");
         let report = ShutdownReport {
             delivered: self.stats.delivered.load(Ordering::Relaxed),
             failed: self.stats.failed.load(Ordering::Relaxed),
