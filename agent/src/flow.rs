@@ -34,6 +34,8 @@ pub(crate) struct FlowRun {
     acker: Abort,
     _report: Abort,
     progress: Arc<Progress>,
+    /// The flow's id in progress lines: `kinesis:<stream>:<pattern>` or `fh:<name>:<pattern>`.
+    id: String,
     sink: Sink,
     stream: String,
 }
@@ -101,7 +103,7 @@ impl FlowRun {
         let id = format!("{}:{}", flow.key().destination, flow.file_pattern);
         let report = crate::progress::report(
             Arc::clone(&progress),
-            id,
+            id.clone(),
             opts.report_every,
             opts.report_metrics,
         );
@@ -120,6 +122,7 @@ impl FlowRun {
             acker: Abort(Some(acker)),
             _report: Abort(Some(report)),
             progress,
+            id,
             sink,
             stream,
         }
@@ -153,7 +156,7 @@ impl FlowRun {
             );
         }
         // The last word on the flow's progress, as the Kinesis Agent logs at its stop.
-        self.progress.log(&self.stream, false);
+        self.progress.log(&self.id, false);
     }
 }
 

@@ -646,3 +646,46 @@ async fn publish_queue_capacity_and_max_buffer_size_records_bound_a_stalled_flow
     let status = common::exits_within(&mut agent, Duration::from_secs(20), "stop").await;
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_moves_a_flow_to_another_delivery_stream() {
+    let Some(moto) = MotoServer::start_or_skip().await else {
+        return;
+    };
+    let first = delivery_stream(&moto, "before").await;
+    let second = delivery_stream(&moto, "after").await;
+    let d = common::dir("fh-reload");
+    let logs = common::dir("fh-reload-logs");
+    let config =
+        |stream: &str| firehose_config(&d, &moto_url(&moto), "*.log", stream, json!({}), json!({}));
+    config("before");
+    let log = d.join("app.log");
+    let old = numbered("r1", 0..200);
+    append(&log, old.clone());
+    let agent_log = logs.join("agent.log");
+    let mut agent = spawn_logged(&d.join("agent.json"), &agent_log);
+    wait_for_all(&moto_url(&moto), &first, &d, &old, Duration::from_secs(60)).await;
+    config("after");
+    signal(&agent, "HUP");
+    eventually("reloaded", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&agent_log)
+            .unwrap_or_default()
+            .contains("Configuration reloaded.")
+            .then_some(())
+    })
+    .await;
+    let new = numbered("r2", 0..200);
+    append(&log, new.clone());
+    // A new flow (its own checkpoints, `fh:after`): the file from its start, then the rest.
+    let mut all = old.clone();
+    all.extend(new.iter().cloned());
+    wait_for_all(&moto_url(&moto), &second, &d, &all, Duration::from_secs(60)).await;
+    let before = lines_in(&moto_url(&moto), &first, &d);
+    assert!(
+        new.iter().all(|l| !before.contains_key(l)),
+        "nothing written after the reload goes to the old delivery stream"
+    );
+    signal(&agent, "TERM");
+    let status = common::exits_within(&mut agent, Duration::from_secs(20), "stop").await;
+    assert!(status.success());
+}
