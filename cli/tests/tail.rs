@@ -551,3 +551,173 @@ async fn bad_input_is_refused_with_a_message() {
         assert!(out.stdout.is_empty(), "{args:?}: printed nothing");
     }
 }
+
+/// A running `kinesis tail` whose stdout lines arrive on a channel.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Follower {
+    fn start(endpoint: &str, args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = kinesis(endpoint)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to 60 s) until `n` lines in all have been printed.
+    fn wait_for(&mut self, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.seen.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!("{} of {n} lines, then {e:?}", self.seen.len()),
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_keeps_following_through_a_split_until_interrupted() {
+    let env = TestEnv::start().await;
+    let ep = env.kinesis_endpoint().unwrap();
+    let stream = env.create_stream(1).await;
+    // Without --exit-at-end: it waits for records, and reads the children once the parent closes.
+    let mut tail = Follower::start(
+        &ep,
+        &[
+            "tail",
+            "--stream",
+            &stream,
+            "--from",
+            "trim-horizon",
+            "--text",
+        ],
+    );
+    let before: String = (0..150).map(|i| format!("before-{i:03}\n")).collect();
+    ok(&run(&ep, &["put", "--stream", &stream, "--random-key"], &before).await);
+    tokio::task::block_in_place(|| tail.wait_for(150));
+    ok(&run(
+        &ep,
+        &["streams", "split", &stream, "shardId-000000000000"],
+        "",
+    )
+    .await);
+    let after: String = (0..150).map(|i| format!("after-{i:03}\n")).collect();
+    ok(&run(&ep, &["put", "--stream", &stream, "--random-key"], &after).await);
+    tokio::task::block_in_place(|| tail.wait_for(300));
+
+    let printed: Vec<Value> = tail
+        .seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let printed = positions(&printed);
+    // The parent's 150 first (the producer does not keep order across keys: the stream's order,
+    // checked below, is the reference), then the children's.
+    let mut parent: Vec<&str> = printed[..150]
+        .iter()
+        .filter(|p| p.0 == "shardId-000000000000")
+        .map(|p| p.3.as_str())
+        .collect();
+    parent.sort_unstable();
+    let want: Vec<String> = (0..150).map(|i| format!("before-{i:03}")).collect();
+    assert_eq!(parent, want);
+    assert!(
+        printed[150..]
+            .iter()
+            .all(|p| p.0 != "shardId-000000000000" && p.3.starts_with("after-"))
+    );
+    assert_eq!(by_shard(&printed), stream_order(&env, &stream).await);
+
+    // Interrupted, it stops cleanly.
+    let pid = tail.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::block_in_place(|| tail.child.wait().unwrap());
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_from_an_rfc3339_time() {
+    let env = TestEnv::start().await;
+    let ep = env.kinesis_endpoint().unwrap();
+    let stream = env.create_stream(1).await;
+    let lines: String = (0..10).map(|i| format!("c{i}\n")).collect();
+    ok(&run(&ep, &["put", "--stream", &stream, "--random-key"], &lines).await);
+    let mut c = kinesis(&ep);
+    c.env(
+        "AWS_ENDPOINT_URL_DYNAMODB",
+        env.dynamodb_endpoint().unwrap(),
+    )
+    .args([
+        "consume",
+        "--stream",
+        &stream,
+        "--app",
+        &kinesis_testkit::unique_name("rfc3339"),
+        "--from",
+        "2001-02-03T04:05:06.5+01:00",
+        "--max",
+        "10",
+        "--text",
+    ]);
+    let out = tokio::task::spawn_blocking(move || run_with_stdin(c, ""))
+        .await
+        .unwrap();
+    let mut data: Vec<String> = json_lines(&ok(&out))
+        .iter()
+        .map(|v| v["data"].as_str().unwrap().to_string())
+        .collect();
+    data.sort();
+    assert_eq!(data, (0..10).map(|i| format!("c{i}")).collect::<Vec<_>>());
+    let mut c = kinesis(&ep);
+    c.args([
+        "consume",
+        "--stream",
+        &stream,
+        "--app",
+        "x",
+        "--from",
+        "2001-02-30T00:00:00Z",
+    ]);
+    let out = tokio::task::spawn_blocking(move || run_with_stdin(c, ""))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected trim-horizon"));
+}
