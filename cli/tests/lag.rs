@@ -238,3 +238,92 @@ async fn table_output_and_bad_input() {
         "no lease table",
     );
 }
+
+/// `kinesis top` on a terminal (a pty from util-linux `script`): it draws the shards, `q`
+/// or Ctrl-C quits with status 0, and the alternate screen is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_on_a_terminal_draws_and_q_or_ctrl_c_restores_it() {
+    use std::io::{Read as _, Write as _};
+    use std::sync::{Arc, Mutex};
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: util-linux `script` (a pty) is not installed");
+        return;
+    }
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let app = unique_name("app");
+    let table = operator::store(&env, &app);
+    table
+        .ensure_table(false, Duration::from_secs(30))
+        .await
+        .unwrap();
+    table
+        .create_if_not_exists(&kinesis_consumer::Lease::new(
+            SHARD0,
+            kinesis_core::Checkpoint::TrimHorizon,
+        ))
+        .await
+        .unwrap();
+
+    let line = format!(
+        "stty cols 120 rows 30; {} top --app {app} --stream {stream}",
+        env!("CARGO_BIN_EXE_kinesis")
+    );
+    // q, and Ctrl-C (in raw mode a key, not a signal).
+    for key in [&b"q"[..], &b"\x03"[..]] {
+        let mut child = on_a_pty(&operator::kinesis(&env), &line).spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let screen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&screen);
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let has = |needle: &[u8]| {
+            let s = screen.lock().unwrap();
+            s.windows(needle.len()).any(|w| w == needle)
+        };
+        eventually("top draws the shard", Duration::from_secs(30), || async {
+            (has(b"shardId-000000000000") && has(b"OWNER") && has(b"workers")).then_some(())
+        })
+        .await;
+        stdin.write_all(key).unwrap();
+        stdin.flush().unwrap();
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        reader.join().unwrap();
+        assert!(status.success(), "{key:?}: {status}");
+        assert!(
+            has(b"\x1b[?1049h") && has(b"\x1b[?1049l"),
+            "{key:?}: alternate screen entered and left"
+        );
+        drop(stdin);
+    }
+}
+
+/// `script -q -e -c LINE /dev/null` with `env_of`'s environment: LINE runs on a pty.
+fn on_a_pty(env_of: &std::process::Command, line: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("script");
+    c.args(["-q", "-e", "-c", line, "/dev/null"]);
+    for (k, v) in env_of.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    c
+}
