@@ -145,3 +145,79 @@ fn check_config_says_a_key_is_set_never_its_value() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(key), "{key}");
     }
 }
+
+/// STS unreachable when the agent starts (every connection to it reset): the agent keeps
+/// running, ships nothing unsigned or under another identity, loses nothing, and ships every
+/// line under the assumed role once STS answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sts_unreachable_at_start_delays_shipping_and_loses_nothing() {
+    let Some(moto) = MotoServer::start_or_skip().await else {
+        return;
+    };
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let kinesis = FaultProxy::start(env.kinesis_addr().unwrap(), 1).unwrap();
+    let sts = FaultProxy::start(moto.addr(), 2).unwrap();
+    sts.add_rule(kinesis_testkit::Rule::all(
+        kinesis_testkit::Fault::ResetBeforeForward,
+    ));
+    let d = common::dir("creds-sts-down");
+    let config = write_config(
+        &d,
+        Some(kinesis.endpoint()),
+        vec![flow(&d.join("*.log"), &stream)],
+        json!({
+            "awsAccessKeyId": BASE_KEY,
+            "awsSecretAccessKey": "agent-json-secret",
+            "assumeRoleARN": "arn:aws:iam::123456789012:role/kinesis-agent",
+            "sts.endpoint": sts.endpoint(),
+        }),
+    );
+    append(&d.join("app.log"), (0..100).map(|i| format!("line-{i}")));
+    let log = d.join("agent.err");
+    let mut agent = Command::new(common::bin())
+        .args(["-c", config.to_str().unwrap()])
+        .env_remove("AWS_ENDPOINT_URL_KINESIS")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // It tried STS several times (retrying, not giving up) ...
+    eventually(
+        "the agent retrying STS",
+        Duration::from_secs(60),
+        || async { (sts.stats().total().requests >= 3).then_some(()) },
+    )
+    .await;
+    // ... and is still running, with nothing shipped under any identity.
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent exited while STS was down: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(common::counts(&env, &stream).await.is_empty());
+    assert!(
+        !kinesis.signers().contains_key(BASE_KEY),
+        "the base keys signed a Kinesis request: {:?}",
+        kinesis.signers()
+    );
+    sts.clear();
+    eventually(
+        "every line delivered once STS answers",
+        Duration::from_secs(60),
+        || async { (common::counts(&env, &stream).await.len() == 100).then_some(()) },
+    )
+    .await;
+    for key in kinesis.signers().keys() {
+        assert!(key.starts_with("ASIA"), "{:?}", kinesis.signers());
+    }
+    signal(&agent, "TERM");
+    let status = common::exits_within(&mut agent, Duration::from_secs(15), "stop").await;
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
