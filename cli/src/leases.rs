@@ -99,6 +99,16 @@ pub(crate) struct Guard {
     force: bool,
 }
 
+impl Guard {
+    /// A zero interval cannot see a counter move: it would call every worker dead.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.interval.is_zero() && !self.force {
+            bail!("--interval 0s cannot tell a live worker from a dead one: give a longer one");
+        }
+        Ok(())
+    }
+}
+
 /// What watching a lease's counter says about its owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Liveness {
@@ -185,6 +195,7 @@ async fn unless_live(store: &LeaseStore, first: Lease, guard: &Guard) -> anyhow:
     if guard.force {
         return Ok(first);
     }
+    guard.check()?;
     tokio::time::sleep(guard.interval).await;
     let second = get_lease(store, &first.lease_key).await?;
     if liveness(Some(&first), &second) == Liveness::Alive {
@@ -363,6 +374,7 @@ async fn report(store: &LeaseStore, action: &str, before: &Lease) -> anyhow::Res
 }
 
 async fn delete_table(store: &LeaseStore, guard: &Guard) -> anyhow::Result<()> {
+    guard.check()?;
     let first = list_leases(store).await?;
     let before = if guard.force {
         first

@@ -255,9 +255,30 @@ async fn bad_input_is_refused_and_changes_nothing() {
             ],
             "soon",
         ),
+        (
+            vec![
+                "leases",
+                "release",
+                "--app",
+                &app,
+                "--shard",
+                SHARD0,
+                "--interval",
+                "0s",
+            ],
+            "--interval 0s cannot tell a live worker",
+        ),
+        (
+            vec!["leases", "delete-table", "--app", &app, "--interval", "0s"],
+            "--interval 0s cannot tell a live worker",
+        ),
     ];
     for (args, want) in &cases {
-        let out = run(&env, &[&args[..], &fast].concat()).await;
+        let out = if args.contains(&"--interval") {
+            run(&env, args).await
+        } else {
+            run(&env, &[&args[..], &fast].concat()).await
+        };
         refused(&out, want);
         assert_eq!(
             table.list().await.unwrap(),
