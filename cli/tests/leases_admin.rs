@@ -49,8 +49,8 @@ async fn a_live_workers_lease_is_refused_unless_forced() {
     .await;
     let before = table.get(SHARD0).await.unwrap().unwrap();
 
-    // Refused while w1 renews (every 0.5 s, watched for 1.5 s): nothing changed.
-    let watch = ["--interval", "1500ms"];
+    // Refused while w1 renews (every 0.5 s, watched for 3 s: six renewals): nothing changed.
+    let watch = ["--interval", "3s"];
     let reset = ["leases", "reset", "--app", &app, "--shard", SHARD0];
     let out = run(
         &env,
