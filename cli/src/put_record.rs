@@ -130,6 +130,7 @@ mod tests {
         assert!(check("k", None, b"x".to_vec()).is_ok());
         assert!(check("k", Some("340282366920938463463374607431768211455"), vec![]).is_ok());
         let big = vec![0u8; DEFAULT_MAX_RECORD_BYTES];
+        let long = "k".repeat(257);
         let table: Vec<(&str, Option<&str>, Vec<u8>, &str)> = vec![
             (
                 "",
@@ -137,7 +138,7 @@ mod tests {
                 vec![],
                 "--partition-key: partition key must be 1 to 256",
             ),
-            (&"k".repeat(257), None, vec![], "got 257"),
+            (&long, None, vec![], "got 257"),
             (
                 "k",
                 Some("340282366920938463463374607431768211456"),

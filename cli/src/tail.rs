@@ -190,17 +190,7 @@ async fn follow(
         first.into_iter().map(|s| (s, start.clone())).collect();
     let mut tasks: JoinSet<anyhow::Result<(ShardId, Ended)>> = JoinSet::new();
     loop {
-        // Start every waiting shard none of whose planned parents is still being read.
-        let ready: Vec<ShardId> = waiting
-            .keys()
-            .filter(|id| {
-                map.get(id).is_none_or(|s| {
-                    s.parents()
-                        .all(|p| !planned.contains(p) || finished.contains(p))
-                })
-            })
-            .cloned()
-            .collect();
+        let ready = ready_to_start(waiting.keys(), &map, &planned, &finished);
         for id in ready {
             if let Some(start) = waiting.remove(&id) {
                 let reader = Arc::clone(reader);
@@ -229,6 +219,28 @@ async fn follow(
             }
         }
     }
+}
+
+/// The waiting shards that may start: those none of whose planned parents is still unread
+/// (a parent not being read, or gone from the map, is not waited for). Sorted, for a stable
+/// start order.
+fn ready_to_start<'a>(
+    waiting: impl Iterator<Item = &'a ShardId>,
+    map: &ShardMap,
+    planned: &HashSet<ShardId>,
+    finished: &HashSet<ShardId>,
+) -> Vec<ShardId> {
+    let mut ready: Vec<ShardId> = waiting
+        .filter(|id| {
+            map.get(id).is_none_or(|s| {
+                s.parents()
+                    .all(|p| !planned.contains(p) || finished.contains(p))
+            })
+        })
+        .cloned()
+        .collect();
+    ready.sort();
+    ready
 }
 
 async fn shard_iterator(reader: &Reader, shard: &ShardId, start: &Start) -> anyhow::Result<String> {
@@ -408,4 +420,70 @@ fn user_records(
         }
     }
     agg::deaggregate(partition_key, data)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use kinesis_core::HashKeyRange;
+
+    use super::*;
+
+    fn id(n: u64) -> ShardId {
+        ShardId::new(format!("shardId-{n:012}")).unwrap()
+    }
+
+    fn shard(n: u64, parents: &[u64], closed: bool) -> Shard {
+        Shard {
+            shard_id: id(n),
+            parent_shard_id: parents.first().map(|p| id(*p)),
+            adjacent_parent_shard_id: parents.get(1).map(|p| id(*p)),
+            hash_key_range: HashKeyRange::FULL,
+            starting_sequence_number: SequenceNumber::parse("1").unwrap(),
+            ending_sequence_number: closed.then(|| SequenceNumber::parse("9").unwrap()),
+        }
+    }
+
+    fn set(ids: &[u64]) -> HashSet<ShardId> {
+        ids.iter().map(|n| id(*n)).collect()
+    }
+
+    #[test]
+    fn parents_before_children() {
+        // 0 split into 1 and 2; 1 and 2 merged into 3; 4 unrelated.
+        let map = ShardMap::new(vec![
+            shard(0, &[], true),
+            shard(1, &[0], true),
+            shard(2, &[0], true),
+            shard(3, &[1, 2], false),
+            shard(4, &[], false),
+        ]);
+        // (waiting, planned, finished) → ready
+        type Row = (
+            &'static [u64],
+            &'static [u64],
+            &'static [u64],
+            &'static [u64],
+        );
+        let table: &[Row] = &[
+            (&[0, 1, 2, 3, 4], &[0, 1, 2, 3, 4], &[], &[0, 4]),
+            (&[1, 2, 3], &[0, 1, 2, 3, 4], &[0, 4], &[1, 2]),
+            (&[3], &[0, 1, 2, 3, 4], &[0, 1, 4], &[]),
+            (&[3], &[0, 1, 2, 3, 4], &[0, 1, 2, 4], &[3]),
+            // --shard 2 only: its child waits for it, not for the unread other parent.
+            (&[3], &[2, 3], &[], &[]),
+            (&[3], &[2, 3], &[2], &[3]),
+            // --from latest: the open shards start at once.
+            (&[3, 4], &[3, 4], &[], &[3, 4]),
+            // A shard gone from the map (trimmed) starts at once.
+            (&[7], &[7], &[], &[7]),
+        ];
+        for (waiting, planned, finished, want) in table {
+            let waiting: Vec<ShardId> = waiting.iter().map(|n| id(*n)).collect();
+            let got = ready_to_start(waiting.iter(), &map, &set(planned), &set(finished));
+            let want: Vec<ShardId> = want.iter().map(|n| id(*n)).collect();
+            assert_eq!(got, want, "waiting {waiting:?}, finished {finished:?}");
+        }
+    }
 }

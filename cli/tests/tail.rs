@@ -721,3 +721,75 @@ async fn consume_from_an_rfc3339_time() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected trim-horizon"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_child_comes_after_both_parents() {
+    let env = TestEnv::start().await;
+    let ep = env.kinesis_endpoint().unwrap();
+    let stream = env.create_stream(2).await;
+    let before: String = (0..200).map(|i| format!("before-{i:03}\n")).collect();
+    ok(&run(&ep, &["put", "--stream", &stream, "--random-key"], &before).await);
+    ok(&run(
+        &ep,
+        &[
+            "streams",
+            "merge",
+            &stream,
+            "shardId-000000000000",
+            "shardId-000000000001",
+        ],
+        "",
+    )
+    .await);
+    let after: String = (0..100).map(|i| format!("after-{i:03}\n")).collect();
+    ok(&run(&ep, &["put", "--stream", &stream, "--random-key"], &after).await);
+
+    let args = [
+        "tail",
+        "--stream",
+        &stream,
+        "--from",
+        "trim-horizon",
+        "--exit-at-end",
+        "--text",
+    ];
+    let printed = positions(&json_lines(&ok(&run(&ep, &args, "").await)));
+    assert_eq!(printed.len(), 300);
+    let child = "shardId-000000000002";
+    let first_child = printed.iter().position(|p| p.0 == child).unwrap();
+    assert_eq!(first_child, 200, "both parents' records before the child's");
+    assert!(printed[..200].iter().all(|p| p.3.starts_with("before-")));
+    assert!(
+        printed[200..]
+            .iter()
+            .all(|p| p.0 == child && p.3.starts_with("after-"))
+    );
+    assert_eq!(by_shard(&printed), stream_order(&env, &stream).await);
+
+    // Only one parent named: its records, then the child's (the other parent is not waited for).
+    let args = [
+        "tail",
+        "--stream",
+        &stream,
+        "--shard",
+        "shardId-000000000001",
+        "--from",
+        "trim-horizon",
+        "--exit-at-end",
+        "--text",
+    ];
+    let printed = positions(&json_lines(&ok(&run(&ep, &args, "").await)));
+    let shards: Vec<&str> = printed.iter().map(|p| p.0.as_str()).collect();
+    let parent_count = shards
+        .iter()
+        .filter(|s| **s == "shardId-000000000001")
+        .count();
+    assert!(
+        parent_count > 0
+            && shards[..parent_count]
+                .iter()
+                .all(|s| *s == "shardId-000000000001")
+    );
+    assert!(shards[parent_count..].iter().all(|s| *s == child));
+    assert_eq!(shards.len() - parent_count, 100);
+}
