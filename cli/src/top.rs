@@ -67,8 +67,8 @@ pub(crate) struct TopArgs {
     /// the KCL's failover time). Without a terminal: `lag --interval`.
     #[arg(long, default_value = crate::leases::DEFAULT_INTERVAL, value_parser = humantime::parse_duration)]
     interval: Duration,
-    /// Do not read the shards' new records to measure incoming rates (see `--help` of the
-    /// module: one more polling reader's worth of read throughput).
+    /// Do not read the shards' new records to measure incoming rates (that reading costs one
+    /// more polling reader's share of each shard's read throughput).
     #[arg(long)]
     no_incoming: bool,
 }
@@ -639,6 +639,59 @@ mod tests {
         }
     }
 
+    /// The I/O half against the embedded emulators: the lease, the lag probe at its
+    /// checkpoint, and the records that arrived at the tail between two refreshes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn collector_reads_leases_lag_and_what_arrives_at_the_tail() {
+        let env = kinesis_testkit::TestEnv::start().await;
+        let stream = env.create_stream(1).await;
+        let store = LeaseStore::new(env.dynamodb.clone(), kinesis_testkit::unique_name("app"));
+        store
+            .ensure_table(false, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let shard = "shardId-000000000000";
+        store
+            .create_if_not_exists(&Lease::new(shard, Checkpoint::TrimHorizon))
+            .await
+            .unwrap();
+        let mut c = Collector {
+            kinesis: env.kinesis.clone(),
+            store,
+            stream: StreamRef::parse(&stream).unwrap(),
+            incoming: true,
+            shards: Vec::new(),
+            calls: 0,
+            tails: HashMap::new(),
+        };
+        let first = c.observe().await.unwrap();
+        assert_eq!(first.shards.len(), 1);
+        assert_eq!(first.tails[shard].over, None, "the tail starts at LATEST");
+        let b = first.probes[shard].as_ref().unwrap().as_ref().unwrap();
+        assert_eq!((b.records, b.exact), (0, true));
+
+        for i in 0..3 {
+            env.kinesis
+                .put_record()
+                .stream_name(&stream)
+                .partition_key(format!("k{i}"))
+                .data(aws_sdk_kinesis::primitives::Blob::new(vec![b'x'; 100]))
+                .send()
+                .await
+                .unwrap();
+        }
+        let second = c.observe().await.unwrap();
+        let t = second.tails[shard];
+        assert_eq!((t.records, t.bytes), (3, 300));
+        assert!(t.over.is_some_and(|d| d > Duration::ZERO));
+        let b = second.probes[shard].as_ref().unwrap().as_ref().unwrap();
+        assert_eq!((b.records, b.exact), (3, true), "3 behind TRIM_HORIZON");
+        assert_eq!(second.leases.len(), 1);
+        assert!(second.errors.is_empty(), "{:?}", second.errors);
+        // Nothing new: the tail reads nothing more.
+        assert_eq!(c.observe().await.unwrap().tails[shard].records, 0);
+    }
+
     #[test]
     fn liveness_needs_a_change_within_the_failover_time() {
         let f = Duration::from_secs(10);
@@ -739,11 +792,16 @@ mod tests {
         let header = find("IN REC/S");
         let row = find("shardId-0 ");
         assert!(row > header);
-        let cells: Vec<&str> = lines[row].split_whitespace().collect();
-        // │ shardId-0 w1 yes 5.0 2.0 1s 4 200 │
+        // The cells between the block's borders.
+        let cells = |line: &str| -> Vec<String> {
+            line.trim_matches(|c| c == '│' || c == ' ')
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
         assert_eq!(
-            &cells[1..9],
-            ["shardId-0", "w1", "yes", "5.0", "2.0", "1s", "4", "200"],
+            cells(&lines[row]),
+            ["shardId-0", "w1", "yes", "5.0", "2.0", "1s", "4", "200/0"],
             "{}",
             lines[row]
         );
@@ -752,9 +810,8 @@ mod tests {
         let unleased = &lines[find("shardId-1")];
         assert!(unleased.contains("no lease"), "{unleased}");
         let w = find("WORKER");
-        let wrow: Vec<&str> = lines[w + 1].split_whitespace().collect();
         assert_eq!(
-            &wrow[1..7],
+            cells(&lines[w + 1]),
             ["w1", "1", "yes", "0.50", "5.0", "1s"],
             "{}",
             lines[w + 1]
