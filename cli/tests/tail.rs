@@ -793,3 +793,39 @@ async fn a_merged_child_comes_after_both_parents() {
     assert!(shards[parent_count..].iter().all(|s| *s == child));
     assert_eq!(shards.len() - parent_count, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_tail_quietly() {
+    let env = TestEnv::start().await;
+    let ep = env.kinesis_endpoint().unwrap();
+    let stream = env.create_stream(1).await;
+    ok(&run(
+        &ep,
+        &["put", "--stream", &stream, "--random-key"],
+        "first\n",
+    )
+    .await);
+    // As `kinesis tail ... | head -1`: the reader goes away after one line.
+    let mut child = kinesis(&ep)
+        .args(["tail", "--stream", &stream, "--from", "trim-horizon"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::task::block_in_place(|| std::io::BufRead::read_line(&mut stdout, &mut line).unwrap());
+    assert!(line.contains("shardId-000000000000"), "{line}");
+    drop(stdout);
+    // The next records cannot be written: tail stops, successfully and without an error.
+    let more: String = (0..50).map(|i| format!("more-{i}\n")).collect();
+    ok(&run(&ep, &["put", "--stream", &stream, "--random-key"], &more).await);
+    let out = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("error"));
+}
