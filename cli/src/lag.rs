@@ -54,8 +54,9 @@ pub(crate) struct LagArgs {
     /// json when piped.
     #[arg(long, value_enum)]
     output: Option<Output>,
-    /// How long to watch the lease counters to tell whether owners are alive (default: the
-    /// KCL's failover time, 10 s; see `kinesis leases --help`). 0s skips the check.
+    /// How long to watch the lease counters: an owner is alive if its lease's counter moved
+    /// (workers renew every third of the failover time). Default: the KCL's failover time, after
+    /// which the application's own workers count a still counter as expired. 0s skips the check.
     #[arg(long, default_value = crate::leases::DEFAULT_INTERVAL, value_parser = humantime::parse_duration)]
     interval: Duration,
 }

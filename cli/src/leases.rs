@@ -90,8 +90,9 @@ pub(crate) enum LeasesCommand {
 /// The refusal of a change to a lease a live worker holds.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Guard {
-    /// How long to watch the lease counter to tell whether its owner is alive (default: the
-    /// KCL's failover time).
+    /// How long to watch the lease counter: its owner is alive if it moved (workers renew
+    /// every third of the failover time). Default: the KCL's failover time, after which the
+    /// application's own workers count a still counter as expired.
     #[arg(long, default_value = DEFAULT_INTERVAL, value_parser = humantime::parse_duration)]
     interval: Duration,
     /// Change it even if a live worker holds it (that worker loses it at its next write).
