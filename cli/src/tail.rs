@@ -121,7 +121,7 @@ pub(crate) async fn run(args: TailArgs, opts: &AwsOptions) -> anyhow::Result<Exi
 
     let config = sdk::load(opts).await;
     let client = sdk::kinesis_client(&config, opts);
-    let map = ShardMap::load(&client, &stream)
+    let map = load_map(&client, &stream)
         .await
         .with_context(|| format!("cannot list the shards of {stream}"))?;
     for id in &wanted {
@@ -208,7 +208,7 @@ async fn follow(
         let (id, ended) = joined.context("a shard reader panicked")??;
         finished.insert(id.clone());
         if let Ended::ShardEnd = ended {
-            map = ShardMap::load(&reader.client, &reader.stream)
+            map = load_map(&reader.client, &reader.stream)
                 .await
                 .with_context(|| format!("listing the children of {id}"))?;
             let children: Vec<ShardId> = map.children(&id).map(|c| c.shard_id.clone()).collect();
@@ -398,8 +398,33 @@ async fn read_shard(reader: &Reader, shard: &ShardId, start: Start) -> anyhow::R
 
 /// Whether the shard is closed now (it may have been split or merged while we read it).
 async fn shard_closed(reader: &Reader, shard: &ShardId) -> anyhow::Result<bool> {
-    let map = ShardMap::load(&reader.client, &reader.stream).await?;
+    let map = load_map(&reader.client, &reader.stream).await?;
     Ok(map.get(shard).is_some_and(|s| !s.is_open()))
+}
+
+/// The shard map, with throttled and transient ListShards failures retried: many shard readers
+/// list at once (at a shard's end, and once each with --exit-at-end), and ListShards allows
+/// 100 calls/s per stream.
+async fn load_map(
+    client: &aws_sdk_kinesis::Client,
+    stream: &StreamRef,
+) -> Result<ShardMap, AwsError> {
+    let mut backoff = BackoffConfig::new(Duration::from_millis(100), Duration::from_secs(5))
+        .with_deadline(Duration::from_secs(120))
+        .build();
+    loop {
+        match ShardMap::load(client, stream).await {
+            Ok(map) => return Ok(map),
+            Err(e) if e.is_retryable() => match backoff.next_delay_for(e.kind()) {
+                Some(pause) => {
+                    tracing::debug!(message = "ListShards retried.", error = %e);
+                    tokio::time::sleep(pause).await;
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The user records in one Kinesis record. An aggregate that does not decode is printed as the

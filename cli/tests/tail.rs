@@ -829,3 +829,64 @@ async fn a_closed_stdout_ends_tail_quietly() {
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("error"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_list_shards_is_retried() {
+    let env = TestEnv::start().await;
+    let Some(target) = env.kinesis_addr() else {
+        eprintln!("skipped: no plain-HTTP Kinesis endpoint for the fault proxy");
+        return;
+    };
+    let ep = env.kinesis_endpoint().unwrap();
+    let stream = env.create_stream(1).await;
+    ok(&run(&ep, &["put", "--stream", &stream, "--random-key"], "a\nb\n").await);
+    ok(&run(
+        &ep,
+        &["streams", "split", &stream, "shardId-000000000000"],
+        "",
+    )
+    .await);
+    ok(&run(&ep, &["put", "--stream", &stream, "--random-key"], "c\nd\n").await);
+    let proxy = FaultProxy::start(target, 5).unwrap();
+    // Throttled 7 times in a row: more than the SDK's own attempts (3) for the first listing.
+    proxy.add_rule(Rule::new(Some("ListShards"), Fault::throttle()).times(7));
+    let first = run(
+        &ep,
+        &[
+            "tail",
+            "--stream",
+            &stream,
+            "--from",
+            "trim-horizon",
+            "--exit-at-end",
+            "--format",
+            "{data}",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(ok(&first).len(), 4);
+    let out = run(
+        &proxy.endpoint(),
+        &[
+            "tail",
+            "--stream",
+            &stream,
+            "--from",
+            "trim-horizon",
+            "--exit-at-end",
+            "--format",
+            "{data}\\n",
+        ],
+        "",
+    )
+    .await;
+    let mut data: Vec<String> = ok(&out).lines().map(str::to_string).collect();
+    data.sort();
+    assert_eq!(data, ["a", "b", "c", "d"]);
+    assert_eq!(
+        proxy.stats().op("ListShards").errors,
+        7,
+        "throttles injected"
+    );
+}
