@@ -22,6 +22,10 @@ use serde_json::{Value, json};
 /// Retention Kinesis accepts, in hours (1 day to 365 days).
 pub(crate) const RETENTION_HOURS: std::ops::RangeInclusive<i32> = 24..=8760;
 
+/// Tags AddTagsToStream takes (and keys RemoveTagsFromStream takes) in one call; more are sent
+/// in several calls.
+const TAGS_PER_CALL: usize = 10;
+
 /// The stream mode as the operator writes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Mode {
@@ -232,14 +236,19 @@ pub(crate) async fn tag(
     let s = summary(client, stream).await?;
     let name = s.stream_name.as_str();
     let before = tags(client, name).await?;
-    let keys: Vec<String> = new.iter().map(|(k, _)| k.clone()).collect();
-    let mut req = client.add_tags_to_stream().stream_name(name);
-    for (k, v) in new {
-        req = req.tags(k, v);
+    // The last value given for a key wins, as it would in one call.
+    let new: BTreeMap<&str, &str> = new.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let keys: Vec<String> = new.keys().map(|k| (*k).to_string()).collect();
+    let entries: Vec<(&str, &str)> = new.into_iter().collect();
+    for chunk in entries.chunks(TAGS_PER_CALL) {
+        let mut req = client.add_tags_to_stream().stream_name(name);
+        for (k, v) in chunk {
+            req = req.tags(*k, *v);
+        }
+        req.send()
+            .await
+            .map_err(|e| AwsError::new("AddTagsToStream", e))?;
     }
-    req.send()
-        .await
-        .map_err(|e| AwsError::new("AddTagsToStream", e))?;
     let after = tags(client, name).await?;
     report(
         name,
@@ -257,13 +266,15 @@ pub(crate) async fn untag(
     let s = summary(client, stream).await?;
     let name = s.stream_name.as_str();
     let before = tags(client, name).await?;
-    client
-        .remove_tags_from_stream()
-        .stream_name(name)
-        .set_tag_keys(Some(keys.to_vec()))
-        .send()
-        .await
-        .map_err(|e| AwsError::new("RemoveTagsFromStream", e))?;
+    for chunk in keys.chunks(TAGS_PER_CALL) {
+        client
+            .remove_tags_from_stream()
+            .stream_name(name)
+            .set_tag_keys(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| AwsError::new("RemoveTagsFromStream", e))?;
+    }
     let after = tags(client, name).await?;
     report(
         name,

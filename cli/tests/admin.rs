@@ -370,6 +370,19 @@ async fn stream_settings_say_what_they_changed() {
     assert_eq!(u["after"], serde_json::json!({"env": null}));
     assert_eq!(tags(&env, s).await, [("team".into(), "core".into())]);
 
+    // More tags than one call takes: sent in several, all there, then all removed.
+    let many: Vec<String> = (0..23).map(|i| format!("k{i:02}=v{i}")).collect();
+    let mut args = vec!["streams", "tag", "--stream", s];
+    args.extend(many.iter().map(String::as_str));
+    let t = one_json(&ok(&run(&ep, &args).await));
+    assert_eq!(t["after"].as_object().unwrap().len(), 23);
+    assert_eq!(tags(&env, s).await.len(), 24, "23 and team");
+    let keys: Vec<String> = (0..23).map(|i| format!("k{i:02}")).collect();
+    let mut args = vec!["streams", "untag", "--stream", s];
+    args.extend(keys.iter().map(String::as_str));
+    ok(&run(&ep, &args).await);
+    assert_eq!(tags(&env, s).await, [("team".into(), "core".into())]);
+
     // Mode.
     let m = one_json(&ok(&run(
         &ep,
