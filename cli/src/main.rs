@@ -73,7 +73,7 @@ struct Cli {
 enum Command {
     /// Run the embedded Kinesis and DynamoDB emulators until Ctrl-C.
     Local(local::LocalArgs),
-    /// Create, inspect, reshard and delete streams.
+    /// Create, inspect, reshard and delete streams; retention, encryption, tags, capacity mode.
     #[command(subcommand)]
     Streams(streams::StreamsCommand),
     /// Send lines from stdin (or a file) as records, through the producer.
