@@ -135,9 +135,7 @@ fn main() -> ExitCode {
         Command::PutRecord(args) => {
             runtime().and_then(|rt| rt.block_on(put_record::run(args, &opts)))
         }
-        Command::Consumers(cmd) => {
-            runtime().and_then(|rt| rt.block_on(consumers::run(cmd, &opts)))
-        }
+        Command::Consumers(cmd) => runtime().and_then(|rt| rt.block_on(consumers::run(cmd, &opts))),
         Command::Tail(args) => runtime().and_then(|rt| rt.block_on(tail::run(args, &opts))),
         Command::Lag(args) => runtime().and_then(|rt| rt.block_on(lag::run(args, &opts))),
         Command::Top(args) => runtime().and_then(|rt| rt.block_on(top::run(args, &opts))),
