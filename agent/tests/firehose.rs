@@ -694,3 +694,67 @@ async fn sighup_moves_a_flow_to_another_delivery_stream() {
     let status = common::exits_within(&mut agent, Duration::from_secs(20), "stop").await;
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_mixed_faults_rotation_and_kill_9_every_line_arrives_at_least_once() {
+    let Some(moto) = MotoServer::start_or_skip().await else {
+        return;
+    };
+    let bucket = delivery_stream(&moto, "stormy").await;
+    let proxy = FaultProxy::start(moto.addr(), 11).unwrap();
+    let on = |fault: Fault, p: f64| Rule::new(Some("PutRecordBatch"), fault).probability(p);
+    // Throttles, 5xx, resets before and after the call took effect (duplicates), latency.
+    proxy.set_rules(vec![
+        on(Fault::error("ServiceUnavailableException"), 0.2),
+        on(Fault::internal(), 0.1),
+        on(Fault::ResetBeforeForward, 0.1),
+        on(Fault::ResetAfterForward, 0.1),
+        on(Fault::Latency(Duration::from_millis(300)), 0.2),
+    ]);
+    let d = common::dir("fh-storm");
+    let config = firehose_config(
+        &d,
+        &proxy.endpoint(),
+        "app.log*",
+        "stormy",
+        json!({ "maxBufferSizeRecords": 100, "retryInitialBackoffMillis": 20,
+                "retryMaxBackoffMillis": 500 }),
+        json!({}),
+    );
+    let log = d.join("app.log");
+    let mut want = Vec::new();
+    let mut agent = spawn(&config);
+    for round in 0..4 {
+        let lines = numbered(&format!("s{round}"), 0..2_000);
+        append(&log, lines.clone());
+        want.extend(lines);
+        // Some of this round acknowledged (over every file: a renamed one keeps its entry),
+        // then the agent dies mid-stream.
+        let acked = || checkpoints(&d).iter().map(|(_, o)| o).sum::<u64>();
+        let before = acked();
+        eventually(
+            &format!("progress under faults, round {round}"),
+            Duration::from_secs(60),
+            || async { (acked() > before).then_some(()) },
+        )
+        .await;
+        kill_9(agent);
+        if round == 1 {
+            std::fs::rename(&log, d.join("app.log.1")).unwrap();
+        }
+        agent = spawn(&config);
+    }
+    assert!(proxy.stats().op("PutRecordBatch").injected() > 0);
+    proxy.clear();
+    wait_for_all(
+        &moto_url(&moto),
+        &bucket,
+        &d,
+        &want,
+        Duration::from_secs(120),
+    )
+    .await;
+    signal(&agent, "TERM");
+    let status = common::exits_within(&mut agent, Duration::from_secs(20), "stop").await;
+    assert!(status.success());
+}
