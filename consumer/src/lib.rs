@@ -11,22 +11,42 @@
 //!                                    rule) ─► ShardProcessor::process(batch, Checkpointer)
 //! ```
 //!
-//! ```no_run
-//! # async fn f(kinesis: aws_sdk_kinesis::Client, dynamodb: aws_sdk_dynamodb::Client) -> Result<(), Box<dyn std::error::Error>> {
-//! use kinesis_consumer::{Checkpointer, Consumer, ConsumerConfig, ProcessorError, RecordBatch, ShardProcessor};
+//! ```
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # // Runs against the testkit's embedded Kinesis and DynamoDB emulators, with a record in the
+//! # // stream; against AWS the clients come from `aws_config::load_defaults`.
+//! # use std::sync::atomic::{AtomicUsize, Ordering};
+//! # static SEEN: AtomicUsize = AtomicUsize::new(0);
+//! # let env = kinesis_testkit::TestEnv::start().await;
+//! # let stream = env.create_stream(1).await;
+//! # env.kinesis.put_record().stream_name(&stream).partition_key("user-1")
+//! #     .data(aws_sdk_kinesis::primitives::Blob::new("hello")).send().await?;
+//! # let (kinesis, dynamodb) = (env.kinesis.clone(), env.dynamodb.clone());
+//! use std::time::Duration;
+//! use kinesis_consumer::{Checkpointer, Consumer, ConsumerConfig, InitialPosition, ProcessorError, RecordBatch, ShardProcessor};
+//!
 //! struct Print;
 //! impl ShardProcessor for Print {
 //!     async fn process(&mut self, batch: RecordBatch, cp: &mut Checkpointer) -> Result<(), ProcessorError> {
 //!         for r in &batch.records {
 //!             println!("{} {}/{}: {:?}", batch.shard_id, r.sequence_number, r.sub_sequence_number, r.data);
+//! #           SEEN.fetch_add(1, Ordering::SeqCst);
 //!         }
-//!         cp.checkpoint().await?;
+//!         cp.checkpoint().await?; // fenced: fails with LeaseLost if another worker took the shard
 //!         Ok(())
 //!     }
 //! }
-//! let consumer = Consumer::builder(kinesis, dynamodb, "orders", ConsumerConfig::new("my-app"), |_| Print).build().await?;
+//!
+//! // The application's name is its lease table's; a new application starts at TRIM_HORIZON here
+//! // (the default is LATEST, as in the KCL).
+//! let config = ConsumerConfig { initial_position: InitialPosition::TrimHorizon, ..ConsumerConfig::new("my-app") };
+//! let consumer = Consumer::builder(kinesis, dynamodb, &stream, config, |_| Print).build().await?;
+//! # kinesis_testkit::eventually("the record", Duration::from_secs(20), || async {
+//! #     (SEEN.load(Ordering::SeqCst) == 1).then_some(())
+//! # }).await;
 //! // ... later
-//! consumer.shutdown(std::time::Duration::from_secs(30)).await;
+//! consumer.shutdown(Duration::from_secs(30)).await; // checkpoint, then release the leases
 //! # Ok(()) }
 //! ```
 //!
@@ -55,6 +75,7 @@
 //! ```no_run
 //! # async fn f(kinesis: aws_sdk_kinesis::Client, dynamodb: aws_sdk_dynamodb::Client) -> Result<(), Box<dyn std::error::Error>> {
 //! # use kinesis_consumer::{Consumer, ConsumerConfig, with_fn};
+//! // Compiled, not run, in the doc tests: it publishes to the CloudWatch of a real account.
 //! use std::time::Duration;
 //! use kinesis_metrics::{MetricsConfig, MetricsLevel};
 //! let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;

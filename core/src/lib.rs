@@ -13,6 +13,29 @@
 //! ```
 //!
 //! Nothing in this crate spawns a task.
+//!
+//! Where a record goes: the shard map predicts the shard of a partition key, as Kinesis picks it
+//! (the producer aggregates per predicted shard with it):
+//!
+//! ```
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # // Against the testkit's embedded Kinesis emulator; against AWS the client comes from
+//! # // `kinesis_core::sdk::load` (the standard chain).
+//! # let env = kinesis_testkit::TestEnv::start().await;
+//! # let stream = env.create_stream(4).await;
+//! # let kinesis = env.kinesis.clone();
+//! use kinesis_core::{PartitionKey, StreamRef, shard_map::ShardMap};
+//!
+//! let map = ShardMap::load(&kinesis, &StreamRef::parse(&stream)?).await?;
+//! let key = PartitionKey::new("user-1")?;
+//! let predicted = map.shard_for(key.hash_key()).map(|s| s.shard_id.to_string());
+//!
+//! let put = kinesis.put_record().stream_name(&stream).partition_key(key.as_str())
+//!     .data(aws_sdk_kinesis::primitives::Blob::new("hello")).send().await?;
+//! assert_eq!(predicted.as_deref(), Some(put.shard_id()));
+//! # Ok(()) }
+//! ```
 
 pub mod agg;
 pub mod backoff;

@@ -65,6 +65,8 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! // Compiled, not run, in the doc tests: it publishes to the CloudWatch of a real account (the
+//! // tests and the `publish` example below use a local moto_server).
 //! use std::time::Duration;
 //! use kinesis_metrics::{MetricRule, MetricsConfig, MetricsLevel, Rollup};
 //! let sdk = kinesis_core::sdk::load(&Default::default()).await; // honours AWS_ENDPOINT_URL_CLOUDWATCH
