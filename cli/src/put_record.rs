@@ -33,7 +33,7 @@ pub(crate) struct PutRecordArgs {
     /// The record's data, as text.
     #[arg(long, group = "input", allow_hyphen_values = true)]
     data: Option<String>,
-    /// Read the record's data (bytes, unchanged) from this file.
+    /// Read the record's data (bytes, unchanged) from this file; `-` for stdin.
     #[arg(long, group = "input")]
     file: Option<PathBuf>,
 }
@@ -87,6 +87,13 @@ pub(crate) async fn run(args: PutRecordArgs, opts: &AwsOptions) -> anyhow::Resul
     let stream = StreamRef::parse(&args.stream).context("--stream")?;
     let data = match (&args.data, &args.file) {
         (Some(text), _) => text.clone().into_bytes(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut data = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut data)
+                .await
+                .context("cannot read stdin")?;
+            data
+        }
         (None, Some(path)) => tokio::fs::read(path)
             .await
             .with_context(|| format!("cannot read {}", path.display()))?,

@@ -113,7 +113,23 @@ async fn put_record_prints_where_the_record_went() {
     )
     .await));
 
-    // Exactly those three, where and as put-record said; tail prints them too.
+    // --file -: the data from stdin, bytes unchanged.
+    let mut c = kinesis(&ep);
+    c.args([
+        "put-record",
+        "--stream",
+        &stream,
+        "--partition-key",
+        "in",
+        "--file",
+        "-",
+    ]);
+    let from_stdin = tokio::task::spawn_blocking(move || run_with_stdin(c, "line one\nline two\n"))
+        .await
+        .unwrap();
+    let from_stdin = one_json(&ok(&from_stdin));
+
+    // Exactly those four, where and as put-record said; tail prints them too.
     let read = read_stream(&env.kinesis, &stream).await.unwrap().records;
     let got: Vec<(String, String, Vec<u8>)> = read
         .iter()
@@ -129,6 +145,7 @@ async fn put_record_prints_where_the_record_went() {
         (&low, b"low".to_vec()),
         (&high, b"high".to_vec()),
         (&from_file, vec![0, 159, 146, 150, 255]),
+        (&from_stdin, b"line one\nline two\n".to_vec()),
     ] {
         let want = (
             line["shard_id"].as_str().unwrap().to_string(),
@@ -137,7 +154,7 @@ async fn put_record_prints_where_the_record_went() {
         );
         assert!(got.contains(&want), "{want:?} in {got:?}");
     }
-    assert_eq!(got.len(), 3);
+    assert_eq!(got.len(), 4);
     let tailed = ok(&run(
         &ep,
         &[
@@ -152,7 +169,7 @@ async fn put_record_prints_where_the_record_went() {
         ],
     )
     .await);
-    assert_eq!(tailed.split_whitespace().count(), 3);
+    assert_eq!(tailed.split_whitespace().count(), 4);
     assert!(tailed.contains(low["sequence_number"].as_str().unwrap()));
 
     // Refused before any call: the stream is unchanged.
@@ -215,7 +232,7 @@ async fn put_record_prints_where_the_record_went() {
             .unwrap()
             .records
             .len(),
-        3,
+        4,
         "nothing more was put"
     );
     refused(
