@@ -109,6 +109,7 @@ impl Sink {
     pub(crate) fn max_buffered_bytes(&self) -> usize {
         match self {
             Self::Kinesis(p) => p.config().max_buffered_bytes,
+            // What `firehose_config` gives every Firehose producer (it has no accessor).
             Self::Firehose(_) => BUFFERED_BYTES,
         }
     }
