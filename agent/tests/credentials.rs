@@ -59,6 +59,11 @@ async fn ship_and_see_signers(creds: serde_json::Value) -> std::collections::BTr
         !text.contains("agent-json-secret") && !text.contains("ext-secret-1"),
         "no secret in the log"
     );
+    assert!(!text.is_empty(), "the agent logs its start");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no terminal colour codes in a log file: {text}"
+    );
     proxy.signers()
 }
 

@@ -120,6 +120,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("KINESIS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error")),
         )
+        // Colour only on a terminal: a redirected log stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let opts = cli.aws_options();
