@@ -403,3 +403,44 @@ async fn dev_inode_identity_tells_apart_files_with_the_same_first_line() {
     stop.send(()).unwrap();
     task.await.unwrap();
 }
+
+/// A glob that matches rotated, compressed files (`app.log*` and `app.log.1.gz`, `.bz2`,
+/// `.zip`, `.xz`, `.zst`, any case) ships only the plain files, as the Kinesis Agent does: a
+/// compressed file's bytes are never sent as lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_files_matched_by_the_glob_are_never_tailed() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let d = dir();
+    let plain: Vec<String> = (0..50).map(|i| format!("plain {i}")).collect();
+    append(&d.join("app.log"), plain.clone());
+    append(&d.join("app.log.1"), ["rotated plain".to_string()]);
+    for name in [
+        "app.log.2.gz",
+        "app.log.3.bz2",
+        "app.log.4.zip",
+        "app.log.5.xz",
+        "app.log.6.zst",
+        "app.log.7.GZ",
+    ] {
+        append(&d.join(name), [format!("compressed {name}")]);
+    }
+    let cfg = config(&d, vec![flow(&d.join("app.log*"), &stream)]);
+    let (stop, task) = start(&env, cfg.clone());
+    let mut want = plain;
+    want.push("rotated plain".to_string());
+    wait_for(&env, &stream, &want).await;
+    // A line appended to a plain file after the compressed ones were seen arrives; once it is
+    // in, everything the agent read of the directory is in.
+    append(&d.join("app.log"), ["last".to_string()]);
+    let got = wait_for(&env, &stream, &["last".to_string()]).await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    assert!(
+        got.keys().all(|l| !l.starts_with("compressed")),
+        "a compressed file was shipped: {got:?}"
+    );
+    assert_eq!(got.values().sum::<usize>(), 52, "each plain line once");
+    let cps = kinesis_agent::checkpoint::load(&cfg.checkpoint_file).unwrap();
+    assert_eq!(cps.len(), 2, "only the two plain files are checkpointed");
+}
