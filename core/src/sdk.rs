@@ -15,13 +15,19 @@
 //! environment) and no region is found, `us-east-1` is used so local emulators work without
 //! extra setup; against AWS the region chain decides.
 //!
-//! ```no_run
-//! # async fn f() {
+//! ```
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() {
+//! # // Runs: loading the chain and building clients sends no request (credentials are resolved
+//! # // at the first call, so none are needed here).
 //! use kinesis_core::sdk::{self, AwsOptions};
 //! let opts = AwsOptions { region: Some("eu-west-1".into()), ..AwsOptions::default() };
 //! let config = sdk::load(&opts).await;
 //! let kinesis = sdk::kinesis_client(&config, &opts);
 //! let dynamodb = sdk::dynamodb_client(&config, &opts);
+//! // The explicit region wins over AWS_REGION and the profile's.
+//! assert_eq!(kinesis.config().region().map(|r| r.as_ref()), Some("eu-west-1"));
+//! assert_eq!(dynamodb.config().region().map(|r| r.as_ref()), Some("eu-west-1"));
 //! # }
 //! ```
 

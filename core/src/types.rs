@@ -388,11 +388,23 @@ impl FromStr for StreamRef {
 /// Sets `stream_name` or `stream_arn` on an SDK request builder from a [`StreamRef`]: every
 /// Kinesis operation that names a stream takes either.
 ///
-/// ```no_run
-/// # async fn f(client: aws_sdk_kinesis::Client) {
-/// let stream = kinesis_core::StreamRef::parse("orders").unwrap();
-/// let req = kinesis_core::with_stream!(client.describe_stream_summary(), &stream);
-/// # }
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // Runs against the testkit's embedded Kinesis emulator.
+/// # let env = kinesis_testkit::TestEnv::start().await;
+/// # let (client, orders) = (env.kinesis.clone(), env.create_stream(1).await);
+/// # let arn = env.kinesis.describe_stream_summary().stream_name(&orders).send().await?
+/// #     .stream_description_summary().ok_or("no summary")?.stream_arn().to_owned();
+/// use aws_sdk_kinesis::primitives::Blob;
+/// // A name ("orders") or an ARN ("arn:aws:kinesis:eu-west-1:123456789012:stream/orders"):
+/// for text in [orders.as_str(), arn.as_str()] {
+///     let stream = kinesis_core::StreamRef::parse(text)?;
+///     let req = kinesis_core::with_stream!(client.put_record(), &stream);
+///     let out = req.partition_key("user-1").data(Blob::new("hello")).send().await?;
+///     assert_eq!(out.shard_id(), "shardId-000000000000"); // the stream's one shard
+/// }
+/// # Ok(()) }
 /// ```
 #[macro_export]
 macro_rules! with_stream {

@@ -47,18 +47,25 @@ pub enum WaitError<E> {
 /// A check that meets a retryable error (see [`ErrorKind::is_retryable`](crate::ErrorKind::is_retryable))
 /// should answer `Ok(None)` to keep waiting.
 ///
-/// ```no_run
-/// # async fn f(client: aws_sdk_kinesis::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // Runs against the testkit's embedded Kinesis emulator: a stream just created, not yet
+/// # // waited for; against AWS the client comes from the standard chain.
+/// # let env = kinesis_testkit::TestEnv::start().await;
+/// # let client = env.kinesis.clone();
+/// # let orders = kinesis_testkit::unique_name("orders");
+/// # client.create_stream().stream_name(&orders).shard_count(2).send().await?;
 /// use std::time::Duration;
 /// use aws_sdk_kinesis::types::StreamStatus;
 /// use kinesis_core::{AwsError, BackoffConfig, wait::until_ready};
 /// let backoff = BackoffConfig::new(Duration::from_millis(20), Duration::from_secs(1));
-/// until_ready("stream orders to become ACTIVE", Duration::from_secs(60), backoff, || async {
-///     match client.describe_stream_summary().stream_name("orders").send().await {
+/// let summary = until_ready("stream orders to become ACTIVE", Duration::from_secs(60), backoff, || async {
+///     match client.describe_stream_summary().stream_name(&orders).send().await {
 ///         Ok(out) => Ok(out
 ///             .stream_description_summary()
 ///             .filter(|s| *s.stream_status() == StreamStatus::Active)
-///             .map(|_| ())),
+///             .cloned()),
 ///         Err(e) => {
 ///             let e = AwsError::new("DescribeStreamSummary", e);
 ///             if e.is_retryable() { Ok(None) } else { Err(e) }
@@ -66,6 +73,7 @@ pub enum WaitError<E> {
 ///     }
 /// })
 /// .await?;
+/// assert_eq!(summary.open_shard_count(), 2);
 /// # Ok(()) }
 /// ```
 ///
