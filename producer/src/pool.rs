@@ -31,16 +31,28 @@ use crate::config::{ConfigError, ProducerConfig};
 /// memory of all streams — but a stream that must never be held up by another one wants a
 /// producer of its own (no pool) or a pool of its own.
 ///
-/// ```no_run
-/// # async fn f(client: aws_sdk_kinesis::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // Runs against the testkit's embedded Kinesis emulator, with two streams.
+/// # let env = kinesis_testkit::TestEnv::start().await;
+/// # let (orders_stream, clicks_stream) = (env.create_stream(1).await, env.create_stream(1).await);
+/// # let client = env.kinesis.clone();
+/// use std::time::Duration;
+/// use kinesis_core::{PartitionKey, UserRecord};
 /// use kinesis_producer::{BufferPool, Producer};
 /// let pool = BufferPool::new(128 * 1024 * 1024)?; // 128 MiB for every stream together
-/// let orders = Producer::builder(client.clone(), "orders").buffer_pool(pool.clone()).build().await?;
-/// let clicks = Producer::builder(client, "clicks").buffer_pool(pool.clone()).build().await?;
+/// let orders = Producer::builder(client.clone(), &orders_stream).buffer_pool(pool.clone()).build().await?;
+/// let clicks = Producer::builder(client, &clicks_stream).buffer_pool(pool.clone()).build().await?;
 /// println!("{} of {} bytes free", pool.available_bytes(), pool.capacity());
 /// // Shutting one down leaves the pool (and the other producer) working.
-/// orders.shutdown(std::time::Duration::from_secs(10)).await;
-/// # drop(clicks); Ok(()) }
+/// orders.shutdown(Duration::from_secs(10)).await;
+/// let receipt = clicks.send(UserRecord::new(PartitionKey::new("user-1")?, None, "click".into())).await?;
+/// receipt.await?;
+/// # let report = clicks.shutdown(Duration::from_secs(10)).await;
+/// # assert_eq!((report.delivered, report.failed), (1, 0));
+/// # assert_eq!(pool.available_bytes(), pool.capacity()); // every record settled: all bytes back
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct BufferPool {

@@ -119,14 +119,22 @@ const BUILD_WAIT: Duration = Duration::from_secs(30);
 /// yet delivered fail with `Cancelled` (or `Unknown` if in a running call), handed back through
 /// their receipts, and a warning is logged. `shutdown` drains first.
 ///
-/// ```no_run
-/// # async fn f(client: aws_sdk_kinesis::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // Runs against the testkit's embedded Kinesis emulator, with a stream of two shards.
+/// # let env = kinesis_testkit::TestEnv::start().await;
+/// # let (client, orders) = (env.kinesis.clone(), env.create_stream(2).await);
+/// # let shards: Vec<String> = env.kinesis.list_shards().stream_name(&orders).send().await?
+/// #     .shards().iter().map(|s| s.shard_id().to_owned()).collect();
 /// use kinesis_producer::{Producer, ProducerConfig};
 /// use kinesis_core::{PartitionKey, UserRecord};
-/// let producer = Producer::builder(client, "orders").config(ProducerConfig::default()).build().await?;
+/// let producer = Producer::builder(client, &orders).config(ProducerConfig::default()).build().await?;
 /// let receipt = producer.send(UserRecord::new(PartitionKey::new("user-1")?, None, "hello".into())).await?;
 /// let delivered = receipt.await?;
 /// println!("stored in {} at {}", delivered.shard_id, delivered.sequence_number);
+/// # assert_eq!(shards.len(), 2);
+/// # assert!(shards.iter().any(|s| s == delivered.shard_id.as_str()), "{} not in {shards:?}", delivered.shard_id);
 /// let report = producer.shutdown(std::time::Duration::from_secs(10)).await;
 /// assert!(report.undelivered.is_empty());
 /// # Ok(()) }
@@ -388,15 +396,23 @@ impl Producer {
     /// Cancel-safe: if this future is dropped while waiting for buffer space, the records are
     /// dropped with it and nothing was enqueued.
     ///
-    /// ```no_run
-    /// # async fn f(producer: kinesis_producer::Producer) -> Result<(), Box<dyn std::error::Error>> {
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Runs against the testkit's embedded Kinesis emulator.
+    /// # let env = kinesis_testkit::TestEnv::start().await;
+    /// # let stream = env.create_stream(2).await;
+    /// # let producer = kinesis_producer::Producer::builder(env.kinesis.clone(), &stream).build().await?;
     /// use kinesis_core::{PartitionKey, UserRecord};
     /// let key = PartitionKey::new("host-1")?;
     /// let batch = (0..1000).map(|i| UserRecord::new(key.clone(), None, format!("line {i}").into())).collect();
     /// let outcome = producer.send_batch(batch).await?.await?;
-    /// for f in outcome.failed {
+    /// for f in &outcome.failed {
     ///     eprintln!("record {} failed: {}", f.index, f.error);
     /// }
+    /// # assert_eq!((outcome.delivered, outcome.failed.len()), (1000, 0));
+    /// # let report = producer.shutdown(std::time::Duration::from_secs(10)).await;
+    /// # assert_eq!((report.delivered, report.failed), (1000, 0));
     /// # Ok(()) }
     /// ```
     pub async fn send_batch(

@@ -36,25 +36,38 @@ use crate::receipt::{BatchReceipt, PutReceipt};
 /// returns its [`BuildError`] and is not remembered: the next use tries again. Streams are keyed
 /// by the text given: a name and the ARN of the same stream get two producers.
 ///
-/// ```no_run
-/// # async fn f(client: aws_sdk_kinesis::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // Runs against the testkit's embedded Kinesis emulator, with three streams.
+/// # let env = kinesis_testkit::TestEnv::start().await;
+/// # let (orders, clicks, audit) =
+/// #     (env.create_stream(1).await, env.create_stream(1).await, env.create_stream(1).await);
+/// # let client = env.kinesis.clone();
 /// use kinesis_core::{PartitionKey, UserRecord};
 /// use kinesis_producer::{ProducerConfig, Producers};
 /// let producers = Producers::new(client, ProducerConfig {
 ///     max_buffered_bytes: 256 * 1024 * 1024, // the pool, for every stream together
 ///     ..ProducerConfig::default()
 /// })?;
-/// for stream in ["orders", "clicks", "audit"] {
+/// for stream in [&orders, &clicks, &audit] {
 ///     let record = UserRecord::new(PartitionKey::new("user-1")?, None, "event".into());
 ///     let receipt = producers.send(stream, record).await?; // builds the producer the first time
 ///     receipt.await?;
 /// }
 /// // try_send on a producer already built:
-/// let orders = producers.get("orders").await?;
-/// let _ = orders.try_send(UserRecord::new(PartitionKey::new("user-2")?, None, "event".into()));
-/// for (stream, report) in producers.shutdown(std::time::Duration::from_secs(30)).await {
+/// let producer = producers.get(&orders).await?;
+/// let second = producer.try_send(UserRecord::new(PartitionKey::new("user-2")?, None, "event".into()));
+/// # second?.await?; // there was room: its receipt resolves like send's
+/// let mut reports = producers.shutdown(std::time::Duration::from_secs(30)).await;
+/// for (stream, report) in &reports {
 ///     println!("{stream}: delivered {}, failed {}", report.delivered, report.failed);
 /// }
+/// # reports.sort_by(|a, b| a.0.cmp(&b.0));
+/// # let mut want = vec![(orders, 2), (clicks, 1), (audit, 1)];
+/// # want.sort();
+/// # let got: Vec<_> = reports.iter().map(|(s, r)| (s.clone(), r.delivered)).collect();
+/// # assert_eq!(got, want);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]

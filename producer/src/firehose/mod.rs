@@ -17,6 +17,8 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! // Compiled, not run, in the doc tests: the testkit's only Firehose is moto_server (a Python
+//! // process started from the test venv, with an S3 bucket behind it), not cheap enough here.
 //! use bytes::Bytes;
 //! use kinesis_producer::firehose::{FirehoseConfig, FirehoseProducer};
 //!
