@@ -18,109 +18,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use aws_sdk_firehose::types::{DeliveryStreamType, ExtendedS3DestinationConfiguration};
 use common::{append, checkpoints, kill_9, signal, spawn, spawn_logged};
 use kinesis_testkit::moto::MotoServer;
 use kinesis_testkit::{Fault, FaultProxy, Rule, eventually, local_sdk_config};
 use serde_json::json;
 
-/// moto itself (its `endpoint()` is the CloudWatch bridge in front of it).
-fn moto_url(moto: &MotoServer) -> String {
-    format!("http://{}", moto.addr())
-}
-
-/// The AWS CLI of the test venv, against moto.
-fn aws(endpoint: &str, args: &[&str]) -> std::process::Output {
-    let py = kinesis_testkit::python::python().expect("test venv");
-    let cli = py.parent().unwrap().join("aws");
-    let out = Command::new(cli)
-        .arg("--endpoint-url")
-        .arg(endpoint)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "aws {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A bucket and a DirectPut delivery stream into it; the bucket's name.
-async fn delivery_stream(moto: &MotoServer, name: &str) -> String {
-    let endpoint = moto_url(moto);
-    let bucket = format!("{name}-bucket");
-    aws(&endpoint, &["s3api", "create-bucket", "--bucket", &bucket]);
-    let conf = aws_sdk_firehose::config::Builder::from(&local_sdk_config())
-        .endpoint_url(&endpoint)
-        .build();
-    aws_sdk_firehose::Client::from_conf(conf)
-        .create_delivery_stream()
-        .delivery_stream_name(name)
-        .delivery_stream_type(DeliveryStreamType::DirectPut)
-        .extended_s3_destination_configuration(
-            ExtendedS3DestinationConfiguration::builder()
-                .bucket_arn(format!("arn:aws:s3:::{bucket}"))
-                .role_arn("arn:aws:iam::123456789012:role/firehose")
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    bucket
-}
-
-/// Every line in the bucket's objects, with how many times it is there.
-fn lines_in(endpoint: &str, bucket: &str, scratch: &Path) -> BTreeMap<String, usize> {
-    let dir: PathBuf = scratch.join(format!("s3-{bucket}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    aws(
-        endpoint,
-        &[
-            "s3",
-            "cp",
-            &format!("s3://{bucket}/"),
-            dir.to_str().unwrap(),
-            "--recursive",
-            "--quiet",
-        ],
-    );
-    let mut lines = BTreeMap::new();
-    let mut stack = vec![dir.clone()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                for l in std::fs::read_to_string(&p).unwrap().lines() {
-                    *lines.entry(l.to_owned()).or_insert(0) += 1;
-                }
-            }
-        }
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    lines
-}
-
 /// Waits until the bucket holds every one of `want`; what it holds then.
 async fn wait_for_all(
-    endpoint: &str,
+    moto: &MotoServer,
     bucket: &str,
-    scratch: &Path,
     want: &[String],
     within: Duration,
 ) -> BTreeMap<String, usize> {
     eventually("every line in S3", within, || async {
-        let got = lines_in(endpoint, bucket, scratch);
+        let got = moto.s3_lines(bucket).unwrap();
         want.iter().all(|l| got.contains_key(l)).then_some(got)
     })
     .await
@@ -164,12 +75,12 @@ async fn every_line_reaches_s3_across_rename_and_copytruncate_rotation_while_wri
     let Some(moto) = MotoServer::start_or_skip().await else {
         return;
     };
-    let bucket = delivery_stream(&moto, "rotated").await;
+    let bucket = moto.delivery_stream_to_s3("rotated").unwrap();
     let d = common::dir("fh-rotate");
     // Joined records (aggregatedRecordSizeBytes): S3 still holds one line per line.
     let config = firehose_config(
         &d,
-        &moto_url(&moto),
+        &moto.url(),
         "app.log*",
         "rotated",
         json!({ "aggregatedRecordSizeBytes": 4096 }),
@@ -210,14 +121,7 @@ async fn every_line_reaches_s3_across_rename_and_copytruncate_rotation_while_wri
     let e = numbered("e", 0..2_000);
     append(&log, e.clone());
     want.extend(e);
-    let got = wait_for_all(
-        &moto_url(&moto),
-        &bucket,
-        &d,
-        &want,
-        Duration::from_secs(120),
-    )
-    .await;
+    let got = wait_for_all(&moto, &bucket, &want, Duration::from_secs(120)).await;
     assert_eq!(got.len(), want.len(), "nothing but the lines written");
     signal(&agent, "TERM");
     let status = common::exits_within(&mut agent, Duration::from_secs(20), "stop").await;
@@ -229,16 +133,9 @@ async fn kill_9_mid_stream_and_a_restart_deliver_every_line_at_least_once() {
     let Some(moto) = MotoServer::start_or_skip().await else {
         return;
     };
-    let bucket = delivery_stream(&moto, "killed").await;
+    let bucket = moto.delivery_stream_to_s3("killed").unwrap();
     let d = common::dir("fh-kill");
-    let config = firehose_config(
-        &d,
-        &moto_url(&moto),
-        "*.log",
-        "killed",
-        json!({}),
-        json!({}),
-    );
+    let config = firehose_config(&d, &moto.url(), "*.log", "killed", json!({}), json!({}));
     let log = d.join("app.log");
     let mut want = numbered("k", 0..20_000);
     append(&log, want.clone());
@@ -256,14 +153,7 @@ async fn kill_9_mid_stream_and_a_restart_deliver_every_line_at_least_once() {
     append(&log, more.clone());
     want.extend(more);
     let mut agent = spawn(&config);
-    let got = wait_for_all(
-        &moto_url(&moto),
-        &bucket,
-        &d,
-        &want,
-        Duration::from_secs(120),
-    )
-    .await;
+    let got = wait_for_all(&moto, &bucket, &want, Duration::from_secs(120)).await;
     let resent: usize = got.values().map(|n| n - 1).sum();
     assert!(
         resent < want.len(),
@@ -298,7 +188,7 @@ async fn a_failed_or_stalled_put_record_batch_does_not_move_the_checkpoint() {
     let Some(moto) = MotoServer::start_or_skip().await else {
         return;
     };
-    let bucket = delivery_stream(&moto, "faulty").await;
+    let bucket = moto.delivery_stream_to_s3("faulty").unwrap();
     let proxy = FaultProxy::start(moto.addr(), 3).unwrap();
     let d = common::dir("fh-fault");
     let config = firehose_config(
@@ -362,7 +252,7 @@ async fn a_failed_or_stalled_put_record_batch_does_not_move_the_checkpoint() {
             "no line acknowledged ({what})"
         );
         assert!(what != "rejected" || handed_back());
-        assert!(lines_in(&moto_url(&moto), &bucket, &d).is_empty());
+        assert!(moto.s3_lines(&bucket).unwrap().is_empty());
         assert!(!progress_says(&agent_log, 300));
         kill_9(agent);
         assert_eq!(offset_of(&d, &log).unwrap_or(0), 0);
@@ -374,14 +264,7 @@ async fn a_failed_or_stalled_put_record_batch_does_not_move_the_checkpoint() {
     proxy.clear();
     let agent_log = logs.join("agent-healed.log");
     let mut agent = spawn_logged(&config, &agent_log);
-    wait_for_all(
-        &moto_url(&moto),
-        &bucket,
-        &d,
-        &want,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_for_all(&moto, &bucket, &want, Duration::from_secs(60)).await;
     let len = std::fs::metadata(&log).unwrap().len();
     eventually("checkpoint at the end", Duration::from_secs(30), || async {
         (offset_of(&d, &log) == Some(len)).then_some(())
@@ -402,11 +285,11 @@ async fn footer_lines_are_not_shipped_and_progress_is_logged_per_flow() {
     let Some(moto) = MotoServer::start_or_skip().await else {
         return;
     };
-    let bucket = delivery_stream(&moto, "footed").await;
+    let bucket = moto.delivery_stream_to_s3("footed").unwrap();
     let d = common::dir("fh-footer");
     let config = firehose_config(
         &d,
-        &moto_url(&moto),
+        &moto.url(),
         "*.log",
         "footed",
         json!({ "fileFooterPattern": "^=== END OF FILE ===$" }),
@@ -423,14 +306,7 @@ async fn footer_lines_are_not_shipped_and_progress_is_logged_per_flow() {
     let logs = common::dir("fh-footer-logs");
     let agent_log = logs.join("agent.log");
     let mut agent = spawn_logged(&config, &agent_log);
-    let got = wait_for_all(
-        &moto_url(&moto),
-        &bucket,
-        &d,
-        &lines,
-        Duration::from_secs(60),
-    )
-    .await;
+    let got = wait_for_all(&moto, &bucket, &lines, Duration::from_secs(60)).await;
     assert!(
         !got.keys().any(|l| l.contains("END OF FILE")),
         "no footer line in S3"
@@ -507,7 +383,7 @@ async fn metrics_per_delivery_stream_and_calls_signed_by_the_agents_identity() {
     let Some(moto) = MotoServer::start_or_skip().await else {
         return;
     };
-    let bucket = delivery_stream(&moto, "metered").await;
+    let bucket = moto.delivery_stream_to_s3("metered").unwrap();
     // A proxy without faults: it records which access key id signed each call.
     let proxy = FaultProxy::start(moto.addr(), 5).unwrap();
     let d = common::dir("fh-metrics");
@@ -535,14 +411,7 @@ async fn metrics_per_delivery_stream_and_calls_signed_by_the_agents_identity() {
     append(&d.join("app.log"), want.clone());
     let logs = common::dir("fh-metrics-logs");
     let mut agent = spawn_logged(&config, &logs.join("agent.log"));
-    let got = wait_for_all(
-        &moto_url(&moto),
-        &bucket,
-        &d,
-        &want,
-        Duration::from_secs(60),
-    )
-    .await;
+    let got = wait_for_all(&moto, &bucket, &want, Duration::from_secs(60)).await;
     let redelivered: usize = got.values().map(|n| n - 1).sum();
     let cw = cloudwatch_for(&local_sdk_config(), &moto.endpoint());
     let dims = [("Destination", "DeliveryStream:metered")];
@@ -593,7 +462,7 @@ async fn publish_queue_capacity_and_max_buffer_size_records_bound_a_stalled_flow
     let Some(moto) = MotoServer::start_or_skip().await else {
         return;
     };
-    let bucket = delivery_stream(&moto, "queued").await;
+    let bucket = moto.delivery_stream_to_s3("queued").unwrap();
     let proxy = FaultProxy::start(moto.addr(), 9).unwrap();
     proxy.set_rules(vec![Rule::new(Some("PutRecordBatch"), Fault::Stall)]);
     let d = common::dir("fh-queue");
@@ -629,20 +498,12 @@ async fn publish_queue_capacity_and_max_buffer_size_records_bound_a_stalled_flow
     // Released: everything flows, ten lines per call.
     proxy.clear();
     proxy.release_stalled();
-    wait_for_all(
-        &moto_url(&moto),
-        &bucket,
-        &d,
-        &want,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_for_all(&moto, &bucket, &want, Duration::from_secs(60)).await;
     // moto writes an object per PutRecordBatch: at most 10 lines each.
-    let listing = aws(
-        &moto_url(&moto),
-        &["s3", "ls", &format!("s3://{bucket}/"), "--recursive"],
-    );
-    let objects = String::from_utf8_lossy(&listing.stdout).lines().count();
+    let listing = moto
+        .aws_cli(&["s3", "ls", &format!("s3://{bucket}/"), "--recursive"])
+        .unwrap();
+    let objects = String::from_utf8_lossy(&listing).lines().count();
     assert!(
         objects >= 50,
         "{objects} PutRecordBatch calls for 500 lines"
@@ -657,19 +518,19 @@ async fn sighup_moves_a_flow_to_another_delivery_stream() {
     let Some(moto) = MotoServer::start_or_skip().await else {
         return;
     };
-    let first = delivery_stream(&moto, "before").await;
-    let second = delivery_stream(&moto, "after").await;
+    let first = moto.delivery_stream_to_s3("before").unwrap();
+    let second = moto.delivery_stream_to_s3("after").unwrap();
     let d = common::dir("fh-reload");
     let logs = common::dir("fh-reload-logs");
     let config =
-        |stream: &str| firehose_config(&d, &moto_url(&moto), "*.log", stream, json!({}), json!({}));
+        |stream: &str| firehose_config(&d, &moto.url(), "*.log", stream, json!({}), json!({}));
     config("before");
     let log = d.join("app.log");
     let old = numbered("r1", 0..200);
     append(&log, old.clone());
     let agent_log = logs.join("agent.log");
     let mut agent = spawn_logged(&d.join("agent.json"), &agent_log);
-    wait_for_all(&moto_url(&moto), &first, &d, &old, Duration::from_secs(60)).await;
+    wait_for_all(&moto, &first, &old, Duration::from_secs(60)).await;
     config("after");
     signal(&agent, "HUP");
     eventually("reloaded", Duration::from_secs(30), || async {
@@ -684,8 +545,8 @@ async fn sighup_moves_a_flow_to_another_delivery_stream() {
     // A new flow (its own checkpoints, `fh:after`): the file from its start, then the rest.
     let mut all = old.clone();
     all.extend(new.iter().cloned());
-    wait_for_all(&moto_url(&moto), &second, &d, &all, Duration::from_secs(60)).await;
-    let before = lines_in(&moto_url(&moto), &first, &d);
+    wait_for_all(&moto, &second, &all, Duration::from_secs(60)).await;
+    let before = moto.s3_lines(&first).unwrap();
     assert!(
         new.iter().all(|l| !before.contains_key(l)),
         "nothing written after the reload goes to the old delivery stream"
@@ -700,7 +561,7 @@ async fn under_mixed_faults_rotation_and_kill_9_every_line_arrives_at_least_once
     let Some(moto) = MotoServer::start_or_skip().await else {
         return;
     };
-    let bucket = delivery_stream(&moto, "stormy").await;
+    let bucket = moto.delivery_stream_to_s3("stormy").unwrap();
     let proxy = FaultProxy::start(moto.addr(), 11).unwrap();
     let on = |fault: Fault, p: f64| Rule::new(Some("PutRecordBatch"), fault).probability(p);
     // Throttles, 5xx, resets before and after the call took effect (duplicates), latency.
@@ -746,14 +607,7 @@ async fn under_mixed_faults_rotation_and_kill_9_every_line_arrives_at_least_once
     }
     assert!(proxy.stats().op("PutRecordBatch").injected() > 0);
     proxy.clear();
-    wait_for_all(
-        &moto_url(&moto),
-        &bucket,
-        &d,
-        &want,
-        Duration::from_secs(120),
-    )
-    .await;
+    wait_for_all(&moto, &bucket, &want, Duration::from_secs(120)).await;
     signal(&agent, "TERM");
     let status = common::exits_within(&mut agent, Duration::from_secs(20), "stop").await;
     assert!(status.success());

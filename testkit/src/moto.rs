@@ -355,6 +355,91 @@ impl MotoServer {
         self.addr
     }
 
+    /// moto itself as a URL (`http://127.0.0.1:PORT`), for the services the Rust SDK reaches
+    /// over JSON or query (Firehose, S3, STS) and for the AWS CLI.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Runs the test venv's AWS CLI (`aws ARGS...`) against moto with test credentials; its
+    /// stdout, or its stderr as the error.
+    pub fn aws_cli(&self, args: &[&str]) -> Result<Vec<u8>, String> {
+        let py = crate::python::python()?;
+        let cli = py.with_file_name("aws");
+        let out = Command::new(&cli)
+            .arg("--endpoint-url")
+            .arg(self.url())
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .output()
+            .map_err(|e| format!("{}: {e}", cli.display()))?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(format!(
+                "aws {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// A bucket and a DirectPut Firehose delivery stream `name` delivering into it; the
+    /// bucket's name.
+    pub fn delivery_stream_to_s3(&self, name: &str) -> Result<String, String> {
+        let bucket = format!("{name}-bucket");
+        self.aws_cli(&["s3api", "create-bucket", "--bucket", &bucket])?;
+        let destination = format!(
+            "BucketARN=arn:aws:s3:::{bucket},RoleARN=arn:aws:iam::123456789012:role/firehose"
+        );
+        self.aws_cli(&[
+            "firehose",
+            "create-delivery-stream",
+            "--delivery-stream-name",
+            name,
+            "--delivery-stream-type",
+            "DirectPut",
+            "--extended-s3-destination-configuration",
+            &destination,
+        ])?;
+        Ok(bucket)
+    }
+
+    /// Every line of every object in `bucket`, with how many times it is there (the objects
+    /// are downloaded into a temporary directory, removed after).
+    pub fn s3_lines(
+        &self,
+        bucket: &str,
+    ) -> Result<std::collections::BTreeMap<String, usize>, String> {
+        let dir = crate::TempDir::new("s3-lines");
+        let target = dir.display().to_string();
+        self.aws_cli(&[
+            "s3",
+            "cp",
+            &format!("s3://{bucket}/"),
+            &target,
+            "--recursive",
+            "--quiet",
+        ])?;
+        let mut lines = std::collections::BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).map_err(|e| e.to_string())? {
+                let p = e.map_err(|e| e.to_string())?.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let text = std::fs::read_to_string(&p).map_err(|e| e.to_string())?;
+                    for l in text.lines() {
+                        *lines.entry(l.to_owned()).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+        Ok(lines)
+    }
+
     /// The bridge in front of moto, with the calls it has seen.
     pub fn bridge(&self) -> &CborBridge {
         &self.bridge
