@@ -15,15 +15,37 @@ pub struct FnProcessor<F> {
 
 /// A processor factory for [`crate::Consumer::builder`] from a closure.
 ///
-/// ```no_run
-/// # async fn f(kinesis: aws_sdk_kinesis::Client, dynamodb: aws_sdk_dynamodb::Client) -> Result<(), Box<dyn std::error::Error>> {
-/// use kinesis_consumer::{Consumer, ConsumerConfig, ProcessorError, RecordBatch, with_fn};
-/// let consumer = Consumer::builder(kinesis, dynamodb, "orders", ConsumerConfig::new("my-app"),
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // Runs against the testkit's embedded Kinesis and DynamoDB emulators (the lease table), with
+/// # // two records in a stream of one shard; against AWS the clients come from the standard chain.
+/// # use std::sync::{Mutex, atomic::{AtomicUsize, Ordering}};
+/// # static SEEN: AtomicUsize = AtomicUsize::new(0);
+/// # static SHARDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// # let env = kinesis_testkit::TestEnv::start().await;
+/// # let orders = env.create_stream(1).await;
+/// # for data in ["a", "b"] {
+/// #     env.kinesis.put_record().stream_name(&orders).partition_key("user-1")
+/// #         .data(aws_sdk_kinesis::primitives::Blob::new(data)).send().await?;
+/// # }
+/// # let (kinesis, dynamodb) = (env.kinesis.clone(), env.dynamodb.clone());
+/// use kinesis_consumer::{Consumer, ConsumerConfig, InitialPosition, ProcessorError, RecordBatch, with_fn};
+/// let config = ConsumerConfig { initial_position: InitialPosition::TrimHorizon, ..ConsumerConfig::new("my-app") };
+/// let consumer = Consumer::builder(kinesis, dynamodb, &orders, config,
 ///     with_fn(|batch: RecordBatch| async move {
 ///         println!("{}: {} records", batch.shard_id, batch.records.len());
+/// #       SHARDS.lock().map_err(|_| "poisoned")?.push(batch.shard_id.to_string());
+/// #       SEEN.fetch_add(batch.records.len(), Ordering::SeqCst);
 ///         Ok::<(), ProcessorError>(())
 ///     }))
 ///     .build().await?;
+/// # kinesis_testkit::eventually("both records", std::time::Duration::from_secs(20), || async {
+/// #     (SEEN.load(Ordering::SeqCst) == 2).then_some(())
+/// # }).await;
+/// # consumer.shutdown(std::time::Duration::from_secs(10)).await;
+/// # let shards = SHARDS.lock().map_err(|_| "poisoned")?.clone();
+/// # assert!(!shards.is_empty() && shards.iter().all(|s| s == "shardId-000000000000"), "{shards:?}");
 /// # Ok(()) }
 /// ```
 pub fn with_fn<F, Fut>(
