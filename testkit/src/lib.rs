@@ -12,11 +12,24 @@
 //! Each test starts its own emulators on free ports, so tests run in parallel with no shared
 //! state. Nothing sleeps a fixed time: [`eventually`] polls with a deadline.
 //!
-//! ```no_run
-//! # async fn f() {
-//! let env = kinesis_testkit::TestEnv::start().await;
-//! let stream = env.create_stream(2).await;
-//! # }
+//! ```
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use aws_sdk_kinesis::primitives::Blob;
+//! use kinesis_testkit::{TestEnv, eventually, read_stream};
+//! let env = TestEnv::start().await; // TEST_BACKEND decides: the embedded emulators by default
+//! let stream = env.create_stream(2).await; // a unique name, ACTIVE
+//! let put = env.kinesis.put_record().stream_name(&stream).partition_key("user-1").data(Blob::new("hello")).send().await?;
+//! let contents = eventually("the record", Duration::from_secs(10), || async {
+//!     read_stream(&env.kinesis, &stream).await.ok().filter(|c| !c.records.is_empty())
+//! })
+//! .await;
+//! let record = &contents.records[0];
+//! assert_eq!((record.shard_id.as_str(), record.sequence_number.as_str()), (put.shard_id(), put.sequence_number()));
+//! assert_eq!(record.partition_key, "user-1");
+//! assert_eq!(record.data, "hello");
+//! # Ok(()) }
 //! ```
 
 mod emulators;
