@@ -11,7 +11,7 @@
 //! Both formats use the Kinesis Agent's key names (`flows`, `filePattern`, `kinesisStream` or
 //! `deliveryStream`, `partitionKeyOption`, `initialPosition`, `maxBufferAgeMillis`, ...).
 //! Invalid values fail with the key's path and the reason; unknown keys produce warnings, not
-//! failures. Every Kinesis Agent key is honoured or refused with its reason (see the README's
+//! failures. Every Kinesis Agent key is honoured or refused with its reason (see agent/README.md's
 //! table of the batching, retry, polling and logging keys).
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! How many CloudWatch metrics (each billed per month) the KPL's and the KCL's tables publish
-//! for a stream of 100 shards, per level and granularity: the figures the README quotes.
+//! for a stream of 100 shards, per level and granularity: the figures metrics/README.md quotes.
 //! Counted with `MetricsConfig::dimension_sets`, the recorder's own planning: every metric the
 //! producer and the consumer emit, with the labels they give it.
 
@@ -151,7 +151,7 @@ fn metrics_published_for_a_100_shard_stream() {
     let got: Vec<usize> = rows.iter().map(|(_, n)| *n).collect();
     assert_eq!(
         got, EXPECTED,
-        "the README's table must be updated with these"
+        "metrics/README.md's table must be updated with these"
     );
 }
 
