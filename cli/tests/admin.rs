@@ -10,34 +10,12 @@ use std::process::{Command, Output};
 use kinesis_testkit::{TestEnv, read_stream, run_with_stdin};
 use serde_json::Value;
 
-fn kinesis(endpoint: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kinesis"));
-    c.env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env("AWS_ENDPOINT_URL_KINESIS", endpoint);
-    c
-}
+mod operator;
+
+use operator::{kinesis_at as kinesis, ok};
 
 async fn run(endpoint: &str, args: &[&str]) -> Output {
-    let mut c = kinesis(endpoint);
-    c.args(args);
-    tokio::task::spawn_blocking(move || run_with_stdin(c, ""))
-        .await
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
+    operator::run_at(endpoint, args, "").await
 }
 
 fn one_json(s: &str) -> Value {

@@ -5,43 +5,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use aws_sdk_kinesis::primitives::Blob;
 use kinesis_testkit::{Fault, FaultProxy, Rule, TestEnv, read_stream, run_with_stdin};
 use serde_json::Value;
 
-fn kinesis(endpoint: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kinesis"));
-    c.env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env("AWS_ENDPOINT_URL_KINESIS", endpoint);
-    c
-}
+mod operator;
 
-/// Runs `kinesis ARGS` with `input` on stdin, off the async runtime.
-async fn run(endpoint: &str, args: &[&str], input: &str) -> Output {
-    let mut c = kinesis(endpoint);
-    c.args(args);
-    let input = input.to_owned();
-    tokio::task::spawn_blocking(move || run_with_stdin(c, &input))
-        .await
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
+use operator::{kinesis_at as kinesis, ok, run_at as run};
 
 fn json_lines(s: &str) -> Vec<Value> {
     s.lines()

@@ -1,5 +1,6 @@
-//! Shared by `lag.rs` and `leases_admin.rs`: the real `kinesis` binary against the embedded
-//! emulators of a [`TestEnv`], workers (in this process or as `kinesis consume`), records.
+//! Shared by the CLI's tests (`lag.rs`, `leases_admin.rs`, `tail.rs`, `admin.rs`): the real
+//! `kinesis` binary against the embedded emulators of a [`TestEnv`] (or any Kinesis endpoint,
+//! such as a fault proxy's), workers (in this process or as `kinesis consume`), records.
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,8 +18,8 @@ use serde_json::Value;
 
 pub const SHARD0: &str = "shardId-000000000000";
 
-/// `kinesis` with the test credentials and the emulators' endpoints.
-pub fn kinesis(env: &TestEnv) -> Command {
+/// `kinesis` with the test credentials and Kinesis at `endpoint`.
+pub fn kinesis_at(endpoint: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kinesis"));
     c.env_remove("AWS_PROFILE")
         .env_remove("AWS_ENDPOINT_URL")
@@ -26,21 +27,52 @@ pub fn kinesis(env: &TestEnv) -> Command {
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL_KINESIS", env.kinesis_endpoint().unwrap())
-        .env(
-            "AWS_ENDPOINT_URL_DYNAMODB",
-            env.dynamodb_endpoint().unwrap(),
-        );
+        .env("AWS_ENDPOINT_URL_KINESIS", endpoint);
     c
 }
 
-/// Runs `kinesis ARGS` to the end, off the runtime's threads (the emulators serve on them).
+/// `kinesis` with the test credentials and the emulators' endpoints.
+pub fn kinesis(env: &TestEnv) -> Command {
+    let mut c = kinesis_at(&env.kinesis_endpoint().unwrap());
+    c.env(
+        "AWS_ENDPOINT_URL_DYNAMODB",
+        env.dynamodb_endpoint().unwrap(),
+    );
+    c
+}
+
+/// Runs `c` to the end with `input` on stdin, off the runtime's threads (the emulators serve
+/// on them).
+pub async fn run_command(c: Command, input: &str) -> Output {
+    let input = input.to_owned();
+    tokio::task::spawn_blocking(move || kinesis_testkit::run_with_stdin(c, &input))
+        .await
+        .unwrap()
+}
+
+/// Runs `kinesis ARGS` against the emulators to the end.
 pub async fn run(env: &TestEnv, args: &[&str]) -> Output {
     let mut c = kinesis(env);
     c.args(args);
-    tokio::task::spawn_blocking(move || kinesis_testkit::run_with_stdin(c, ""))
-        .await
-        .unwrap()
+    run_command(c, "").await
+}
+
+/// Runs `kinesis ARGS` against Kinesis at `endpoint`, with `input` on stdin.
+pub async fn run_at(endpoint: &str, args: &[&str], input: &str) -> Output {
+    let mut c = kinesis_at(endpoint);
+    c.args(args);
+    run_command(c, input).await
+}
+
+/// Succeeded; its stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
 }
 
 pub fn stdout(out: &Output) -> String {
