@@ -1,7 +1,7 @@
 //! The shard map: which open shard owns a hash key, and how closed shards are related.
 //!
 //! ```text
-//!   ListShards (paged) ─► Vec<Shard> ─► ShardMap ─┬─ shard_for(hash key) ─► open shard  (binary search)
+//!   ListShards (paged) ─► Vec<Shard> ─► ShardMap ─┬─ shard_for(hash key) ─► open shard  (top 8 bits → table → search)
 //!                                               ├─ children(id) / parents(id)       (lineage)
 //!                                               └─ gaps()                            (resharding)
 //! ```
@@ -100,7 +100,16 @@ pub struct ShardMap {
     children: HashMap<ShardId, Vec<usize>>,
     /// Disjoint, sorted by `end`: where each hash key goes.
     segments: Vec<Segment>,
+    /// For each of the [`BUCKETS`] equal slices of the hash-key space (its top bits), the first
+    /// segment that can hold a key of it; one more entry at the end (`segments.len()`). A key's
+    /// segment lies between its slice's entry and the next: with shards of about equal ranges,
+    /// the same one, found with no search.
+    buckets: Vec<u32>,
 }
+
+/// Slices of the hash-key space in [`ShardMap`]'s lookup table: its top 8 bits.
+const BUCKET_BITS: u32 = 8;
+const BUCKETS: usize = 1 << BUCKET_BITS;
 
 impl ShardMap {
     /// Builds the map from a listing (open and closed shards, any order).
@@ -124,11 +133,13 @@ impl ShardMap {
             }
         }
         let segments = paint(&shards);
+        let buckets = buckets(&segments);
         Self {
             shards,
             by_id,
             children,
             segments,
+            buckets,
         }
     }
 
@@ -148,7 +159,13 @@ impl ShardMap {
     /// Where in [`shards`](Self::shards) the open shard that owns `hash` is; `None` in a gap.
     /// (A caller can keep its own state per shard in a vector in the same order.)
     pub fn index_for(&self, hash: HashKey) -> Option<usize> {
-        let i = self.segments.partition_point(|s| s.end < hash);
+        // Searched only between the bounds of the key's slice (usually one segment: no search).
+        let b = (hash.0 >> (128 - BUCKET_BITS)) as usize;
+        let (lo, hi) = match (self.buckets.get(b), self.buckets.get(b + 1)) {
+            (Some(&lo), Some(&hi)) => (lo as usize, hi as usize),
+            _ => (0, self.segments.len()),
+        };
+        let i = lo + self.segments.get(lo..hi)?.partition_point(|s| s.end < hash);
         let seg = self.segments.get(i)?;
         (seg.start <= hash).then_some(seg.shard)
     }
@@ -208,6 +225,21 @@ impl ShardMap {
 }
 
 /// Gives each hash key to the newest open shard covering it: disjoint segments sorted by end.
+/// [`ShardMap::buckets`] for `segments` (disjoint, sorted): entry `b` is the number of segments
+/// ending before slice `b` starts, which is where the search for a key of the slice begins; a key
+/// of slice `b` is below slice `b + 1`'s start, so its segment is at most entry `b + 1`.
+fn buckets(segments: &[Segment]) -> Vec<u32> {
+    let mut out: Vec<u32> = (0..BUCKETS)
+        .map(|b| {
+            let start = HashKey((b as u128) << (128 - BUCKET_BITS));
+            // A map has far fewer than 4 G segments (ListShards and the account limits).
+            u32::try_from(segments.partition_point(|s| s.end < start)).unwrap_or(u32::MAX)
+        })
+        .collect();
+    out.push(u32::try_from(segments.len()).unwrap_or(u32::MAX));
+    out
+}
+
 fn paint(shards: &[Shard]) -> Vec<Segment> {
     let mut open: Vec<usize> = (0..shards.len()).filter(|&i| shards[i].is_open()).collect();
     // Newest first: later starting sequence number, then higher shard id.
@@ -403,6 +435,79 @@ mod tests {
         let table = [(0, 0), (399, 0), (400, 5), (600, 5), (601, 0), (1000, 0)];
         for (h, want) in table {
             assert_eq!(owner(&m, h), Some(want), "hash {h}");
+        }
+    }
+
+    /// The lookup table only narrows the search: for any map (many shards, tiny ones, gaps,
+    /// overlaps, closed ones) and any key, the owner is the one a search of every segment finds.
+    mod table_agrees_with_a_full_search {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn full_search(m: &ShardMap, hash: HashKey) -> Option<usize> {
+            let i = m.segments.partition_point(|s| s.end < hash);
+            let seg = m.segments.get(i)?;
+            (seg.start <= hash).then_some(seg.shard)
+        }
+
+        /// Boundaries clustered near the slices' edges and near 0, where off-by-ones live.
+        fn key() -> impl Strategy<Value = u128> {
+            prop_oneof![
+                any::<u128>(),
+                (0u128..256, -3i64..=3).prop_map(|(b, d)| (b << 120).wrapping_add_signed(d.into())),
+                0u128..1000,
+                Just(u128::MAX),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn for_any_map_and_key(
+                ranges in proptest::collection::vec((key(), key(), 1u32..9, any::<bool>()), 0..40),
+                probes in proptest::collection::vec(key(), 1..64),
+            ) {
+                let shards: Vec<Shard> = ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(a, b, seq, closed))| {
+                        shard(i as u64, a.min(b), a.max(b), &seq.to_string(), closed)
+                    })
+                    .collect();
+                let m = ShardMap::new(shards);
+                for h in probes.iter().copied().chain(m.segments.iter().flat_map(|s| {
+                    [s.start.0, s.end.0, s.start.0.wrapping_sub(1), s.end.0.wrapping_add(1)]
+                })) {
+                    prop_assert_eq!(m.index_for(HashKey(h)), full_search(&m, HashKey(h)), "hash {}", h);
+                }
+            }
+        }
+
+        #[test]
+        fn even_shards_and_the_default_map() {
+            let n = 16u128;
+            let width = u128::MAX / n + 1;
+            let shards: Vec<Shard> = (0..n)
+                .map(|i| {
+                    let end = if i == n - 1 {
+                        u128::MAX
+                    } else {
+                        (i + 1) * width - 1
+                    };
+                    shard(u64::try_from(i).unwrap(), i * width, end, "1", false)
+                })
+                .collect();
+            let m = ShardMap::new(shards);
+            for i in 0..n {
+                for h in [
+                    i * width,
+                    i * width + 1,
+                    i * width + width / 2,
+                    i * width + (width - 1),
+                ] {
+                    assert_eq!(owner(&m, h), Some(u64::try_from(i).unwrap()), "hash {h}");
+                }
+            }
+            assert_eq!(ShardMap::default().index_for(HashKey(5)), None);
         }
     }
 }
