@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use std::hash::BuildHasher as _;
+
 use foldhash::fast::RandomState;
 
 use bytes::Bytes;
@@ -161,7 +163,10 @@ pub struct LayoutMismatch {
 #[derive(Debug)]
 pub struct AggregateLayout {
     max_bytes: usize,
-    pk_index: HashMap<PartitionKey, u64, RandomState>,
+    /// Positions in `pk_table`, found by the key's hash: one copy of each key (a key clone is
+    /// an atomic count, twice per new key per aggregate with a map holding keys).
+    pk_index: hashbrown::HashTable<u32>,
+    pk_hasher: RandomState,
     pk_table: Vec<PartitionKey>,
     ehk_index: HashMap<HashKey, u64, RandomState>,
     ehk_table: Vec<String>,
@@ -174,6 +179,8 @@ pub struct AggregateLayout {
 
 /// Table positions of a record's keys, if already present.
 struct Lookup {
+    /// The partition key's hash in `pk_index`.
+    pk_hash: u64,
     pk: Option<u64>,
     ehk: Option<u64>,
 }
@@ -207,7 +214,8 @@ impl AggregateLayout {
         }
         Ok(Self {
             max_bytes,
-            pk_index: HashMap::default(),
+            pk_index: hashbrown::HashTable::new(),
+            pk_hasher: RandomState::default(),
             pk_table: Vec::new(),
             ehk_index: HashMap::default(),
             ehk_table: Vec::new(),
@@ -258,8 +266,14 @@ impl AggregateLayout {
 
     /// Where `record`'s keys already are in the tables.
     fn lookup(&self, record: &UserRecord) -> Lookup {
+        let key = &record.partition_key;
+        let pk_hash = self.pk_hasher.hash_one(key);
         Lookup {
-            pk: self.pk_index.get(&record.partition_key).copied(),
+            pk_hash,
+            pk: self
+                .pk_index
+                .find(pk_hash, |&i| self.pk_table.get(i as usize) == Some(key))
+                .map(|&i| u64::from(i)),
             ehk: record
                 .explicit_hash_key
                 .and_then(|h| self.ehk_index.get(&h).copied()),
@@ -306,10 +320,14 @@ impl AggregateLayout {
             self.first_ehk = record.explicit_hash_key;
         }
         let pk = found.pk.unwrap_or_else(|| {
-            let i = self.pk_table.len() as u64;
-            self.pk_index.insert(record.partition_key.clone(), i);
+            // Far fewer keys than 4 G: an aggregate is at most 10 MiB.
+            let i = u32::try_from(self.pk_table.len()).unwrap_or(u32::MAX);
+            let (table, hasher) = (&self.pk_table, &self.pk_hasher);
+            self.pk_index.insert_unique(found.pk_hash, i, |&j| {
+                table.get(j as usize).map_or(0, |k| hasher.hash_one(k))
+            });
             self.pk_table.push(record.partition_key.clone());
-            i
+            u64::from(i)
         });
         let ehk = record.explicit_hash_key.map(|h| {
             found.ehk.unwrap_or_else(|| {
@@ -525,6 +543,36 @@ mod tests {
             assert_eq!(varint_len(v), n, "{v}");
             let mut b = [0u8; 10];
             assert_eq!(write_varint(&mut b, v), n);
+        }
+    }
+
+    /// The key index holds positions in the key table: across its growth (rehashes), every
+    /// key is found again, each is written once, and separately made equal keys (other text
+    /// allocations) are the same key. Read back, every record has its own key.
+    #[test]
+    fn each_key_is_in_the_table_once_across_the_index_growing() {
+        let keys: Vec<String> = (0..3000).map(|i| format!("key-{i}")).collect();
+        let mut records = Vec::new();
+        for round in 0..3 {
+            for k in &keys {
+                // Rounds 1 and 2 make each key anew: equal, not the same allocation.
+                let key = PartitionKey::new(k.clone()).unwrap();
+                records.push(UserRecord::new(key, None, Bytes::from(format!("{round}"))));
+            }
+        }
+        let mut l = AggregateLayout::new(MAX_RECORD_BYTES_LIMIT).unwrap();
+        for r in &records {
+            assert!(l.try_add(r).unwrap());
+        }
+        assert_eq!(l.pk_table.len(), keys.len());
+        let predicted = l.size_bytes();
+        let kr = l.finish(records.iter().map(|r| &r.data)).unwrap().unwrap();
+        assert_eq!(kr.size_bytes(), predicted);
+        let back = crate::agg::parse_aggregate(&kr.data).unwrap();
+        assert_eq!(back.len(), records.len());
+        for (b, r) in back.iter().zip(&records) {
+            assert_eq!(&*b.partition_key, r.partition_key.as_str());
+            assert_eq!(b.data, r.data);
         }
     }
 
