@@ -1,7 +1,6 @@
 //! The KPL aggregation encoder with exact, incremental size accounting.
 
 use std::collections::HashMap;
-
 use std::hash::BuildHasher as _;
 
 use foldhash::fast::RandomState;
