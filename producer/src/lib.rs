@@ -110,6 +110,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod api;
+mod clock;
 mod config;
 mod driver;
 mod error;

@@ -496,7 +496,7 @@ impl Producer {
         self.inner.closing.close();
         let (done, rx) = oneshot::channel();
         let sent = self.inner.control.send(Command::Shutdown {
-            deadline: Instant::now() + deadline,
+            deadline: crate::clock::later(Instant::now(), deadline),
             done,
         });
         if sent.is_err() {

@@ -21,6 +21,7 @@ use tokio::time::{Duration, Instant};
 
 use super::Driver;
 use super::messages::Pending;
+use crate::clock::later;
 use crate::config::ProducerConfig;
 use crate::limiter::ShardLimiter;
 
@@ -162,7 +163,7 @@ impl Buffers {
         p: Pending,
         now: Instant,
     ) {
-        let deadline = now.max(p.arrived) + cfg.record_max_buffered_time;
+        let deadline = later(now.max(p.arrived), cfg.record_max_buffered_time);
         let max_count = cfg.aggregation_max_count;
         // The key is cloned only for a new shard: a clone is an atomic reference count, and its
         // drop a locked instruction that waits for the record's copy to be written.
@@ -218,7 +219,7 @@ impl Buffers {
         now: Instant,
         delay: Duration,
     ) {
-        let deadline = now + delay;
+        let deadline = later(now, delay);
         let front = reaggregate(cfg, &key, members, deadline);
         let st = self.state(cfg, &key, now);
         for r in front.into_iter().rev() {

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::Driver;
 use super::buffers::Ready;
 use super::calls::{Batch, Call};
+use crate::clock::later;
 use crate::window::Sent;
 
 /// Ready records waiting for the next call.
@@ -125,7 +126,8 @@ impl Driver {
                     st.held_back = false;
                 }
                 let due = if held {
-                    r.deadline.max(now + self.cfg.record_max_buffered_time)
+                    r.deadline
+                        .max(later(now, self.cfg.record_max_buffered_time))
                 } else {
                     r.deadline
                 };

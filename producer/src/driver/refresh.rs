@@ -25,6 +25,7 @@ use crate::error::AttemptOutcome;
 use super::Driver;
 use super::buffers::ShardKey;
 use super::messages::{Ended, Pending};
+use crate::clock::later;
 
 const WRONG_SHARD: &str =
     "WrongShard: the aggregate was stored on a shard that does not own this key";
@@ -62,7 +63,7 @@ impl Refresh {
             failures: 0,
             backoff: REFRESH_BACKOFF.build(),
             pause: Duration::ZERO,
-            next_at: Instant::now() + interval,
+            next_at: later(Instant::now(), interval),
             unverified: Vec::new(),
         }
     }
@@ -105,7 +106,7 @@ impl Driver {
         r.failures = 0;
         r.backoff.reset();
         r.pause = Duration::ZERO;
-        r.next_at = now + self.cfg.shard_map_refresh_interval;
+        r.next_at = later(now, self.cfg.shard_map_refresh_interval);
         self.map = ShardMap::new(shards);
         self.route_keys = super::buffers::route_keys(&self.map);
         metrics::counter!("ShardMapRefreshes").increment(1);
@@ -192,7 +193,7 @@ impl Driver {
         for mut m in members {
             m.attempt_failed(&ended);
             m.possible_duplicate = true;
-            if now >= m.arrived + ttl {
+            if now >= later(m.arrived, ttl) {
                 self.expire(m, now);
             } else {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);

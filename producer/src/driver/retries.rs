@@ -18,6 +18,7 @@ use tokio::time::{Duration, Instant};
 use super::Driver;
 use super::buffers::{Ready, ShardKey};
 use super::messages::{Ended, Pending};
+use crate::clock::later;
 use crate::config::ProducerConfig;
 use crate::error::FailureReason;
 
@@ -161,7 +162,7 @@ impl Driver {
         let mut live = Vec::with_capacity(members.len());
         for mut m in members {
             m.attempt_failed(ended);
-            if now + delay >= m.arrived + ttl {
+            if later(now, delay) >= later(m.arrived, ttl) {
                 // The next attempt would come after the TTL: fail now rather than wait for nothing.
                 self.expire(m, now);
             } else {
@@ -179,7 +180,7 @@ impl Driver {
             self.requeue_front(key, live, now, delay);
         } else {
             for m in live {
-                self.retries.push(m, now + delay);
+                self.retries.push(m, later(now, delay));
             }
         }
     }
