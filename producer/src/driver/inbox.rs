@@ -129,16 +129,20 @@ impl Inbox {
         }
     }
 
-    /// Takes what is queued now, in order, without waiting. The caller consumes the whole
-    /// drain (a drain dropped early drops the rest of its records).
-    pub(crate) fn try_recv_all(&mut self) -> std::vec::Drain<'_, Incoming> {
+    /// Takes what is queued now, in order, without waiting. The records not taken from it when
+    /// it is dropped (the driver panicked while admitting one) give their buffer space back:
+    /// no ledger has counted them, and they are in the queue no more.
+    pub(crate) fn try_recv_all(&mut self) -> Taken<'_> {
         {
             let mut state = self.shared.lock();
             if !state.queued.is_empty() {
                 std::mem::swap(&mut state.queued, &mut self.spare);
             }
         }
-        self.spare.drain(..)
+        Taken {
+            drain: self.spare.drain(..),
+            permits: &self.permits,
+        }
     }
 
     /// Refuses further sends (they fail and hand their message back); what is queued can
@@ -152,22 +156,49 @@ impl Drop for Inbox {
     fn drop(&mut self) {
         self.close();
         let queued = std::mem::take(&mut self.shared.lock().queued);
-        let bytes = self
-            .spare
-            .drain(..)
-            .chain(queued)
-            .map(|m| match m {
-                Incoming::One(Pending {
-                    reply: Reply::One(_, Grant(g)),
-                    ..
-                }) => g as usize,
-                // A batch's permit is returned as it drops.
-                _ => 0,
-            })
-            .fold(0usize, usize::saturating_add);
-        if bytes > 0 {
-            self.permits.add_permits(bytes);
-        }
+        give_back(&self.permits, self.spare.drain(..).chain(queued));
+    }
+}
+
+/// What [`Inbox::try_recv_all`] took: an iterator over the messages, in order.
+#[derive(Debug)]
+pub(crate) struct Taken<'a> {
+    drain: std::vec::Drain<'a, Incoming>,
+    permits: &'a Semaphore,
+}
+
+impl Iterator for Taken<'_> {
+    type Item = Incoming;
+
+    fn next(&mut self) -> Option<Incoming> {
+        self.drain.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.drain.size_hint()
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        give_back(self.permits, self.drain.by_ref());
+    }
+}
+
+/// Gives the buffer space of `messages`, which no ledger counts, back to the pool.
+fn give_back(permits: &Semaphore, messages: impl Iterator<Item = Incoming>) {
+    let bytes = messages
+        .map(|m| match m {
+            Incoming::One(Pending {
+                reply: Reply::One(_, Grant(g)),
+                ..
+            }) => g as usize,
+            // A batch's permit is returned as it drops.
+            _ => 0,
+        })
+        .fold(0usize, usize::saturating_add);
+    if bytes > 0 {
+        permits.add_permits(bytes);
     }
 }
 
@@ -246,5 +277,31 @@ mod tests {
         assert!(tx.send(one(1).0).is_err());
         // The receipt learns the record was never settled.
         assert!(receipt_a.blocking_recv().is_err());
+    }
+
+    /// The driver panicked while admitting a record from a drain: the records after it in the
+    /// same drain (taken from the queue, counted by no ledger) give their space back as the
+    /// drain unwinds.
+    #[test]
+    fn a_drain_dropped_part_way_gives_back_the_space_of_the_rest() {
+        let permits = Arc::new(Semaphore::new(1000));
+        permits.try_acquire_many(700).unwrap().forget();
+        let (tx, mut rx) = channel(Arc::clone(&permits));
+        for g in [100, 200, 400] {
+            tx.send(one(g).0).unwrap();
+        }
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for m in rx.try_recv_all() {
+                // The first one reached a ledger (its space is the ledger's to give back).
+                assert_eq!(grant_of(&m), 100);
+                panic!("admitting the first record");
+            }
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(permits.available_permits(), 300 + 200 + 400);
+        // A drain consumed whole gives nothing back itself.
+        tx.send(one(50).0).unwrap();
+        assert_eq!(rx.try_recv_all().count(), 1);
+        assert_eq!(permits.available_permits(), 900);
     }
 }
