@@ -492,17 +492,26 @@ impl Producer {
     /// this handle can no longer send: their waiting `send`s fail with `Closed`. A shared
     /// [`BufferPool`] stays open for the other producers, and gets this one's space back as
     /// its records are settled.
+    ///
+    /// Clones shutting down at once share one shutdown: the earliest deadline holds for all,
+    /// the records left are handed back in the first caller's report (each record once), and
+    /// the others get the same counts. A shutdown after the producer stopped gets the counts.
     pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
         self.inner.closing.close();
+        let counts = || ShutdownReport {
+            delivered: self.inner.stats.delivered.load(Ordering::Acquire),
+            failed: self.inner.stats.failed.load(Ordering::Acquire),
+            ..ShutdownReport::default()
+        };
         let (done, rx) = oneshot::channel();
         let sent = self.inner.control.send(Command::Shutdown {
             deadline: crate::clock::later(Instant::now(), deadline),
             done,
         });
         if sent.is_err() {
-            return ShutdownReport::default();
+            return counts();
         }
-        rx.await.unwrap_or_default()
+        rx.await.unwrap_or_else(|_| counts())
     }
 
     /// Counters since the producer was built.

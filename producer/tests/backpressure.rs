@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 use kinesis_core::{PartitionKey, UserRecord};
 use kinesis_producer::{FailureReason, Producer, ProducerConfig, ReceiptError, TrySendErrorKind};
-use kinesis_testkit::{StallProxy, TestEnv, kinesis_for};
+use kinesis_testkit::{StallProxy, TestEnv, eventually, kinesis_for};
 
 fn record(i: usize) -> UserRecord {
     UserRecord::new(
@@ -131,6 +131,64 @@ async fn shutdown_deadline_hands_back_what_is_left() {
         (cancelled, unknown),
         (report.undelivered.len(), report.in_flight.len())
     );
+    drop(proxy);
+}
+
+/// Two clones shut down at once (the second with the shorter deadline): one shutdown, ended at
+/// the earliest deadline; the records left are handed back once, to one caller, and both
+/// reports carry the counts. Before, the second command replaced the first: the first caller
+/// got an empty report at once, and the second's deadline held for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_shutdowns_share_one_report_and_the_earliest_deadline() {
+    let (_env, proxy, p, _stream) = stalled_setup(4 * 1024 * 1024).await;
+    let mut receipts = Vec::new();
+    for i in 0..5 {
+        receipts.push(p.send(record(i)).await.unwrap());
+    }
+    eventually("a call in flight", Duration::from_secs(10), || async {
+        (p.stats().put_records_in_flight >= 1).then_some(())
+    })
+    .await;
+    let first = tokio::spawn(p.clone().shutdown(Duration::from_secs(600)));
+    // The first has begun once its clone can no longer send (what it sent before counts).
+    let probe = p.clone();
+    let sent_before = std::sync::Mutex::new(Vec::new());
+    eventually(
+        "the first shutdown begun",
+        Duration::from_secs(10),
+        || async {
+            match probe.try_send(record(99)) {
+                Ok(receipt) => {
+                    sent_before.lock().unwrap().push(receipt);
+                    None
+                }
+                Err(_) => Some(()),
+            }
+        },
+    )
+    .await;
+    drop(probe);
+    receipts.extend(sent_before.into_inner().unwrap());
+    let n = receipts.len();
+    let second = tokio::spawn(p.shutdown(Duration::from_millis(300)));
+    let (first, second) = tokio::time::timeout(Duration::from_secs(60), async {
+        (first.await.unwrap(), second.await.unwrap())
+    })
+    .await
+    .expect("both end at the earliest deadline, not the first caller's ten minutes");
+    let handed = |r: &kinesis_producer::ShutdownReport| r.undelivered.len() + r.in_flight.len();
+    assert_eq!(
+        handed(&first) + handed(&second),
+        n,
+        "each record handed back once"
+    );
+    assert!(handed(&first) == n || handed(&second) == n);
+    for r in [&first, &second] {
+        assert_eq!((r.delivered, r.failed), (0, n as u64));
+    }
+    for o in join_all(receipts).await {
+        assert!(matches!(o, Err(ReceiptError::Failed(_))), "{o:?}");
+    }
     drop(proxy);
 }
 

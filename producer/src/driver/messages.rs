@@ -293,6 +293,17 @@ pub struct ShutdownReport {
     pub in_flight: Vec<UserRecord>,
 }
 
+impl ShutdownReport {
+    /// The counts alone, with no records (a report for a second caller).
+    pub(crate) fn clone_counts(&self) -> Self {
+        Self {
+            delivered: self.delivered,
+            failed: self.failed,
+            ..Self::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

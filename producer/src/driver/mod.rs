@@ -90,7 +90,9 @@ pub(crate) struct Driver {
     refresh: Refresh,
     settlement: Settlement,
     telemetry: Telemetry,
-    shutdown: Option<(Instant, oneshot::Sender<ShutdownReport>)>,
+    /// A shutdown asked for: the earliest deadline of every caller, and who waits for the
+    /// report (the first caller first).
+    shutdown: Option<(Instant, Vec<oneshot::Sender<ShutdownReport>>)>,
 }
 
 /// Polls an optional future; pending forever when there is none.
@@ -240,7 +242,15 @@ impl Driver {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Shutdown { deadline, done } => {
-                self.shutdown = Some((deadline, done));
+                // Clones shutting down at once: the earliest deadline holds for all, and each
+                // caller gets a report.
+                match self.shutdown.as_mut() {
+                    Some((at, waiting)) => {
+                        *at = (*at).min(deadline);
+                        waiting.push(done);
+                    }
+                    None => self.shutdown = Some((deadline, vec![done])),
+                }
                 self.settlement.epochs.close();
             }
             #[cfg(test)]

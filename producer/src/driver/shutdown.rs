@@ -87,18 +87,35 @@ impl Driver {
         if self.settlement.epochs.any_unsettled() && Instant::now() < *deadline {
             return false;
         }
-        let Some((_, reply)) = self.shutdown.take() else {
+        let Some((_, waiting)) = self.shutdown.take() else {
             return false;
         };
         let (undelivered, in_flight) = self.abandon(inbox, "shutdown deadline passed");
-        let report = ShutdownReport {
+        let counts = ShutdownReport {
             delivered: self.stats.delivered.load(Ordering::Relaxed),
             failed: self.stats.failed.load(Ordering::Relaxed),
-            undelivered,
-            in_flight,
+            ..ShutdownReport::default()
         };
         self.settlement.release_flushes();
-        let _ = reply.send(report);
+        // The records left go to the first caller (each is handed back once); the others get
+        // the counts. A caller that stopped waiting leaves its records to the next.
+        let mut left = Some((undelivered, in_flight));
+        for reply in waiting {
+            let report = match left.take() {
+                Some((undelivered, in_flight)) => ShutdownReport {
+                    undelivered,
+                    in_flight,
+                    ..counts.clone_counts()
+                },
+                None => counts.clone_counts(),
+            };
+            if let Err(unanswered) = reply.send(report)
+                && left.is_none()
+                && !(unanswered.undelivered.is_empty() && unanswered.in_flight.is_empty())
+            {
+                left = Some((unanswered.undelivered, unanswered.in_flight));
+            }
+        }
         true
     }
 }
