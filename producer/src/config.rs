@@ -65,7 +65,7 @@ pub struct ProducerConfig {
     /// most common complaint); 64 MiB here.
     pub max_buffered_bytes: usize,
     /// Never let a record overtake an earlier record with the same partition key, even across
-    /// retries. Costs throughput: each shard then has at most one Kinesis record in flight.
+    /// retries and a reshard. Costs throughput: each shard then has at most one Kinesis record in flight.
     /// The KPL cannot guarantee order.
     pub preserve_order: bool,
     /// How often the shard map is listed again even without a sign of resharding (on-demand

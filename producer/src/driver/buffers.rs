@@ -71,6 +71,10 @@ pub(super) struct ShardState {
     pub(super) blocked_until: Option<Instant>,
     /// Its rate limit held records back, and the backlog is not sent yet.
     pub(super) held_back: bool,
+    /// `preserve_order` across a reshard: closed shards this one took keys from, whose calls
+    /// were in flight when the map changed. Nothing leaves here before they are answered (a
+    /// failed record of theirs comes back to the front of its new shard).
+    pub(super) after: Vec<ShardKey>,
 }
 
 impl ShardState {
@@ -90,6 +94,7 @@ impl ShardState {
             in_flight: 0,
             blocked_until: None,
             held_back: false,
+            after: Vec::new(),
         }
     }
 
@@ -227,6 +232,27 @@ impl Buffers {
         }
         st.blocked_until = Some(deadline);
         self.waiting.push(key);
+    }
+
+    /// Whether `key` still waits for a closed shard it took keys from (see
+    /// [`ShardState::after`]); forgets those that were answered.
+    pub(super) fn waits_for_parents(&mut self, key: &ShardKey) -> bool {
+        let Some(after) = self.shards.get(key).map(|s| &s.after) else {
+            return false;
+        };
+        if after.is_empty() {
+            return false;
+        }
+        let still: Vec<ShardKey> = after
+            .iter()
+            .filter(|k| self.shards.get(*k).is_some_and(|s| s.in_flight > 0))
+            .cloned()
+            .collect();
+        let waits = !still.is_empty();
+        if let Some(st) = self.shards.get_mut(key) {
+            st.after = still;
+        }
+        waits
     }
 
     /// Finishes every aggregate (a flush): everything buffered is ready to go.

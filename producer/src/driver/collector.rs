@@ -84,6 +84,10 @@ impl Driver {
         let ttl = self.cfg.record_ttl;
         let preserve = self.cfg.preserve_order;
         for key in keys {
+            if preserve && self.buffers.waits_for_parents(&key) {
+                still.push(key.clone());
+                continue;
+            }
             while let Some(st) = self.buffers.shards.get_mut(&key) {
                 let Some(front) = st.ready.front() else { break };
                 if preserve && (st.in_flight > 0 || st.blocked_until.is_some_and(|t| t > now)) {

@@ -43,7 +43,9 @@ pub(super) struct Refresh {
     pause: Duration,
     pub(super) next_at: Instant,
     /// Aggregates stored on a shard the map does not know yet: settled after the next refresh.
-    pub(super) unverified: Vec<(Stored, Vec<Pending>)>,
+    /// With the shard they were predicted for: under `preserve_order` that shard counts them in
+    /// flight until they are checked, so that nothing of it overtakes a member sent again.
+    pub(super) unverified: Vec<(Stored, ShardKey, Vec<Pending>)>,
 }
 
 /// Where a Kinesis record was stored, by a call sent at `sent_at` that took `took`.
@@ -116,13 +118,30 @@ impl Driver {
             let Some(st) = self.buffers.shards.get_mut(&k) else {
                 continue;
             };
-            for m in st.drain() {
+            let flying = st.in_flight > 0;
+            let moved = st.drain();
+            // `preserve_order`: the shards that own its keys now wait for its calls in flight,
+            // so that a later record of a key does not overtake one still in them.
+            if self.cfg.preserve_order && flying {
+                for heir in self.heirs(&k) {
+                    self.buffers
+                        .state(&self.cfg, &heir, now)
+                        .after
+                        .push(k.clone());
+                }
+            }
+            for m in moved {
                 self.enqueue(m, now);
             }
         }
-        for (stored, members) in std::mem::take(&mut self.refresh.unverified) {
+        for (stored, predicted, members) in std::mem::take(&mut self.refresh.unverified) {
+            if self.cfg.preserve_order
+                && let Some(st) = self.buffers.shards.get_mut(&predicted)
+            {
+                st.in_flight = st.in_flight.saturating_sub(1);
+            }
             match self.map.get(&stored.shard_id).map(|s| s.hash_key_range) {
-                Some(range) => self.settle_by_range(stored, range, members, now),
+                Some(range) => self.settle_by_range(None, stored, range, members, now),
                 None => {
                     warn!(message = "Records stored on a shard the stream does not list; counting them delivered.", shard_id = %stored.shard_id);
                     let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
@@ -160,13 +179,44 @@ impl Driver {
         // again (as the KPL does).
         self.refresh.wanted = true;
         match self.map.get(actual).map(|s| s.hash_key_range) {
-            Some(range) => self.settle_by_range(stored, range, members, now),
-            None => self.refresh.unverified.push((stored, members)),
+            Some(range) => self.settle_by_range(Some(predicted), stored, range, members, now),
+            None => {
+                if self.cfg.preserve_order
+                    && let Some(st) = self.buffers.shards.get_mut(predicted)
+                {
+                    st.in_flight += 1;
+                }
+                self.refresh
+                    .unverified
+                    .push((stored, predicted.clone(), members));
+            }
         }
     }
 
+    /// The open shards that took over `key`'s hash keys (none for the unmapped key).
+    fn heirs(&self, key: &ShardKey) -> Vec<ShardKey> {
+        let Some(range) = key
+            .as_ref()
+            .and_then(|id| self.map.get(id))
+            .map(|s| s.hash_key_range)
+        else {
+            return Vec::new();
+        };
+        self.map
+            .open_shards()
+            .filter(|s| {
+                let r = s.hash_key_range;
+                r.start() <= range.end() && range.start() <= r.end()
+            })
+            .map(|s| Some(s.shard_id.clone()))
+            .collect()
+    }
+
+    /// An aggregate stored on `stored.shard_id`, whose range is `range`, predicted for
+    /// `predicted` (`None`: not known any more).
     fn settle_by_range(
         &mut self,
+        predicted: Option<&ShardKey>,
         stored: Stored,
         range: HashKeyRange,
         members: Vec<Pending>,
@@ -190,6 +240,7 @@ impl Driver {
             text: WRONG_SHARD.into(),
         };
         let ttl = self.cfg.record_ttl;
+        let mut again = Vec::with_capacity(members.len());
         for mut m in members {
             m.attempt_failed(&ended);
             m.possible_duplicate = true;
@@ -197,6 +248,17 @@ impl Driver {
                 self.expire(m, now);
             } else {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                again.push(m);
+            }
+        }
+        if self.cfg.preserve_order {
+            // In order, ahead of what their shard holds (the records after them): at the front
+            // of the predicted shard while the map still has it open, else of the shards that
+            // own their keys now, after a pause for the refresh asked for above.
+            let key = predicted.cloned().flatten();
+            self.requeue_front(key, again, now, self.cfg.retry_min_delay);
+        } else {
+            for m in again {
                 self.retries.push(m, now);
             }
         }

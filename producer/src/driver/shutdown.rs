@@ -44,7 +44,7 @@ impl Driver {
         }
         unsent.extend(self.retries.take_all());
         // Stored, on a shard we could not check yet: count them delivered as far as we know.
-        for (stored, members) in std::mem::take(&mut self.refresh.unverified) {
+        for (stored, _, members) in std::mem::take(&mut self.refresh.unverified) {
             let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
             self.settlement
                 .deliver(&self.stats, &mut self.telemetry, shard, seq, members);
