@@ -14,6 +14,7 @@ pub struct ProducerConfig {
     /// = true.
     pub aggregation: bool,
     /// Largest aggregated Kinesis record, data + partition key. KPL: `AggregationMaxSize` = 51,200.
+    /// Aggregates never exceed `max_record_bytes` either (the stream's record limit).
     pub aggregation_max_bytes: usize,
     /// Most user records in one aggregate. KPL: `AggregationMaxCount` = 4,294,967,295.
     pub aggregation_max_count: usize,
@@ -108,6 +109,13 @@ pub struct ConfigError {
 }
 
 impl ProducerConfig {
+    /// The largest aggregate: `aggregation_max_bytes`, but never above `max_record_bytes` (an
+    /// aggregate is one Kinesis record: over the stream's limit, Kinesis refuses it and every
+    /// record in it fails).
+    pub(crate) fn aggregate_max_bytes(&self) -> usize {
+        self.aggregation_max_bytes.min(self.max_record_bytes)
+    }
+
     /// Checks every field; `Producer::builder(..).build()` calls it.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |field, reason: String| Err(ConfigError { field, reason });

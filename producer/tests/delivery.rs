@@ -250,6 +250,43 @@ async fn split_and_merge_during_a_run_lose_nothing() {
     assert_eq!(seen.len(), 15_000, "every record is in the stream");
 }
 
+/// An `aggregation_max_bytes` above the stream's record limit (`max_record_bytes`): aggregates
+/// stop at the limit, so Kinesis takes them. Before, 2 MB aggregates were refused whole and
+/// every record in them failed (found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_never_exceed_the_record_limit() {
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(1).await;
+    let cfg = ProducerConfig {
+        aggregation_max_bytes: 4 * 1024 * 1024,
+        record_max_buffered_time: Duration::from_secs(3600),
+        // Above the shard's rate (that is not what this tests).
+        rate_limit_percent: 100_000,
+        ..ProducerConfig::default()
+    };
+    let p = Producer::builder(env.kinesis.clone(), &stream)
+        .config(cfg)
+        .build()
+        .await
+        .unwrap();
+    let receipts = send_all(&p, 20_000, 1).await;
+    p.flush().await.unwrap();
+    for o in join_all(receipts).await {
+        o.expect("delivered");
+    }
+    let stats = p.stats();
+    assert!(stats.kinesis_records_put >= 2, "{stats:?}");
+    p.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(
+        read_stream(&env.kinesis, &stream)
+            .await
+            .unwrap()
+            .records
+            .len(),
+        20_000
+    );
+}
+
 #[tokio::test]
 async fn bad_input_is_refused_with_typed_errors() {
     let env = TestEnv::start().await;

@@ -81,7 +81,7 @@ impl ShardState {
     fn new(cfg: &ProducerConfig, key: &ShardKey, now: Instant) -> Self {
         Self {
             aggregator: if cfg.aggregation && key.is_some() {
-                AggregateLayout::new(cfg.aggregation_max_bytes).ok()
+                AggregateLayout::new(cfg.aggregate_max_bytes()).ok()
             } else {
                 None
             },
@@ -319,7 +319,7 @@ fn reaggregate(
 ) -> Vec<Ready> {
     let mut front: Vec<Ready> = Vec::new();
     let mut agg = if cfg.aggregation && key.is_some() {
-        AggregateLayout::new(cfg.aggregation_max_bytes).ok()
+        AggregateLayout::new(cfg.aggregate_max_bytes()).ok()
     } else {
         None
     };

@@ -62,7 +62,7 @@ impl Calls {
             cfg.max_in_flight_requests,
             cfg.max_in_flight_requests
                 .saturating_mul(cfg.collection_max_bytes),
-            cfg.aggregation_max_bytes.min(cfg.collection_max_bytes),
+            cfg.aggregate_max_bytes().min(cfg.collection_max_bytes),
         );
         Self {
             futures: FuturesUnordered::new(),
