@@ -327,7 +327,7 @@ fn start_flows(cfg: &AgentConfig, producers: Vec<Sink>, store: &Store) -> Vec<Fl
 }
 
 async fn stop_flows(flows: Vec<FlowRun>, drain: Duration) {
-    let deadline = Instant::now() + drain;
+    let deadline = kinesis_core::clock::later(Instant::now(), drain);
     futures::future::join_all(flows.into_iter().map(|f| f.stop(deadline))).await;
 }
 
@@ -473,7 +473,7 @@ pub async fn run_controlled(
         cfg = new;
     }
     info!(message = "Stopping: no more reading; delivering what was read.");
-    let stop_at = Instant::now() + drain;
+    let stop_at = kinesis_core::clock::later(Instant::now(), drain);
     // The flows drain first; the CloudWatch publisher sends the last window with what is left
     // (a fifth of the drain time kept back for it, at most 2 s), so the whole stop
     // stays within `drain`.

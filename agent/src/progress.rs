@@ -96,7 +96,8 @@ pub(crate) fn report(
     metrics: bool,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+        let mut tick =
+            tokio::time::interval_at(kinesis_core::clock::later(Instant::now(), period), period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

@@ -126,7 +126,9 @@ impl Consumer {
     /// is released so another worker takes it at once. Whatever has not finished by `deadline`
     /// is aborted.
     pub async fn shutdown(mut self, deadline: Duration) {
-        let _ = self.stop.send(Some(Instant::now() + deadline));
+        let _ = self
+            .stop
+            .send(Some(kinesis_core::clock::later(Instant::now(), deadline)));
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }

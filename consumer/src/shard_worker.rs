@@ -115,7 +115,7 @@ impl<P: ShardProcessor> ShardWorker<P> {
         if self.stopping() != Stop::Running {
             return self.stopping();
         }
-        let until = tokio::time::Instant::now() + d;
+        let until = kinesis_core::clock::later(tokio::time::Instant::now(), d);
         let valid = self.held.valid_until();
         tokio::select! {
             _ = tokio::time::sleep_until(until) => {}

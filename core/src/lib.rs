@@ -40,6 +40,7 @@
 pub mod agg;
 pub mod backoff;
 pub mod classify;
+pub mod clock;
 mod hash;
 mod record;
 pub mod sdk;

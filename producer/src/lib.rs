@@ -110,7 +110,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod api;
-mod clock;
 mod config;
 mod driver;
 mod error;

@@ -505,7 +505,7 @@ impl Producer {
         };
         let (done, rx) = oneshot::channel();
         let sent = self.inner.control.send(Command::Shutdown {
-            deadline: crate::clock::later(Instant::now(), deadline),
+            deadline: kinesis_core::clock::later(Instant::now(), deadline),
             done,
         });
         if sent.is_err() {

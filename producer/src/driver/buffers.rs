@@ -21,9 +21,9 @@ use tokio::time::{Duration, Instant};
 
 use super::Driver;
 use super::messages::Pending;
-use crate::clock::later;
 use crate::config::ProducerConfig;
 use crate::limiter::ShardLimiter;
+use kinesis_core::clock::later;
 
 /// Key of a shard's state. `None` holds records whose hash key no open shard covers (possible
 /// while resharding): they go plain and unlimited until the map is refreshed.

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use super::Driver;
 use super::buffers::Ready;
 use super::calls::{Batch, Call};
-use crate::clock::later;
 use crate::window::Sent;
+use kinesis_core::clock::later;
 
 /// Ready records waiting for the next call.
 pub(super) struct Collector {

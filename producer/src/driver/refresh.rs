@@ -25,7 +25,7 @@ use crate::error::AttemptOutcome;
 use super::Driver;
 use super::buffers::ShardKey;
 use super::messages::{Ended, Pending};
-use crate::clock::later;
+use kinesis_core::clock::later;
 
 const WRONG_SHARD: &str =
     "WrongShard: the aggregate was stored on a shard that does not own this key";

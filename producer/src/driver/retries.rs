@@ -18,9 +18,9 @@ use tokio::time::{Duration, Instant};
 use super::Driver;
 use super::buffers::{Ready, ShardKey};
 use super::messages::{Ended, Pending};
-use crate::clock::later;
 use crate::config::ProducerConfig;
 use crate::error::FailureReason;
+use kinesis_core::clock::later;
 
 struct RetryItem {
     at: Instant,

@@ -329,7 +329,7 @@ impl Driver {
 
     fn buffer(&mut self, p: Pending) {
         let size = p.data.len();
-        let due = crate::clock::later(p.arrived, self.cfg.max_buffered_time);
+        let due = kinesis_core::clock::later(p.arrived, self.cfg.max_buffered_time);
         let join = self.cfg.join_records_up_to;
         if join == 0 || size >= join {
             self.close_joining();
@@ -533,7 +533,7 @@ impl Driver {
                 let delay = e.is_retryable().then(|| self.next_delay(e.kind()));
                 if let Some(d) = delay {
                     // One pause for every call: the endpoint is failing, not one record.
-                    self.paused_until = Some(crate::clock::later(now, d));
+                    self.paused_until = Some(kinesis_core::clock::later(now, d));
                     tracing::warn!(message = "PutRecordBatch failed; retrying after a pause.", error = %e, pause = ?d);
                 }
                 for mut entry in call.entries {
@@ -562,7 +562,7 @@ impl Driver {
 
     /// Retries `e` after `delay`, or fails it now if that would come after its TTL.
     fn schedule_retry(&mut self, e: Entry, now: Instant, delay: Duration) {
-        let at = crate::clock::later(now, delay);
+        let at = kinesis_core::clock::later(now, delay);
         if at.duration_since(e.oldest()) >= self.cfg.record_ttl {
             self.expire(e, now);
         } else {

@@ -328,7 +328,7 @@ impl FirehoseProducer {
         self.inner.permits.close();
         let (tx, rx) = oneshot::channel();
         let cmd = Command::Shutdown {
-            deadline: crate::clock::later(Instant::now(), deadline),
+            deadline: kinesis_core::clock::later(Instant::now(), deadline),
             done: tx,
         };
         let report = if self.inner.control.send(cmd).is_ok() {

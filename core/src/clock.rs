@@ -1,5 +1,13 @@
 //! Deadlines from durations a caller chose: `Duration::MAX` ("never") is a valid setting, and
 //! `Instant + Duration` panics past the clock's range.
+//!
+//! ```
+//! use kinesis_core::clock::later;
+//! use tokio::time::{Duration, Instant};
+//! let now = Instant::now();
+//! assert!(later(now, Duration::MAX) > now); // no panic: about 30 years on
+//! assert_eq!(later(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+//! ```
 
 use tokio::time::{Duration, Instant};
 
@@ -7,7 +15,7 @@ use tokio::time::{Duration, Instant};
 const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// `t + d`, or about 30 years after `t` when that is past the clock's range.
-pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+pub fn later(t: Instant, d: Duration) -> Instant {
     t.checked_add(d).unwrap_or_else(|| t + FAR)
 }
 
