@@ -340,6 +340,10 @@ fn reaggregate(
             .as_ref()
             .is_some_and(|a| m.record.size_bytes() <= a.max_bytes());
         if fits {
+            // At most `aggregation_max_count` per aggregate, as when they were first buffered.
+            if group.len() >= cfg.aggregation_max_count {
+                close(&mut agg, &mut group, &mut front);
+            }
             if let Some(Ok(false)) = agg.as_mut().map(|a| a.try_add(&m.record)) {
                 close(&mut agg, &mut group, &mut front);
                 if let Some(a) = agg.as_mut() {
@@ -466,5 +470,48 @@ pub(super) fn plain(r: &UserRecord) -> KinesisRecord {
         explicit_hash_key: r.explicit_hash_key,
         data: r.data.clone(),
         user_records: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::messages::Reply;
+    use kinesis_core::PartitionKey;
+
+    /// Records sent again are re-aggregated within the same limits as when first buffered:
+    /// `aggregation_max_count` included (it was ignored on retries), in order.
+    #[test]
+    fn a_retry_re_aggregates_within_the_count_limit_in_order() {
+        let cfg = ProducerConfig {
+            aggregation_max_count: 3,
+            ..ProducerConfig::default()
+        };
+        let members: Vec<Pending> = (0..10)
+            .map(|i| {
+                let r = UserRecord::new(
+                    PartitionKey::new(format!("k{i}")).unwrap(),
+                    None,
+                    bytes::Bytes::from(vec![b'x'; 10]),
+                );
+                Pending::new(r, Reply::Batch { id: 0, index: i })
+            })
+            .collect();
+        let key: ShardKey = Some(ShardId::new("shardId-000000000000").unwrap());
+        let ready = reaggregate(&cfg, &key, members, Instant::now());
+        let sizes: Vec<usize> = ready.iter().map(|r| r.members.len()).collect();
+        assert_eq!(sizes, [3, 3, 3, 1]);
+        for r in &ready {
+            assert_eq!(r.kr.user_records, r.members.len());
+        }
+        let order: Vec<u32> = ready
+            .iter()
+            .flat_map(|r| &r.members)
+            .map(|m| match m.reply {
+                Reply::Batch { index, .. } => index,
+                Reply::One(..) => u32::MAX,
+            })
+            .collect();
+        assert_eq!(order, (0..10).collect::<Vec<u32>>());
     }
 }
