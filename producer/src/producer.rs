@@ -498,20 +498,16 @@ impl Producer {
     /// the others get the same counts. A shutdown after the producer stopped gets the counts.
     pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
         self.inner.closing.close();
-        let counts = || ShutdownReport {
-            delivered: self.inner.stats.delivered.load(Ordering::Acquire),
-            failed: self.inner.stats.failed.load(Ordering::Acquire),
-            ..ShutdownReport::default()
-        };
         let (done, rx) = oneshot::channel();
         let sent = self.inner.control.send(Command::Shutdown {
             deadline: kinesis_core::clock::later(Instant::now(), deadline),
             done,
         });
         if sent.is_err() {
-            return counts();
+            return ShutdownReport::counts(&self.inner.stats);
         }
-        rx.await.unwrap_or_else(|_| counts())
+        rx.await
+            .unwrap_or_else(|_| ShutdownReport::counts(&self.inner.stats))
     }
 
     /// Counters since the producer was built.

@@ -294,11 +294,12 @@ pub struct ShutdownReport {
 }
 
 impl ShutdownReport {
-    /// The counts alone, with no records (a report for a second caller).
-    pub(crate) fn clone_counts(&self) -> Self {
+    /// The producer's counts so far, with no records: the report of a caller other than the
+    /// one the records left go to, or of a shutdown after the stop.
+    pub(crate) fn counts(stats: &crate::stats::Stats) -> Self {
         Self {
-            delivered: self.delivered,
-            failed: self.failed,
+            delivered: stats.delivered.load(std::sync::atomic::Ordering::Acquire),
+            failed: stats.failed.load(std::sync::atomic::Ordering::Acquire),
             ..Self::default()
         }
     }

@@ -91,11 +91,6 @@ impl Driver {
             return false;
         };
         let (undelivered, in_flight) = self.abandon(inbox, "shutdown deadline passed");
-        let counts = ShutdownReport {
-            delivered: self.stats.delivered.load(Ordering::Relaxed),
-            failed: self.stats.failed.load(Ordering::Relaxed),
-            ..ShutdownReport::default()
-        };
         self.settlement.release_flushes();
         // The records left go to the first caller (each is handed back once); the others get
         // the counts. A caller that stopped waiting leaves its records to the next.
@@ -105,9 +100,9 @@ impl Driver {
                 Some((undelivered, in_flight)) => ShutdownReport {
                     undelivered,
                     in_flight,
-                    ..counts.clone_counts()
+                    ..ShutdownReport::counts(&self.stats)
                 },
-                None => counts.clone_counts(),
+                None => ShutdownReport::counts(&self.stats),
             };
             if let Err(unanswered) = reply.send(report)
                 && left.is_none()
