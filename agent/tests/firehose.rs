@@ -11,7 +11,7 @@
     clippy::needless_pass_by_value
 )]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

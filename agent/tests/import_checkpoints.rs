@@ -8,7 +8,7 @@
     clippy::cast_possible_truncation
 )]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt as _;

@@ -8,7 +8,7 @@
     clippy::cast_possible_truncation
 )]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -20,7 +20,7 @@
     clippy::cast_precision_loss
 )]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use kinesis_testkit::{TestEnv, read_stream, run_with_stdin};
 use serde_json::Value;
 
-mod operator;
+use crate::operator;
 
 use operator::{kinesis_at as kinesis, ok};
 

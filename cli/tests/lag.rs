@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod operator;
+use crate::operator;
 
 use std::time::Duration;
 

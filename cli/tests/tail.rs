@@ -11,7 +11,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use kinesis_testkit::{Fault, FaultProxy, Rule, TestEnv, read_stream, run_with_stdin};
 use serde_json::Value;
 
-mod operator;
+use crate::operator;
 
 use operator::{kinesis_at as kinesis, ok, run_at as run};
 

@@ -2,7 +2,7 @@
 //! `metrics_util::layers::Fanout`: each sees every metric, with its own view of it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! FaultProxy between the CBOR bridge and moto_server, or from a closed port.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! recorded, roll-ups by granularity, filtering by level.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

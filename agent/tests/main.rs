@@ -1,0 +1,18 @@
+//! The integration tests of `kinesis-agent`, in one binary: each file beside this one is a module of it
+//! (`cargo test -p kinesis-agent --test integration <module>::` runs one file's tests). One binary, not
+//! one per file, because each binary links the SDK and the emulators (~80 MB in the dev profile):
+//! CI's disk and link time paid that for every file.
+
+// Test code: a failed unwrap is a failed test (each file allows the same for itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cloudwatch;
+mod common;
+mod credentials;
+mod daemon;
+mod ec2meta;
+mod firehose;
+mod import_checkpoints;
+mod no_loss;
+mod ship;
+mod soak;
