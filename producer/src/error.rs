@@ -145,6 +145,13 @@ pub enum AttemptOutcome {
         /// The shard that stored the aggregate.
         shard_id: ShardId,
     },
+    /// Stored, in an aggregate, on a shard the producer's shard map did not list, and no
+    /// refresh of the map succeeded in time to check that the shard owns every key in it (if
+    /// not, KCL consumers drop the aggregate). The record may be in the stream.
+    Unverified {
+        /// The shard that stored the aggregate.
+        shard_id: ShardId,
+    },
     /// No answer: the producer stopped while the call was running.
     NoAnswer,
 }
@@ -155,7 +162,9 @@ impl Attempt {
         match &self.outcome {
             AttemptOutcome::EntryFailed { code, .. } => Some(code),
             AttemptOutcome::CallFailed(e) => e.code(),
-            AttemptOutcome::WrongShard { .. } | AttemptOutcome::NoAnswer => None,
+            AttemptOutcome::WrongShard { .. }
+            | AttemptOutcome::Unverified { .. }
+            | AttemptOutcome::NoAnswer => None,
         }
     }
 }

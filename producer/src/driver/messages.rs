@@ -288,8 +288,10 @@ pub struct ShutdownReport {
     pub failed: u64,
     /// Records never sent, handed back (their receipts fail with `Cancelled`).
     pub undelivered: Vec<UserRecord>,
-    /// Records whose PutRecords call was still running at the deadline: they may or may not be
-    /// in the stream (their receipts fail with `Unknown`).
+    /// Records whose PutRecords call was still running at the deadline, or stored in an
+    /// aggregate on a shard not checked yet (after a reshard: KCL consumers drop an aggregate
+    /// on a shard that does not own all its keys): they may or may not be in the stream (their
+    /// receipts fail with `Unknown`).
     pub in_flight: Vec<UserRecord>,
 }
 

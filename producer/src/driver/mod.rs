@@ -271,6 +271,7 @@ impl Driver {
         self.buffers.finish_due((!urgent).then_some(now));
         // Backoff holds even during a flush or shutdown: they wait for the retries, not skip them.
         self.requeue_due(now);
+        self.expire_unverified(now);
         if self.collector.deadline.is_some_and(|d| d <= now) || urgent {
             self.dispatch();
         }

@@ -6,7 +6,10 @@
 //!   stored elsewhere ─► refresh wanted ─► the map knows the shard?
 //!        ├─ yes: every key in its range? ─ yes ─► delivered
 //!        │                               └ no ──► sent again (possible_duplicate), WrongShard
-//!        └─ no: unverified ─► checked the same way after the next refresh
+//!        └─ no: unverified ─► checked the same way by the next refresh that started after the
+//!                             answer (one already running may hold the map from before the
+//!                             split); a shard that refresh does not list either: sent again;
+//!                             past the record's TTL before any refresh succeeds: expired
 //!   refreshed ─► buffers of closed (and unmapped) shards re-routed under the new map
 //!   refresh failed ─► again after 1 s, doubling, at most 30 s
 //! ```
@@ -29,6 +32,9 @@ use kinesis_core::clock::later;
 
 const WRONG_SHARD: &str =
     "WrongShard: the aggregate was stored on a shard that does not own this key";
+const UNVERIFIED: &str = "Unverified: the aggregate was stored on a shard the producer's map did \
+     not list, and no refresh of the map succeeded before the record's TTL to check that the \
+     shard owns this key";
 /// Waits between shard-map refreshes that failed: 1 s, doubling, at most 30 s (the KPL: 1 s,
 /// ×1.5, at most 30 s).
 const REFRESH_BACKOFF: BackoffConfig =
@@ -42,10 +48,23 @@ pub(super) struct Refresh {
     backoff: Backoff,
     pause: Duration,
     pub(super) next_at: Instant,
-    /// Aggregates stored on a shard the map does not know yet: settled after the next refresh.
-    /// With the shard they were predicted for: under `preserve_order` that shard counts them in
-    /// flight until they are checked, so that nothing of it overtakes a member sent again.
-    pub(super) unverified: Vec<(Stored, ShardKey, Vec<Pending>)>,
+    /// Refreshes started so far: the one running (if any) is number `started`.
+    started: u64,
+    /// Aggregates stored on a shard the map does not know yet: checked by the next refresh
+    /// started after their answer.
+    pub(super) unverified: Vec<Unverified>,
+}
+
+/// An aggregate stored on a shard the map did not know.
+#[derive(Debug)]
+pub(super) struct Unverified {
+    pub(super) stored: Stored,
+    /// The shard it was predicted for: under `preserve_order` that shard counts it in flight
+    /// until it is checked, so that nothing of it overtakes a member sent again.
+    pub(super) predicted: ShardKey,
+    pub(super) members: Vec<Pending>,
+    /// Refreshes started before its answer came: only a later one can have listed its shard.
+    after: u64,
 }
 
 /// Where a Kinesis record was stored, by a call sent at `sent_at` that took `took`.
@@ -66,6 +85,7 @@ impl Refresh {
             backoff: REFRESH_BACKOFF.build(),
             pause: Duration::ZERO,
             next_at: later(Instant::now(), interval),
+            started: 0,
             unverified: Vec::new(),
         }
     }
@@ -83,6 +103,7 @@ impl Driver {
         // After failures, wait (REFRESH_BACKOFF); at once otherwise.
         let wait = self.refresh.pause;
         self.refresh.wanted = false;
+        self.refresh.started += 1;
         self.refresh.running = Some(Box::pin(async move {
             tokio::time::sleep(wait).await;
             api.list_shards(stream).await
@@ -134,20 +155,67 @@ impl Driver {
                 self.enqueue(m, now);
             }
         }
-        for (stored, predicted, members) in std::mem::take(&mut self.refresh.unverified) {
-            if self.cfg.preserve_order
-                && let Some(st) = self.buffers.shards.get_mut(&predicted)
-            {
-                st.in_flight = st.in_flight.saturating_sub(1);
+        let this = self.refresh.started;
+        for u in std::mem::take(&mut self.refresh.unverified) {
+            if u.after >= this {
+                // Answered while this refresh ran: its map may be from before the split.
+                self.refresh.wanted = true;
+                self.refresh.unverified.push(u);
+                continue;
             }
-            match self.map.get(&stored.shard_id).map(|s| s.hash_key_range) {
-                Some(range) => self.settle_by_range(None, stored, range, members, now),
+            self.unverified_done(&u.predicted);
+            match self.map.get(&u.stored.shard_id).map(|s| s.hash_key_range) {
+                Some(range) => self.settle_by_range(None, u.stored, range, u.members, now),
                 None => {
-                    warn!(message = "Records stored on a shard the stream does not list; counting them delivered.", shard_id = %stored.shard_id);
-                    let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
-                    self.settlement
-                        .deliver(&self.stats, &mut self.telemetry, shard, seq, members);
+                    // Not even a map listed after the answer has it: whether it owns every key
+                    // cannot be told, and a KCL consumer may drop the aggregate. Sent again.
+                    warn!(message = "Records stored on a shard the stream does not list; sending them again.", shard_id = %u.stored.shard_id);
+                    self.send_again(None, u.stored, u.members, now);
                 }
+            }
+        }
+    }
+
+    /// Under `preserve_order`, an unverified aggregate of `predicted` is no longer in flight.
+    fn unverified_done(&mut self, predicted: &ShardKey) {
+        if self.cfg.preserve_order
+            && let Some(st) = self.buffers.shards.get_mut(predicted)
+        {
+            st.in_flight = st.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Expires the members of unverified aggregates whose TTL passed (the map could not be
+    /// refreshed to check them in time): stored, but maybe on a shard that does not own them.
+    pub(super) fn expire_unverified(&mut self, now: Instant) {
+        let ttl = self.cfg.record_ttl;
+        if self.refresh.unverified.is_empty() {
+            return;
+        }
+        for mut u in std::mem::take(&mut self.refresh.unverified) {
+            let (old, live): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut u.members)
+                .into_iter()
+                .partition(|m| now >= later(m.arrived, ttl));
+            if !old.is_empty() {
+                let ended = Ended {
+                    sent_at: u.stored.sent_at,
+                    took: u.stored.took,
+                    outcome: AttemptOutcome::Unverified {
+                        shard_id: u.stored.shard_id.clone(),
+                    },
+                    text: UNVERIFIED.into(),
+                };
+                for mut m in old {
+                    m.attempt_failed(&ended);
+                    m.possible_duplicate = true;
+                    self.expire(m, now);
+                }
+            }
+            if live.is_empty() {
+                self.unverified_done(&u.predicted);
+            } else {
+                u.members = live;
+                self.refresh.unverified.push(u);
             }
         }
     }
@@ -186,9 +254,13 @@ impl Driver {
                 {
                     st.in_flight += 1;
                 }
-                self.refresh
-                    .unverified
-                    .push((stored, predicted.clone(), members));
+                let after = self.refresh.started;
+                self.refresh.unverified.push(Unverified {
+                    stored,
+                    predicted: predicted.clone(),
+                    members,
+                    after,
+                });
             }
         }
     }
@@ -228,6 +300,18 @@ impl Driver {
                 .deliver(&self.stats, &mut self.telemetry, shard, seq, members);
             return;
         }
+        self.send_again(predicted, stored, members, now);
+    }
+
+    /// An aggregate stored on a shard that does not own every key in it (or may not): the
+    /// members are sent again.
+    fn send_again(
+        &mut self,
+        predicted: Option<&ShardKey>,
+        stored: Stored,
+        members: Vec<Pending>,
+        now: Instant,
+    ) {
         // The consumer will drop this aggregate: nothing in it counts as delivered. Each member
         // goes to the front of the shard that owns its key under the current map; a reader
         // that does not apply the KCL's rule sees it twice.

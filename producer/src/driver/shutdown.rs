@@ -43,14 +43,14 @@ impl Driver {
             unsent.extend(r.members);
         }
         unsent.extend(self.retries.take_all());
-        // Stored, on a shard we could not check yet: count them delivered as far as we know.
-        for (stored, _, members) in std::mem::take(&mut self.refresh.unverified) {
-            let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
-            self.settlement
-                .deliver(&self.stats, &mut self.telemetry, shard, seq, members);
-        }
+        // Stored, on a shard not checked yet (it may not own their keys, and KCL consumers
+        // then drop the aggregate): their fate is unknown, as for a call in flight.
+        let unchecked = std::mem::take(&mut self.refresh.unverified)
+            .into_iter()
+            .flat_map(|u| u.members);
         // Drop the running calls; their outcome stays unknown.
-        let flying = self.calls.abandon(now);
+        let mut flying = self.calls.abandon(now);
+        flying.extend(unchecked);
         self.stats.calls_in_flight.store(0, Ordering::Relaxed);
         let (n_unsent, n_flying) = (unsent.len(), flying.len());
         let mut undelivered = Vec::with_capacity(n_unsent);

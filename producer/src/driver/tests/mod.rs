@@ -74,6 +74,9 @@ struct State {
     calls: Vec<Seen>,
     /// What ListShards answers, and where `Answer::Store` stores.
     shards: Vec<Shard>,
+    /// Scripted ListShards answers, in order (each after its delay); `shards` at once when none
+    /// is left.
+    lists: std::collections::VecDeque<(Duration, Result<Vec<Shard>, AwsError>)>,
     list_calls: usize,
     seq: u64,
 }
@@ -93,6 +96,7 @@ impl FakeApi {
                 script: Box::new(script),
                 calls: Vec::new(),
                 shards,
+                lists: std::collections::VecDeque::new(),
                 list_calls: 0,
                 seq: 0,
             }),
@@ -102,6 +106,11 @@ impl FakeApi {
     /// Every PutRecords call so far.
     pub(super) fn calls(&self) -> Vec<Seen> {
         self.state.lock().unwrap().calls.clone()
+    }
+
+    /// The next ListShards calls answer these, in order, each after its delay.
+    pub(super) fn script_lists(&self, answers: Vec<(Duration, Result<Vec<Shard>, AwsError>)>) {
+        self.state.lock().unwrap().lists.extend(answers);
     }
 
     pub(super) fn list_calls(&self) -> usize {
@@ -182,8 +191,14 @@ impl KinesisApi for FakeApi {
     fn list_shards(&self, _stream: StreamRef) -> BoxFuture<'static, Result<Vec<Shard>, AwsError>> {
         let mut st = self.state.lock().unwrap();
         st.list_calls += 1;
-        let shards = st.shards.clone();
-        Box::pin(async move { Ok(shards) })
+        let (delay, answer) = st
+            .lists
+            .pop_front()
+            .unwrap_or_else(|| (Duration::ZERO, Ok(st.shards.clone())));
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            answer
+        })
     }
 }
 
