@@ -193,7 +193,9 @@ impl Driver {
                     self.refreshed(shards);
                 }
                 _ = tick.tick(), if busy => self.on_tick(),
-                () = tokio::time::sleep_until(refresh_at), if !busy => {
+                // Idle: the periodic refresh (not while one runs: `next_at` is still the old
+                // due time, and would ask for a second one at once).
+                () = tokio::time::sleep_until(refresh_at), if !busy && self.refresh.running.is_none() => {
                     self.refresh.wanted = true;
                 }
             }

@@ -248,3 +248,31 @@ async fn records_handed_back_from_an_aggregate_own_their_data() {
     }
     drop(receipts);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_producer_refreshes_its_map_once_per_interval() {
+    // Review: while the idle refresh ran, the idle timer (still at the old due time) fired again
+    // and asked for another: two ListShards per interval.
+    let api = FakeApi::new(one_shard(), |_, _| Answer::Store);
+    api.script_lists(
+        (0..10)
+            .map(|_| (Duration::from_millis(100), Ok(one_shard())))
+            .collect(),
+    );
+    let mut cfg = config();
+    cfg.shard_map_refresh_interval = Duration::from_secs(10);
+    let p = start(cfg, one_shard(), &api);
+    p.send(record("a", "r0")).await.unwrap().await.unwrap();
+    let start = Instant::now();
+    for interval in 1..=3 {
+        tokio::time::sleep_until(
+            start + Duration::from_secs(10 * interval) + Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(
+            api.list_calls(),
+            interval as usize,
+            "after {interval} intervals"
+        );
+    }
+}
