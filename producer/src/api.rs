@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::timeout::TimeoutConfig;
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use futures::future::BoxFuture;
 use kinesis_core::shard_map::{Shard, list_shards};
 use kinesis_core::{AwsError, ErrorKind, KinesisRecord, SequenceNumber, ShardId, StreamRef};
@@ -58,19 +56,12 @@ impl KinesisApi for aws_sdk_kinesis::Client {
         let client = self.clone();
         Box::pin(async move {
             let n = records.len();
-            let entries = records
-                .into_iter()
-                .map(|kr| {
-                    PutRecordsRequestEntry::builder()
-                        .partition_key(kr.partition_key.as_str())
-                        .set_explicit_hash_key(kr.explicit_hash_key.map(|h| h.to_string()))
-                        // Moves the bytes when the aggregate is the only owner (no copy).
-                        .data(Blob::new(Vec::from(kr.data)))
-                        .build()
-                        .map_err(|e| AwsError::other("PutRecords", ErrorKind::Invalid, e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let req = client.put_records().set_records(Some(entries));
+            // The body is ours (request_body.rs); the SDK builds the request around an empty
+            // record list (the stream still sets the endpoint's parameters), and its body is
+            // swapped for ours before signing.
+            let body = bytes::Bytes::from(crate::request_body::put_records(&stream, &records));
+            drop(records);
+            let req = client.put_records().set_records(Some(Vec::new()));
             let out = kinesis_core::with_stream!(req, &stream)
                 .customize()
                 .config_override(
@@ -82,6 +73,11 @@ impl KinesisApi for aws_sdk_kinesis::Client {
                                 .build(),
                         ),
                 )
+                .mutate_request(move |req| {
+                    req.headers_mut()
+                        .insert("Content-Length", body.len().to_string());
+                    *req.body_mut() = aws_smithy_types::body::SdkBody::from(body.clone());
+                })
                 .send()
                 .await
                 .map_err(|e| AwsError::new("PutRecords", e))?;

@@ -119,6 +119,7 @@ mod limiter;
 mod pool;
 mod producer;
 mod receipt;
+mod request_body;
 mod stats;
 mod streams;
 mod window;

@@ -516,3 +516,65 @@ async fn a_lone_producer_at_150_percent_adapts_to_a_throttling_shard() {
     );
     p.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_partition_keys_arrive_as_they_were_sent() {
+    // The request body is written by hand (request_body.rs): JSON's specials and control
+    // characters in keys, non-ASCII text, the longest key, explicit hash keys — in plain records
+    // and in aggregates — all come back from the emulator as sent. (A stream named by its ARN:
+    // the unit tests of request_body.rs; ferrokinesis's ListShards takes no ARN.)
+    let env = TestEnv::start().await;
+    let stream = env.create_stream(2).await;
+    let mut keys: Vec<String> = [
+        "quote\"in",
+        "back\\slash",
+        "\\\"",
+        "new\nline\r\t",
+        "é ü 日本 🦀",
+        "\u{2028}\u{2029}",
+        "{\"Data\":\"x\"}",
+        "\u{7f}",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    keys.push((1u8..0x20).map(char::from).collect());
+    keys.push("k".repeat(256));
+    let mut want = Vec::new();
+    for aggregation in [false, true] {
+        let p = Producer::builder(env.kinesis.clone(), &stream)
+            .config(ProducerConfig {
+                aggregation,
+                ..ProducerConfig::default()
+            })
+            .build()
+            .await
+            .unwrap();
+        let mut receipts = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let hash = (i % 2 == 1).then(|| HashKey(u128::MAX / 7 * (i as u128 % 7)));
+            let data = format!("{aggregation}:{i}");
+            want.push((k.clone(), data.clone()));
+            let r = UserRecord::new(
+                PartitionKey::new(k.as_str()).unwrap(),
+                hash,
+                Bytes::from(data),
+            );
+            receipts.push(p.send(r).await.unwrap());
+        }
+        for o in join_all(receipts).await {
+            o.expect("delivered");
+        }
+        p.shutdown(Duration::from_secs(10)).await;
+    }
+    let mut got: Vec<(String, String)> = read_stream(&env.kinesis, &stream)
+        .await
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| (r.partition_key, String::from_utf8(r.data.to_vec()).unwrap()))
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+}
