@@ -199,6 +199,35 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_key_and_data_read_back_as_written(
+            items in proptest::collection::vec(
+                ("\\PC{1,40}|[\\x00-\\x1f\"\\\\]{1,8}", proptest::collection::vec(proptest::num::u8::ANY, 0..40), proptest::option::of(proptest::num::u128::ANY)),
+                0..8,
+            )
+        ) {
+            let records: Vec<KinesisRecord> = items
+                .iter()
+                .map(|(k, d, h)| record(k, *h, d))
+                .collect();
+            let body = super::put_records(&StreamRef::parse("s").unwrap(), &records);
+            proptest::prop_assert!(body.len() <= body.capacity());
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let entries = v["Records"].as_array().unwrap();
+            proptest::prop_assert_eq!(entries.len(), records.len());
+            for (e, r) in entries.iter().zip(&records) {
+                proptest::prop_assert_eq!(e["PartitionKey"].as_str().unwrap(), r.partition_key.as_str());
+                let data = base64_simd::STANDARD.decode_to_vec(e["Data"].as_str().unwrap()).unwrap();
+                proptest::prop_assert_eq!(&data[..], &r.data[..]);
+                proptest::prop_assert_eq!(
+                    e.get("ExplicitHashKey").and_then(|h| h.as_str()).map(str::to_owned),
+                    r.explicit_hash_key.map(|h| h.0.to_string())
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_body_is_sized_before_it_is_written() {
         // No growth: the capacity is reserved once (at most 39 digits per hash key too many).
