@@ -117,27 +117,8 @@ mod tests {
     use bytes::Bytes;
     use kinesis_core::{HashKey, KinesisRecord, PartitionKey, StreamRef};
 
-    /// Keys a hostile or careless caller may use: JSON's specials, every control character,
-    /// non-ASCII text, the longest key.
     fn hostile_keys() -> Vec<String> {
-        let mut keys: Vec<String> = [
-            "plain",
-            "quote\"in",
-            "back\\slash",
-            "\\\"",
-            "new\nline\r\t",
-            "é ü 日本 🦀",
-            "\u{2028}\u{2029}",
-            "</script>",
-            "{\"Data\":\"x\"}",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        keys.push((1u8..0x20).map(char::from).collect());
-        keys.push("\u{7f}".to_owned());
-        keys.push("k".repeat(256));
-        keys
+        kinesis_testkit::hostile::partition_keys()
     }
 
     fn record(key: &str, hash: Option<u128>, data: &[u8]) -> KinesisRecord {

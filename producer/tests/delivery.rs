@@ -525,21 +525,7 @@ async fn hostile_partition_keys_arrive_as_they_were_sent() {
     // the unit tests of request_body.rs; ferrokinesis's ListShards takes no ARN.)
     let env = TestEnv::start().await;
     let stream = env.create_stream(2).await;
-    let mut keys: Vec<String> = [
-        "quote\"in",
-        "back\\slash",
-        "\\\"",
-        "new\nline\r\t",
-        "é ü 日本 🦀",
-        "\u{2028}\u{2029}",
-        "{\"Data\":\"x\"}",
-        "\u{7f}",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    keys.push((1u8..0x20).map(char::from).collect());
-    keys.push("k".repeat(256));
+    let keys = kinesis_testkit::hostile::partition_keys();
     let mut want = Vec::new();
     for aggregation in [false, true] {
         let p = Producer::builder(env.kinesis.clone(), &stream)

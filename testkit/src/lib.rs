@@ -36,6 +36,7 @@ mod emulators;
 pub mod fast_endpoint;
 pub mod fault;
 pub mod fault_mix;
+pub mod hostile;
 pub mod imds;
 pub mod moto;
 mod proxy;
