@@ -193,6 +193,11 @@ impl Driver {
             return;
         }
         for mut u in std::mem::take(&mut self.refresh.unverified) {
+            // Checked every tick: nothing moved unless a member's TTL passed.
+            if !u.members.iter().any(|m| now >= later(m.arrived, ttl)) {
+                self.refresh.unverified.push(u);
+                continue;
+            }
             let (old, live): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut u.members)
                 .into_iter()
                 .partition(|m| now >= later(m.arrived, ttl));
