@@ -188,10 +188,10 @@ impl Driver {
     /// Expires the members of unverified aggregates whose TTL passed (the map could not be
     /// refreshed to check them in time): stored, but maybe on a shard that does not own them.
     pub(super) fn expire_unverified(&mut self, now: Instant) {
-        let ttl = self.cfg.record_ttl;
         if self.refresh.unverified.is_empty() {
             return;
         }
+        let ttl = self.cfg.record_ttl;
         for mut u in std::mem::take(&mut self.refresh.unverified) {
             // Checked every tick: nothing moved unless a member's TTL passed.
             if !u.members.iter().any(|m| now >= later(m.arrived, ttl)) {
@@ -201,20 +201,18 @@ impl Driver {
             let (old, live): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut u.members)
                 .into_iter()
                 .partition(|m| now >= later(m.arrived, ttl));
-            if !old.is_empty() {
-                let ended = Ended {
-                    sent_at: u.stored.sent_at,
-                    took: u.stored.took,
-                    outcome: AttemptOutcome::Unverified {
-                        shard_id: u.stored.shard_id.clone(),
-                    },
-                    text: UNVERIFIED.into(),
-                };
-                for mut m in old {
-                    m.attempt_failed(&ended);
-                    m.possible_duplicate = true;
-                    self.expire(m, now);
-                }
+            let ended = Ended {
+                sent_at: u.stored.sent_at,
+                took: u.stored.took,
+                outcome: AttemptOutcome::Unverified {
+                    shard_id: u.stored.shard_id.clone(),
+                },
+                text: UNVERIFIED.into(),
+            };
+            for mut m in old {
+                m.attempt_failed(&ended);
+                m.possible_duplicate = true;
+                self.expire(m, now);
             }
             if live.is_empty() {
                 self.unverified_done(&u.predicted);

@@ -21,6 +21,21 @@ fn holds(records: &[kinesis_core::KinesisRecord], data: &str) -> bool {
     .any(|d| d == data)
 }
 
+/// A script storing the first `calls` calls whole on `shard`, and the rest where their keys
+/// belong.
+fn first_calls_on(
+    calls: usize,
+    shard: &'static str,
+) -> impl FnMut(usize, &[kinesis_core::KinesisRecord]) -> Answer + Send + 'static {
+    move |n, _| {
+        if n < calls {
+            Answer::StoreOn(shard)
+        } else {
+            Answer::Store
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_flush_waits_for_exactly_the_records_sent_before_it() {
     // Calls are answered after 50 ms; a call holding "late" is never answered.
@@ -56,14 +71,8 @@ async fn a_flush_waits_for_exactly_the_records_sent_before_it() {
 #[tokio::test(start_paused = true)]
 async fn an_aggregate_stored_on_a_shard_not_owning_its_keys_is_sent_again() {
     // The producer still believes in one shard; the stream split it in two.
-    let api = FakeApi::new(split(), |n, _| {
-        if n == 0 {
-            // The whole aggregate lands on the lower child: the upper key is outside it.
-            Answer::StoreOn("shardId-000000000001")
-        } else {
-            Answer::Store
-        }
-    });
+    // The whole aggregate lands on the lower child: the upper key is outside it.
+    let api = FakeApi::new(split(), first_calls_on(1, "shardId-000000000001"));
     let p = start(config(), one_shard(), &api);
     let low = p.send(record_at(1, "low")).await.unwrap();
     let high = p.send(record_at(u128::MAX - 1, "high")).await.unwrap();
@@ -107,13 +116,7 @@ async fn an_aggregate_answered_while_a_stale_refresh_runs_waits_for_a_newer_map(
     // Review: a refresh sent before the split and answered after an aggregate came back from a
     // child shard made the producer count the aggregate delivered, although the child does not
     // own one of its keys (a KCL consumer drops it: that record was lost).
-    let api = FakeApi::new(split(), |n, _| {
-        if n <= 1 {
-            Answer::StoreOn("shardId-000000000001")
-        } else {
-            Answer::Store
-        }
-    });
+    let api = FakeApi::new(split(), first_calls_on(2, "shardId-000000000001"));
     // The first refresh answers late, with the map from before the split.
     api.script_lists(vec![(Duration::from_millis(500), Ok(one_shard()))]);
     let p = start(config(), one_shard(), &api);
@@ -141,13 +144,7 @@ async fn an_aggregate_answered_while_a_stale_refresh_runs_waits_for_a_newer_map(
 async fn an_aggregate_on_a_shard_no_fresh_map_lists_is_sent_again() {
     // Stored on a shard that even a refresh started after the answer does not list: whether it
     // owns the keys cannot be told, so they go again (it was counted delivered).
-    let api = FakeApi::new(one_shard(), |n, _| {
-        if n == 0 {
-            Answer::StoreOn("shardId-000000000009")
-        } else {
-            Answer::Store
-        }
-    });
+    let api = FakeApi::new(one_shard(), first_calls_on(1, "shardId-000000000009"));
     let p = start(config(), one_shard(), &api);
     let a = p.send(record_at(1, "a")).await.unwrap();
     let b = p.send(record_at(u128::MAX - 1, "b")).await.unwrap();
