@@ -32,7 +32,9 @@ mod tests {
     #[test]
     fn the_digest_is_md5_at_every_length_around_the_block_edges() {
         // Padding changes at 56 bytes mod 64 (the length no longer fits the last block).
-        let data: Vec<u8> = (0..70_000u32).map(|i| (i * 31 + 7).to_le_bytes()[0]).collect();
+        let data: Vec<u8> = (0..70_000u32)
+            .map(|i| (i * 31 + 7).to_le_bytes()[0])
+            .collect();
         let mut lengths: Vec<usize> = (0..=300).collect();
         lengths.extend([
             1_000, 4_095, 4_096, 4_097, 51_199, 51_200, 51_201, 65_536, 70_000,
