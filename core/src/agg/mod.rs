@@ -40,8 +40,8 @@ pub use decode::{
     deaggregate_for_shard_into, has_aggregate_prefix, parse_aggregate,
 };
 pub use encode::{
-    AggregateError, AggregateLayout, Aggregator, DEFAULT_MAX_RECORD_BYTES, LayoutMismatch,
-    MAX_RECORD_BYTES_LIMIT, TryAdd,
+    AggregateError, AggregateLayout, Aggregator, DEFAULT_MAX_RECORD_BYTES, Finished,
+    LayoutMismatch, MAX_RECORD_BYTES_LIMIT, TryAdd, Unsealed, digest_all,
 };
 
 /// The 4 bytes every KPL aggregate starts with.

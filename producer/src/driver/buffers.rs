@@ -14,13 +14,15 @@ use std::collections::VecDeque;
 
 use foldhash::HashMap;
 use foldhash::HashMapExt as _;
-use kinesis_core::agg::{AggregateLayout, LayoutMismatch};
+use kinesis_core::HashKey;
+use kinesis_core::ShardId;
+use kinesis_core::agg::{AggregateLayout, Finished, LayoutMismatch};
 use kinesis_core::shard_map::{Shard, ShardMap};
-use kinesis_core::{HashKey, KinesisRecord, ShardId, UserRecord};
 use tokio::time::{Duration, Instant};
 
 use super::Driver;
 use super::messages::Pending;
+use super::ready::Ready;
 use crate::config::ProducerConfig;
 use crate::limiter::ShardLimiter;
 use kinesis_core::clock::later;
@@ -28,34 +30,6 @@ use kinesis_core::clock::later;
 /// Key of a shard's state. `None` holds records whose hash key no open shard covers (possible
 /// while resharding): they go plain and unlimited until the map is refreshed.
 pub(super) type ShardKey = Option<ShardId>;
-
-/// A finished Kinesis record and the user records in it, in order.
-pub(super) struct Ready {
-    pub(super) key: ShardKey,
-    pub(super) kr: KinesisRecord,
-    pub(super) members: Vec<Pending>,
-    pub(super) deadline: Instant,
-    /// The earliest arrival among the members: the first to reach the TTL.
-    pub(super) oldest: Instant,
-}
-
-impl Ready {
-    pub(super) fn new(
-        key: ShardKey,
-        kr: KinesisRecord,
-        members: Vec<Pending>,
-        deadline: Instant,
-    ) -> Self {
-        let oldest = members.iter().map(|m| m.arrived).min().unwrap_or(deadline);
-        Self {
-            key,
-            kr,
-            members,
-            deadline,
-            oldest,
-        }
-    }
-}
 
 pub(super) struct ShardState {
     /// Sizes and key tables of the aggregate being built; its records are `members` (the
@@ -127,7 +101,7 @@ impl ShardState {
         let mut moved: Vec<Pending> = std::mem::take(&mut self.members);
         self.agg_deadline = None;
         for r in self.ready.drain(..) {
-            moved.extend(r.members);
+            moved.extend(r.into_members());
         }
         moved
     }
@@ -203,9 +177,7 @@ impl Buffers {
                 // No aggregation here, or too large for an aggregate: alone, after what is
                 // buffered (order).
                 st.finish_aggregate(key);
-                let kr = plain(&p.record);
-                st.ready
-                    .push_back(Ready::new(key.clone(), kr, vec![p], deadline));
+                st.ready.push_back(Ready::plain(key.clone(), p, deadline));
             }
         }
         // Once per new ready record, not per user record: pump() sorts this list.
@@ -231,6 +203,23 @@ impl Buffers {
             st.ready.push_front(r);
         }
         st.blocked_until = Some(deadline);
+        self.waiting.push(key);
+    }
+
+    /// Puts back at the front of `key`, as plain records, members taken for a call but not sent
+    /// in it (their aggregate could not be sealed: see `Ready::into_parts`).
+    pub(super) fn unsent_plain(
+        &mut self,
+        cfg: &ProducerConfig,
+        key: ShardKey,
+        members: Vec<Pending>,
+        now: Instant,
+    ) {
+        let st = self.state(cfg, &key, now);
+        st.in_flight = st.in_flight.saturating_sub(1);
+        for m in members.into_iter().rev() {
+            st.ready.push_front(Ready::plain(key.clone(), m, now));
+        }
         self.waiting.push(key);
     }
 
@@ -302,7 +291,7 @@ impl Buffers {
         for st in self.shards.values_mut() {
             unsent.append(&mut st.members);
             for r in st.ready.drain(..) {
-                unsent.extend(r.members);
+                unsent.extend(r.into_members());
             }
         }
         unsent
@@ -353,8 +342,7 @@ fn reaggregate(
             group.push(m);
         } else {
             close(&mut agg, &mut group, &mut front);
-            let kr = plain(&m.record);
-            front.push(Ready::new(key.clone(), kr, vec![m], deadline));
+            front.push(Ready::plain(key.clone(), m, deadline));
         }
     }
     close(&mut agg, &mut group, &mut front);
@@ -421,23 +409,15 @@ pub(super) fn route_keys(map: &ShardMap) -> Vec<ShardKey> {
         .collect()
 }
 
-/// Writes the aggregate of `members` (the records added to `layout`, in order). Their data then
-/// points into it: their own buffers are freed now, while still in the cache, rather than one by
-/// one, cold, when they are settled (and an earlier aggregate they pointed into, with the last
-/// of them).
+/// Writes the aggregate of `members` (the records added to `layout`, in order), all but its
+/// MD5 (computed for a whole call at once, `ready.rs`). Their data is then in it: their own
+/// buffers are freed now, while still in the cache, rather than one by one, cold, when they are
+/// settled.
 fn write_aggregate(
     layout: &mut AggregateLayout,
     members: &mut [Pending],
-) -> Result<Option<KinesisRecord>, LayoutMismatch> {
-    let written = layout.finish_sharing(members.iter_mut().map(|m| &mut m.record.data));
-    if let Ok(Some(kr)) = &written
-        && kr.user_records > 1
-    {
-        for m in members.iter_mut() {
-            m.in_aggregate = true;
-        }
-    }
-    written
+) -> Result<Option<Finished>, LayoutMismatch> {
+    layout.finish_unsealed(members.iter_mut().map(|m| &mut m.record.data))
 }
 
 /// Queues what a layout wrote for `members`. Should it refuse them (they are not the records
@@ -445,31 +425,32 @@ fn write_aggregate(
 fn push_finished(
     ready: &mut VecDeque<Ready>,
     key: &ShardKey,
-    written: Result<Option<KinesisRecord>, LayoutMismatch>,
+    written: Result<Option<Finished>, LayoutMismatch>,
     members: Vec<Pending>,
     deadline: Instant,
 ) {
-    match written {
-        Ok(Some(kr)) => ready.push_back(Ready::new(key.clone(), kr, members, deadline)),
-        Ok(None) | Err(_) => {
-            if let Err(e) = written {
-                tracing::error!(message = "Aggregate layout did not match its records; sending them one by one.", error = %e);
-            }
-            for m in members {
-                let kr = plain(&m.record);
-                ready.push_back(Ready::new(key.clone(), kr, vec![m], deadline));
+    let members = match written {
+        Ok(Some(Finished::Whole(kr))) => {
+            ready.push_back(Ready::new(key.clone(), kr, members, deadline));
+            return;
+        }
+        Ok(Some(Finished::Unsealed(agg))) => {
+            match Ready::open(key.clone(), agg, members, deadline) {
+                Ok(r) => {
+                    ready.push_back(r);
+                    return;
+                }
+                Err(members) => members,
             }
         }
-    }
-}
-
-/// A user record as a plain (not aggregated) Kinesis record.
-pub(super) fn plain(r: &UserRecord) -> KinesisRecord {
-    KinesisRecord {
-        partition_key: r.partition_key.clone(),
-        explicit_hash_key: r.explicit_hash_key,
-        data: r.data.clone(),
-        user_records: 1,
+        Ok(None) => members,
+        Err(e) => {
+            tracing::error!(message = "Aggregate layout did not match its records; sending them one by one.", error = %e);
+            members
+        }
+    };
+    for m in members {
+        ready.push_back(Ready::plain(key.clone(), m, deadline));
     }
 }
 
@@ -477,7 +458,7 @@ pub(super) fn plain(r: &UserRecord) -> KinesisRecord {
 mod tests {
     use super::*;
     use crate::driver::messages::Reply;
-    use kinesis_core::PartitionKey;
+    use kinesis_core::{PartitionKey, UserRecord};
 
     /// Records sent again are re-aggregated within the same limits as when first buffered:
     /// `aggregation_max_count` included (it was ignored on retries), in order.
@@ -499,14 +480,22 @@ mod tests {
             .collect();
         let key: ShardKey = Some(ShardId::new("shardId-000000000000").unwrap());
         let ready = reaggregate(&cfg, &key, members, Instant::now());
-        let sizes: Vec<usize> = ready.iter().map(|r| r.members.len()).collect();
+        let sizes: Vec<usize> = ready.iter().map(|r| r.len()).collect();
         assert_eq!(sizes, [3, 3, 3, 1]);
-        for r in &ready {
-            assert_eq!(r.kr.user_records, r.members.len());
+        let parts: Vec<_> = ready
+            .into_iter()
+            .map(|r| r.into_parts().ok().unwrap())
+            .collect();
+        for (kr, members) in &parts {
+            assert_eq!(kr.user_records, members.len());
+            assert_eq!(
+                kinesis_core::agg::deaggregate(kr.partition_key.as_str(), kr.data.clone()).len(),
+                members.len()
+            );
         }
-        let order: Vec<u32> = ready
+        let order: Vec<u32> = parts
             .iter()
-            .flat_map(|r| &r.members)
+            .flat_map(|(_, members)| members)
             .map(|m| match m.reply {
                 Reply::Batch { index, .. } => index,
                 Reply::One(..) => u32::MAX,

@@ -15,8 +15,8 @@ use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 
 use super::Driver;
-use super::buffers::Ready;
 use super::calls::{Batch, Call};
+use super::ready::{Ready, seal_call};
 use crate::window::Sent;
 use kinesis_core::clock::later;
 
@@ -100,7 +100,7 @@ impl Driver {
                     self.expire_members(r, now);
                     continue;
                 }
-                let size = front.kr.size_bytes();
+                let size = front.size_bytes();
                 if self.collector_full_for(size) {
                     self.dispatch();
                     if self.collector_full_for(size) {
@@ -186,26 +186,41 @@ impl Driver {
         // The front of the collector, up to the largest call (at least one record): the window
         // may have shrunk since it filled.
         let (take, bytes) = front_fitting(
-            self.collector.ready.iter().map(|r| r.kr.size_bytes()),
+            self.collector.ready.iter().map(Ready::size_bytes),
             self.call_max_bytes(),
         );
         if flying > 0 && self.calls.bytes + bytes > self.calls.window.bytes() {
             return false;
         }
-        let ready = self.collector.take_front(take, bytes);
+        let mut ready = self.collector.take_front(take, bytes);
+        // The MD5s of all of the call's aggregates, side by side.
+        seal_call(&mut ready);
         let mut records = Vec::with_capacity(ready.len());
         let mut batch: Batch = Vec::with_capacity(ready.len());
-        let mut users = 0;
+        let (mut users, mut bytes) = (0, bytes);
         let now = Instant::now();
-        for mut r in ready {
-            for m in &mut r.members {
+        for r in ready {
+            let (key, oldest, size) = (r.key.clone(), r.oldest, r.size_bytes());
+            let (kr, mut members) = match r.into_parts() {
+                Ok(parts) => parts,
+                Err(members) => {
+                    // Not sent in this call: back to the front of the shard, one by one.
+                    bytes -= size;
+                    self.buffers.unsent_plain(&self.cfg, key, members, now);
+                    continue;
+                }
+            };
+            for m in &mut members {
                 m.attempts += 1;
             }
-            users += r.members.len();
+            users += members.len();
             self.telemetry
-                .kinesis_record_sent(&r.key, r.members.len(), r.oldest, now);
-            batch.push((r.key, r.kr.size_bytes(), r.members));
-            records.push(r.kr);
+                .kinesis_record_sent(&key, members.len(), oldest, now);
+            batch.push((key, size, members));
+            records.push(kr);
+        }
+        if records.is_empty() {
+            return true;
         }
         let n = records.len();
         let id = self.calls.next_id;

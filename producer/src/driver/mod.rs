@@ -36,6 +36,7 @@ mod calls;
 mod collector;
 mod inbox;
 mod messages;
+mod ready;
 mod refresh;
 mod retries;
 mod settlement;

@@ -16,8 +16,9 @@ use kinesis_core::{Backoff, BackoffConfig, ErrorKind};
 use tokio::time::{Duration, Instant};
 
 use super::Driver;
-use super::buffers::{Ready, ShardKey};
+use super::buffers::ShardKey;
 use super::messages::{Ended, Pending};
+use super::ready::Ready;
 use crate::config::ProducerConfig;
 use crate::error::FailureReason;
 use kinesis_core::clock::later;
@@ -189,7 +190,8 @@ impl Driver {
     pub(super) fn expire_members(&mut self, r: Ready, now: Instant) {
         let ttl = self.cfg.record_ttl;
         let mut live = Vec::new();
-        for m in r.members {
+        let key = r.key.clone();
+        for m in r.into_members() {
             if now.duration_since(m.arrived) >= ttl {
                 self.expire(m, now);
             } else {
@@ -200,7 +202,7 @@ impl Driver {
             return;
         }
         if self.cfg.preserve_order {
-            self.requeue_front(r.key, live, now, Duration::ZERO);
+            self.requeue_front(key, live, now, Duration::ZERO);
         } else {
             for m in live {
                 self.enqueue(m, now);

@@ -40,7 +40,7 @@ impl Driver {
         }
         let mut unsent: Vec<Pending> = self.buffers.take_all();
         for r in self.collector.ready.drain(..) {
-            unsent.extend(r.members);
+            unsent.extend(r.into_members());
         }
         unsent.extend(self.retries.take_all());
         // Stored, on a shard not checked yet (it may not own their keys, and KCL consumers

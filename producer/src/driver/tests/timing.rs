@@ -276,3 +276,66 @@ async fn an_idle_producer_refreshes_its_map_once_per_interval() {
         );
     }
 }
+
+/// An aggregate waits for its call without its MD5, its members' data moved into it: every way
+/// out other than a call must give each member its own data back. Records held back by the
+/// shard's rate limit (4 MB for one shard at 1.5 MB/s) sit in its queue as such aggregates; those
+/// past their TTL expire from there, and a shutdown hands back what is left, each with the data
+/// it was sent with.
+#[tokio::test(start_paused = true)]
+async fn records_leaving_aggregates_that_never_went_get_their_own_data_back() {
+    let data = |i: usize| format!("{i:05}").repeat(2_000);
+    let index = |d: &[u8]| -> usize { std::str::from_utf8(&d[..5]).unwrap().parse().unwrap() };
+    for shutdown_early in [false, true] {
+        let api = FakeApi::new(one_shard(), |_, _| Answer::Store);
+        let mut cfg = config();
+        cfg.record_ttl = Duration::from_millis(700);
+        let p = start(cfg, one_shard(), &api);
+        let mut receipts = Vec::new();
+        for i in 0..400 {
+            let key = format!("k{}", i % 7);
+            receipts.push(p.send(record(&key, &data(i))).await.unwrap());
+        }
+        let report = if shutdown_early {
+            Some(p.clone().shutdown(Duration::ZERO).await)
+        } else {
+            None
+        };
+        let (mut delivered, mut failed) = (0, 0);
+        for (i, r) in receipts.into_iter().enumerate() {
+            match r.await {
+                Ok(_) => delivered += 1,
+                Err(ReceiptError::Failed(e)) => {
+                    assert_eq!(e.record.data, data(i).as_bytes(), "record {i}: {e}");
+                    if !shutdown_early {
+                        assert!(matches!(e.reason, FailureReason::Expired { .. }), "{e}");
+                    }
+                    failed += 1;
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!(delivered + failed, 400);
+        assert!(
+            failed > 0,
+            "some waited in the queue (shutdown early: {shutdown_early})"
+        );
+        if let Some(report) = report {
+            let mut back: Vec<usize> = report
+                .undelivered
+                .iter()
+                .chain(&report.in_flight)
+                .map(|r| {
+                    let i = index(&r.data);
+                    assert_eq!(r.data, data(i).as_bytes());
+                    i
+                })
+                .collect();
+            back.sort_unstable();
+            back.dedup();
+            assert_eq!(back.len(), failed, "each failed record handed back once");
+        } else {
+            assert!(delivered > 0);
+        }
+    }
+}
