@@ -357,12 +357,12 @@ impl Producer {
     }
 
     fn enqueue(&self, record: UserRecord, grant: Grant) -> Result<PutReceipt, UserRecord> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, receipt) = crate::receipt::receipt();
         // Counted before the driver can settle it: outstanding_records() never reads low.
         let accepted = &self.inner.stats.accepted;
         accepted.fetch_add(1, Ordering::Relaxed);
         match self.inner.records.send(Incoming::one(record, reply, grant)) {
-            Ok(()) => Ok(PutReceipt::new(rx)),
+            Ok(()) => Ok(receipt),
             Err(Incoming::One(p)) => {
                 accepted.fetch_sub(1, Ordering::Relaxed);
                 // The driver is gone (its inbox closed): the space was never counted there.

@@ -206,10 +206,9 @@ fn give_back(permits: &Semaphore, messages: impl Iterator<Item = Incoming>) {
 mod tests {
     use super::*;
     use kinesis_core::{PartitionKey, UserRecord};
-    use tokio::sync::oneshot;
 
-    fn one(grant: u32) -> (Incoming, oneshot::Receiver<crate::receipt::Outcome>) {
-        let (tx, rx) = oneshot::channel();
+    fn one(grant: u32) -> (Incoming, crate::receipt::PutReceipt) {
+        let (tx, rx) = crate::receipt::receipt();
         let record = UserRecord::new(PartitionKey::new("k").unwrap(), None, "x".into());
         (Incoming::one(record, tx, Grant(grant)), rx)
     }
@@ -276,7 +275,10 @@ mod tests {
         // Closed: a later send comes back to its handle (which gives its grant back itself).
         assert!(tx.send(one(1).0).is_err());
         // The receipt learns the record was never settled.
-        assert!(receipt_a.blocking_recv().is_err());
+        assert!(matches!(
+            futures::executor::block_on(receipt_a),
+            Err(crate::receipt::ReceiptError::Lost)
+        ));
     }
 
     /// The driver panicked while admitting a record from a drain: the records after it in the

@@ -17,7 +17,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::error::{Attempt, AttemptOutcome};
 
-use crate::receipt::{BatchOutcome, Outcome};
+use crate::receipt::{BatchOutcome, ReceiptSender};
 
 /// A record the handle accepted.
 #[derive(Debug)]
@@ -199,7 +199,7 @@ impl Drop for Ledger {
 #[derive(Debug)]
 pub(crate) enum Reply {
     /// Its own receipt (`send`, `try_send`) and buffer space.
-    One(oneshot::Sender<Outcome>, Grant),
+    One(ReceiptSender, Grant),
     /// A member of a batch (`send_batch`): the batch's receipt (which holds the buffer space
     /// of all), at `index`.
     Batch { id: u64, index: u32 },
@@ -217,7 +217,7 @@ pub(crate) enum Incoming {
 
 impl Incoming {
     /// One record with its own receipt and buffer space.
-    pub(crate) fn one(record: UserRecord, reply: oneshot::Sender<Outcome>, grant: Grant) -> Self {
+    pub(crate) fn one(record: UserRecord, reply: ReceiptSender, grant: Grant) -> Self {
         Self::One(Pending::new(record, Reply::One(reply, grant)))
     }
 
