@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use kinesis_core::{SequenceNumber, ShardId};
+use sync_wrapper::SyncWrapper;
 use tokio::sync::oneshot;
 
 use crate::error::{FailureReason, PutError};
@@ -42,7 +43,12 @@ pub(crate) type ReceiptSender = ::oneshot::Sender<Outcome>;
 /// A record's receipt and the driver's end of it.
 pub(crate) fn receipt() -> (ReceiptSender, PutReceipt) {
     let (tx, rx) = ::oneshot::async_channel();
-    (tx, PutReceipt { rx })
+    (
+        tx,
+        PutReceipt {
+            rx: SyncWrapper::new(rx),
+        },
+    )
 }
 
 /// Resolves to the record's fate. Dropping it does not cancel the record.
@@ -52,14 +58,16 @@ pub(crate) fn receipt() -> (ReceiptSender, PutReceipt) {
 #[derive(Debug)]
 #[must_use = "a receipt tells whether the record was delivered"]
 pub struct PutReceipt {
-    rx: ::oneshot::AsyncReceiver<Outcome>,
+    /// `Sync` as Tokio's receiver was (a `FuturesUnordered` of receipts held across an await in
+    /// a spawned task needs it): the receiver is only ever used through `&mut`.
+    rx: SyncWrapper<::oneshot::AsyncReceiver<Outcome>>,
 }
 
 impl Future for PutReceipt {
     type Output = Result<Delivered, ReceiptError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| match r {
+        Pin::new(self.rx.get_mut()).poll(cx).map(|r| match r {
             Ok(Ok(d)) => Ok(d),
             Ok(Err(e)) => Err(ReceiptError::Failed(e)),
             // The driver is gone without answering: only possible if its task panicked.
@@ -152,3 +160,14 @@ impl Future for BatchReceipt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("producer task stopped without settling the batch")]
 pub struct BatchLost;
+
+#[cfg(test)]
+mod send_sync {
+    /// Receipts go into spawned tasks and into `FuturesUnordered`s held across awaits.
+    #[test]
+    fn receipts_are_send_and_sync() {
+        fn both<T: Send + Sync>() {}
+        both::<super::PutReceipt>();
+        both::<super::BatchReceipt>();
+    }
+}
