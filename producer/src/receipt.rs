@@ -51,7 +51,8 @@ pub(crate) fn receipt() -> (ReceiptSender, PutReceipt) {
     )
 }
 
-/// Resolves to the record's fate. Dropping it does not cancel the record.
+/// Resolves to the record's fate. Dropping it does not cancel the record. Polled again after
+/// it resolved (a contract breach of `Future`) it answers [`ReceiptError::Lost`].
 ///
 /// # Cancellation
 /// Cancel-safe: dropping or re-polling loses nothing; the record is delivered or failed anyway.

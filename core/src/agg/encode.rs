@@ -594,7 +594,6 @@ pub enum Finished {
 /// An aggregate written but for its MD5 trailer. Its records' data was taken out of them:
 /// [`seal`](Self::seal) gives it back, as slices of the sealed aggregate. Only the size and the
 /// count can be read before.
-#[derive(Debug)]
 pub struct Unsealed {
     /// Magic + `AggregatedRecord`, with room for the MD5 (written by [`digest_all`]).
     buf: Vec<u8>,
@@ -603,6 +602,18 @@ pub struct Unsealed {
     explicit_hash_key: Option<HashKey>,
     /// The MD5 is in `buf`.
     sealed: bool,
+}
+
+impl std::fmt::Debug for Unsealed {
+    // Not its bytes: up to 10 MiB of them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unsealed")
+            .field("size_bytes", &self.size_bytes())
+            .field("user_records", &self.user_records())
+            .field("partition_key", &self.partition_key)
+            .field("sealed", &self.sealed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Unsealed {
@@ -631,13 +642,16 @@ impl Unsealed {
             self.buf.extend_from_slice(&digest);
         }
         let bytes = Bytes::from(self.buf);
+        let mut slots = data.into_iter();
         let mut given = 0;
-        for (slot, span) in data.into_iter().zip(&self.spans) {
+        // Spans first: zip pulls from its first iterator first, and a slot past the last span
+        // must stay in `slots` to be noticed.
+        for (span, slot) in self.spans.iter().zip(slots.by_ref()) {
             *slot = bytes.slice(span.start..span.start + span.len);
             given += 1;
         }
         let n = self.spans.len();
-        if given != n {
+        if given != n || slots.next().is_some() {
             return Err(LayoutMismatch { expected: n });
         }
         Ok(KinesisRecord {
@@ -926,6 +940,22 @@ mod tests {
             Err(LayoutMismatch { expected: 2 })
         );
         assert_eq!(rs[0].data, sets[0][0].data);
+        // One slot too many: the records' slots get their data, and the count is an error.
+        let mut rs = sets[0].clone();
+        for r in &rs {
+            assert!(l.try_add(r).unwrap());
+        }
+        let Some(Finished::Unsealed(u)) = l
+            .finish_unsealed(rs.iter_mut().map(|r| &mut r.data))
+            .unwrap()
+        else {
+            panic!("an aggregate");
+        };
+        let mut extra = Bytes::from("extra");
+        let slots = rs.iter_mut().map(|r| &mut r.data).chain([&mut extra]);
+        assert_eq!(u.seal(slots), Err(LayoutMismatch { expected: 2 }));
+        assert_eq!(rs[0].data, sets[0][0].data);
+        assert_eq!(rs[1].data, sets[0][1].data);
     }
 
     #[test]

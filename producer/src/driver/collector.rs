@@ -204,7 +204,8 @@ impl Driver {
             let (kr, mut members) = match r.into_parts() {
                 Ok(parts) => parts,
                 Err(members) => {
-                    // Not sent in this call: back to the front of the shard, one by one.
+                    // Not sent in this call: back to the front of the shard, one by one (the
+                    // limiter's tokens taken for it are not refunded: only more cautious).
                     bytes -= size;
                     self.buffers.unsent_plain(&self.cfg, key, members, now);
                     continue;
