@@ -4,7 +4,8 @@
 //!  Incoming::{One,Batch} ─► predict shard ─► ShardState.aggregator ──(full | deadline | flush)─┐
 //!   (messages.rs)                              (buffers.rs)                                   ▼
 //!                       ShardState.ready ─(token buckets per shard)─► collector (≤500, ≤5 MiB)
-//!                                                                      (collector.rs)         │
+//!                       (ready.rs: aggregates                          (collector.rs: a call's
+//!                        waiting for their MD5)                         MD5s at once)         │
 //!   receipts ◄─ settle ◄─ result per entry ◄─ PutRecords in flight (≤ max_in_flight) ◄───────┘
 //!   (settlement.rs)         │                  (calls.rs)
 //!   (one per record, or     │      └─ throttled ─► the shard's buckets empty, its rate × 0.75
