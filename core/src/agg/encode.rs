@@ -923,18 +923,20 @@ mod tests {
                 }
             }
         }
+        // The records' aggregate, unsealed, their data taken.
+        let unsealed = |rs: &mut [UserRecord]| {
+            let mut l = AggregateLayout::new(1024).unwrap();
+            for r in rs.iter() {
+                assert!(l.try_add(r).unwrap());
+            }
+            match l.finish_unsealed(rs.iter_mut().map(|r| &mut r.data)) {
+                Ok(Some(Finished::Unsealed(u))) => u,
+                other => panic!("{other:?}"),
+            }
+        };
         // One slot short: the given slot gets its data back, and the count is an error.
         let mut rs = sets[0].clone();
-        let mut l = AggregateLayout::new(1024).unwrap();
-        for r in &rs {
-            assert!(l.try_add(r).unwrap());
-        }
-        let Some(Finished::Unsealed(u)) = l
-            .finish_unsealed(rs.iter_mut().map(|r| &mut r.data))
-            .unwrap()
-        else {
-            panic!("an aggregate");
-        };
+        let u = unsealed(&mut rs);
         assert_eq!(
             u.seal(rs[..1].iter_mut().map(|r| &mut r.data)),
             Err(LayoutMismatch { expected: 2 })
@@ -942,15 +944,7 @@ mod tests {
         assert_eq!(rs[0].data, sets[0][0].data);
         // One slot too many: the records' slots get their data, and the count is an error.
         let mut rs = sets[0].clone();
-        for r in &rs {
-            assert!(l.try_add(r).unwrap());
-        }
-        let Some(Finished::Unsealed(u)) = l
-            .finish_unsealed(rs.iter_mut().map(|r| &mut r.data))
-            .unwrap()
-        else {
-            panic!("an aggregate");
-        };
+        let u = unsealed(&mut rs);
         let mut extra = Bytes::from("extra");
         let slots = rs.iter_mut().map(|r| &mut r.data).chain([&mut extra]);
         assert_eq!(u.seal(slots), Err(LayoutMismatch { expected: 2 }));
