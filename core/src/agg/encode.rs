@@ -432,7 +432,7 @@ impl AggregateLayout {
         let out = match n {
             0 => Ok(None),
             1 => self
-                .write_with(data.iter().map(|d| &**d), None)
+                .write(data.iter().map(|d| &**d))
                 .map(|kr| kr.map(Finished::Whole)),
             _ => self.write_body(&data).map(|u| {
                 for d in &mut data {
@@ -471,18 +471,10 @@ impl AggregateLayout {
         })
     }
 
+    /// Writes the aggregate (MD5 included), or the one record alone.
     fn write<'a>(
         &self,
         data: impl IntoIterator<Item = &'a Bytes>,
-    ) -> Result<Option<KinesisRecord>, LayoutMismatch> {
-        self.write_with(data, None)
-    }
-
-    /// Writes the aggregate; `spans`, if given, gets where each record's data is in it.
-    fn write_with<'a>(
-        &self,
-        data: impl IntoIterator<Item = &'a Bytes>,
-        spans: Option<&mut Vec<Span>>,
     ) -> Result<Option<KinesisRecord>, LayoutMismatch> {
         let n = self.records.len();
         let mismatch = LayoutMismatch { expected: n };
@@ -496,7 +488,7 @@ impl AggregateLayout {
             0 => return Ok(None),
             1 => checked.next().unwrap_or(Err(mismatch))?.clone(),
             _ => {
-                let mut buf = self.serialize_body(&mut checked, spans)?;
+                let mut buf = self.serialize_body(&mut checked, None)?;
                 let digest = md5_digest(&buf[MAGIC.len()..]);
                 buf.extend_from_slice(&digest);
                 Bytes::from(buf)
