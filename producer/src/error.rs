@@ -198,8 +198,9 @@ pub enum FailureReason {
     /// The producer shut down (or was dropped) before the record was sent.
     #[error("producer shut down before the record was sent")]
     Cancelled,
-    /// The producer shut down while the record was in a PutRecords call whose outcome is unknown:
-    /// it may or may not be in the stream.
+    /// The producer shut down while the record was in a PutRecords call whose outcome is unknown,
+    /// or while it waited to be sent again after such a call (or after landing in an aggregate
+    /// on a shard that does not own its key): it may or may not be in the stream.
     #[error(
         "producer shut down while the record was in flight; it may or may not be in the stream"
     )]

@@ -626,32 +626,89 @@ impl Unsealed {
     /// its slice of it. More or fewer slots than records is a caller's bug: each slot there is
     /// still gets its data, and the count is an error.
     pub fn seal<'a>(
-        mut self,
+        self,
         data: impl IntoIterator<Item = &'a mut Bytes>,
     ) -> Result<KinesisRecord, LayoutMismatch> {
+        let (kr, slices) = self.seal_apart();
+        slices.give(&kr.data, data)?;
+        Ok(kr)
+    }
+
+    /// As [`seal`](Self::seal), but the records' data stays in the aggregate only: [`Slices`]
+    /// says where, to give it back on the paths that need it ([`Slices::give`]). A caller that
+    /// reads its records' data only when the aggregate is not delivered saves a shared slice
+    /// (a reference count up, later down) per record on the path where it is.
+    pub fn seal_apart(mut self) -> (KinesisRecord, Slices) {
         if !self.sealed {
             let digest = md5_digest(&self.buf[MAGIC.len()..]);
             self.buf.extend_from_slice(&digest);
         }
-        let bytes = Bytes::from(self.buf);
-        let mut slots = data.into_iter();
+        let data = Bytes::from(self.buf);
+        let spans = self.spans;
+        let data_bytes = spans.iter().map(|s| s.len).sum();
+        let n = spans.len();
+        let kr = KinesisRecord {
+            partition_key: self.partition_key,
+            explicit_hash_key: self.explicit_hash_key,
+            data,
+            user_records: n,
+        };
+        (kr, Slices { spans, data_bytes })
+    }
+}
+
+/// Where each record's data is in a sealed aggregate ([`Unsealed::seal_apart`]).
+#[derive(Debug, Clone)]
+pub struct Slices {
+    /// From the aggregate's first byte (its magic).
+    spans: Vec<Span>,
+    data_bytes: usize,
+}
+
+impl Slices {
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The records' data, in bytes, all together.
+    pub fn data_bytes(&self) -> usize {
+        self.data_bytes
+    }
+
+    /// Points each slot (one per record, in order) at its record's data in `aggregate` (the
+    /// sealed record's `data`). More or fewer slots than records, or an aggregate too short
+    /// for them (not the one sealed: a caller's bug), is an error; each slot that could be
+    /// given its data still is.
+    pub fn give<'a>(
+        &self,
+        aggregate: &Bytes,
+        slots: impl IntoIterator<Item = &'a mut Bytes>,
+    ) -> Result<(), LayoutMismatch> {
+        let n = self.spans.len();
+        let mut slots = slots.into_iter();
         let mut given = 0;
+        let mut short = false;
         // Spans first: zip pulls from its first iterator first, and a slot past the last span
         // must stay in `slots` to be noticed.
         for (span, slot) in self.spans.iter().zip(slots.by_ref()) {
-            *slot = bytes.slice(span.start..span.start + span.len);
-            given += 1;
+            let end = span.start + span.len;
+            if end <= aggregate.len() {
+                *slot = aggregate.slice(span.start..end);
+                given += 1;
+            } else {
+                short = true;
+            }
         }
-        let n = self.spans.len();
-        if given != n || slots.next().is_some() {
+        if short || given != n || slots.next().is_some() {
             return Err(LayoutMismatch { expected: n });
         }
-        Ok(KinesisRecord {
-            partition_key: self.partition_key,
-            explicit_hash_key: self.explicit_hash_key,
-            data: bytes,
-            user_records: n,
-        })
+        Ok(())
     }
 }
 
@@ -942,6 +999,72 @@ mod tests {
         assert_eq!(u.seal(slots), Err(LayoutMismatch { expected: 2 }));
         assert_eq!(rs[0].data, sets[0][0].data);
         assert_eq!(rs[1].data, sets[0][1].data);
+    }
+
+    /// Sealed apart, an aggregate is the same record; its slices give each record its data,
+    /// later, as `seal` does, and refuse another aggregate (too short) or a wrong slot count.
+    #[test]
+    fn sealed_apart_the_slices_give_each_record_its_data_later() {
+        let orig: Vec<UserRecord> = (0u8..40)
+            .map(|i| {
+                let key = PartitionKey::new(format!("k{}", i % 7)).unwrap();
+                let ehk = (i % 4 == 0).then_some(HashKey(u128::from(i) << 100));
+                let len = usize::from(i) * 11 % 200;
+                UserRecord::new(key, ehk, Bytes::from(vec![i; len]))
+            })
+            .collect();
+        let mut l = AggregateLayout::new(MAX_RECORD_BYTES_LIMIT).unwrap();
+        for r in &orig {
+            assert!(l.try_add(r).unwrap());
+        }
+        let want = l.finish(orig.iter().map(|r| &r.data)).unwrap().unwrap();
+        for side_by_side in [true, false] {
+            let mut rs = orig.clone();
+            for r in &rs {
+                assert!(l.try_add(r).unwrap());
+            }
+            let Ok(Some(Finished::Unsealed(mut u))) =
+                l.finish_unsealed(rs.iter_mut().map(|r| &mut r.data))
+            else {
+                panic!("an aggregate")
+            };
+            if side_by_side {
+                digest_all([&mut u]);
+            }
+            let (kr, slices) = u.seal_apart();
+            assert_eq!(kr, want);
+            assert_eq!(slices.len(), rs.len());
+            let total: usize = orig.iter().map(|r| r.data.len()).sum();
+            assert_eq!(slices.data_bytes(), total);
+            assert!(rs.iter().all(|r| r.data.is_empty()), "not given yet");
+            // Another, shorter aggregate: refused; the slots that fit it still get a slice.
+            let short = kr.data.slice(..kr.data.len() / 2);
+            assert!(
+                slices
+                    .give(&short, rs.iter_mut().map(|r| &mut r.data))
+                    .is_err()
+            );
+            // Wrong counts: refused.
+            let mut fewer: Vec<Bytes> = vec![Bytes::new(); rs.len() - 1];
+            assert!(slices.give(&kr.data, fewer.iter_mut()).is_err());
+            let mut more: Vec<Bytes> = vec![Bytes::new(); rs.len() + 1];
+            assert!(slices.give(&kr.data, more.iter_mut()).is_err());
+            assert!(
+                more[..rs.len()]
+                    .iter()
+                    .zip(&orig)
+                    .all(|(d, o)| *d == o.data)
+            );
+            // The right aggregate: each record's data, inside it.
+            slices
+                .give(&kr.data, rs.iter_mut().map(|r| &mut r.data))
+                .unwrap();
+            let whole = kr.data.as_ptr_range();
+            for (r, o) in rs.iter().zip(&orig) {
+                assert_eq!(r.data, o.data);
+                assert!(o.data.is_empty() || whole.contains(&r.data.as_ptr()));
+            }
+        }
     }
 
     #[test]

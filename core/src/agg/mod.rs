@@ -41,7 +41,7 @@ pub use decode::{
 };
 pub use encode::{
     AggregateError, AggregateLayout, Aggregator, DEFAULT_MAX_RECORD_BYTES, Finished,
-    LayoutMismatch, MAX_RECORD_BYTES_LIMIT, TryAdd, Unsealed, digest_all,
+    LayoutMismatch, MAX_RECORD_BYTES_LIMIT, Slices, TryAdd, Unsealed, digest_all,
 };
 
 /// The 4 bytes every KPL aggregate starts with.

@@ -206,23 +206,6 @@ impl Buffers {
         self.waiting.push(key);
     }
 
-    /// Puts back at the front of `key`, as plain records, members taken for a call but not sent
-    /// in it (their aggregate could not be sealed: see `Ready::into_parts`).
-    pub(super) fn unsent_plain(
-        &mut self,
-        cfg: &ProducerConfig,
-        key: ShardKey,
-        members: Vec<Pending>,
-        now: Instant,
-    ) {
-        let st = self.state(cfg, &key, now);
-        st.in_flight = st.in_flight.saturating_sub(1);
-        for m in members.into_iter().rev() {
-            st.ready.push_front(Ready::plain(key.clone(), m, now));
-        }
-        self.waiting.push(key);
-    }
-
     /// Whether `key` still waits for a closed shard it took keys from (see
     /// [`ShardState::after`]); forgets those that were answered.
     pub(super) fn waits_for_parents(&mut self, key: &ShardKey) -> bool {

@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use super::Driver;
 use super::buffers::ShardKey;
 use super::messages::{Ended, Pending};
+use super::ready::Flying;
 use super::refresh::Stored;
 use crate::api::{EntryResult, INVALID_RESPONSE};
 use crate::config::ProducerConfig;
@@ -33,7 +34,7 @@ use crate::window::{Sent, Window};
 /// The user records of one PutRecords call, per entry (with the entry's predicted shard and its
 /// Kinesis record's size), kept here (not in the call's future) so that a shutdown can hand
 /// them back.
-pub(super) type Batch = Vec<(ShardKey, usize, Vec<Pending>)>;
+pub(super) type Batch = Vec<(ShardKey, usize, Flying)>;
 
 pub(super) type Response = (u64, Result<Vec<EntryResult>, AwsError>);
 
@@ -87,7 +88,7 @@ impl Calls {
                 text: "no answer before the producer stopped".into(),
             };
             for (_, _, members) in call.batch {
-                for mut m in members {
+                for mut m in members.into_members() {
                     m.attempt_failed(&ended);
                     flying.push(m);
                 }
@@ -177,7 +178,7 @@ impl Driver {
                         l.throttled(now);
                     }
                     if throttled && self.cfg.fail_if_throttled {
-                        for mut m in members {
+                        for mut m in members.into_members() {
                             m.attempt_failed(&ended);
                             self.settlement.fail(
                                 &self.stats,
@@ -188,12 +189,11 @@ impl Driver {
                     } else {
                         if invalid {
                             // Answered, but not readably: it may be stored.
-                            for m in &mut members {
-                                m.possible_duplicate = true;
-                            }
+                            members.possibly_stored();
                         }
                         // Not stored: send again at once, paced by the shard's buckets
                         // (emptied above if it was a throttle), not by a backoff.
+                        let members = members.into_members();
                         self.retry_all(key, members, &ended, Duration::ZERO, now);
                     }
                 }
@@ -263,13 +263,11 @@ impl Driver {
             self.release_in_flight(&key);
             if retryable {
                 if unknown {
-                    for m in &mut members {
-                        m.possible_duplicate = true;
-                    }
+                    members.possibly_stored();
                 }
-                self.retry_all(key, members, &ended, delay, now);
+                self.retry_all(key, members.into_members(), &ended, delay, now);
             } else {
-                for mut m in members {
+                for mut m in members.into_members() {
                     m.attempt_failed(&ended);
                     self.settlement
                         .fail(&self.stats, m, FailureReason::Rejected(Arc::clone(&e)));

@@ -197,23 +197,12 @@ impl Driver {
         seal_call(&mut ready);
         let mut records = Vec::with_capacity(ready.len());
         let mut batch: Batch = Vec::with_capacity(ready.len());
-        let (mut users, mut bytes) = (0, bytes);
+        let (mut users, bytes) = (0, bytes);
         let now = Instant::now();
         for r in ready {
             let (key, oldest, size) = (r.key.clone(), r.oldest, r.size_bytes());
-            let (kr, mut members) = match r.into_parts() {
-                Ok(parts) => parts,
-                Err(members) => {
-                    // Not sent in this call: back to the front of the shard, one by one (the
-                    // limiter's tokens taken for it are not refunded: only more cautious).
-                    bytes -= size;
-                    self.buffers.unsent_plain(&self.cfg, key, members, now);
-                    continue;
-                }
-            };
-            for m in &mut members {
-                m.attempts += 1;
-            }
+            let (kr, mut members) = r.into_flying();
+            members.attempted();
             users += members.len();
             self.telemetry
                 .kinesis_record_sent(&key, members.len(), oldest, now);

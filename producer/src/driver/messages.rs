@@ -290,8 +290,9 @@ pub struct ShutdownReport {
     pub undelivered: Vec<UserRecord>,
     /// Records whose PutRecords call was still running at the deadline, or stored in an
     /// aggregate on a shard not checked yet (after a reshard: KCL consumers drop an aggregate
-    /// on a shard that does not own all its keys): they may or may not be in the stream (their
-    /// receipts fail with `Unknown`).
+    /// on a shard that does not own all its keys), or waiting to be sent again after an attempt
+    /// that may have stored them: they may or may not be in the stream (their receipts fail
+    /// with `Unknown`).
     pub in_flight: Vec<UserRecord>,
 }
 

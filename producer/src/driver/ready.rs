@@ -5,8 +5,10 @@
 //!   finished aggregate ─► Ready (Body::Open: bytes written, MD5 not yet; members' data taken)
 //!                          │  size known, count known; nothing else readable
 //!                          ▼  (into a PutRecords call)
-//!   seal_call: MD5 of all of the call's aggregates side by side ─► KinesisRecord + members,
-//!                                                                 their data slices of it
+//!   seal_call: MD5 of all of the call's aggregates side by side
+//!        └─► into_flying: KinesisRecord + Flying (members, their data still only in it)
+//!              ├─ stored ─► into_delivered: settled without their data (none read)
+//!              └─ any other answer, or none ─► into_members: each member's data back
 //!   any other way out (expiry, reshard, shutdown) ─► into_members: sealed alone, data back
 //! ```
 //!
@@ -14,9 +16,13 @@
 //! (`md5-many`'s SIMD lanes) it costs about a third. An aggregate waits for its call with its
 //! bytes written and its members' own buffers already freed (memory as when it was sealed at
 //! once); only the 16 trailing bytes are missing. The members are private to this file: nothing
-//! can read a member's data (empty while open) without sealing first.
+//! can read a member's data (empty while open) without sealing first. In a call, they stay
+//! without it ([`Flying`]): a stored aggregate's members are settled without their data ever
+//! being sliced back (a reference count up and down per record saved); every other outcome
+//! gives it back before anything else touches them.
 
-use kinesis_core::agg::{Unsealed, digest_all};
+use bytes::Bytes;
+use kinesis_core::agg::{Slices, Unsealed, digest_all};
 use kinesis_core::{KinesisRecord, UserRecord};
 use tokio::time::Instant;
 
@@ -124,6 +130,79 @@ impl Ready {
         match self.into_parts() {
             Ok((_, members)) | Err(members) => members,
         }
+    }
+
+    /// The Kinesis record and its members for a call, sealed (alone, unless [`seal_call`] did
+    /// it); an aggregate's members stay without their data until [`Flying::into_members`].
+    pub(super) fn into_flying(self) -> (KinesisRecord, Flying) {
+        let Self { body, members, .. } = self;
+        match body {
+            Body::Sealed(kr) => (
+                kr,
+                Flying {
+                    members,
+                    held: None,
+                },
+            ),
+            Body::Open(u) => {
+                let (kr, slices) = u.seal_apart();
+                let held = Some((kr.data.clone(), slices));
+                (kr, Flying { members, held })
+            }
+        }
+    }
+}
+
+/// The members of a Kinesis record in a PutRecords call, in order. An aggregate's members are
+/// without their data (it is in the aggregate's bytes, held here) until they leave: delivered
+/// without it, or given it back for anything else.
+pub(super) struct Flying {
+    members: Vec<Pending>,
+    /// The aggregate's bytes and where each member's data is in them (`None`: the members
+    /// have their data).
+    held: Option<(Bytes, Slices)>,
+}
+
+impl Flying {
+    pub(super) fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// One more attempt for each.
+    pub(super) fn attempted(&mut self) {
+        for m in &mut self.members {
+            m.attempts += 1;
+        }
+    }
+
+    /// Each may be stored already (an answer that could not be read, or none).
+    pub(super) fn possibly_stored(&mut self) {
+        for m in &mut self.members {
+            m.possible_duplicate = true;
+        }
+    }
+
+    /// The members, each with its data: for every way out but delivery.
+    pub(super) fn into_members(self) -> Vec<Pending> {
+        let Self { mut members, held } = self;
+        if let Some((data, slices)) = held
+            && let Err(e) = slices.give(&data, members.iter_mut().map(|m| &mut m.record.data))
+        {
+            // Unreachable: `Ready::open` checked the count, and nothing changes it.
+            tracing::error!(message = "Aggregate and members differ while giving their data back.", error = %e);
+        }
+        members
+    }
+
+    /// The members of a stored Kinesis record, to settle as delivered, and their data's bytes.
+    /// An aggregate's members are left without their data: delivery reads none, and nothing
+    /// else may have them.
+    pub(super) fn into_delivered(self) -> (Vec<Pending>, u64) {
+        let bytes = match &self.held {
+            Some((_, slices)) => slices.data_bytes(),
+            None => self.members.iter().map(|m| m.record.data.len()).sum(),
+        };
+        (self.members, bytes as u64)
     }
 }
 

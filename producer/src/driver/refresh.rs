@@ -28,6 +28,7 @@ use crate::error::AttemptOutcome;
 use super::Driver;
 use super::buffers::ShardKey;
 use super::messages::{Ended, Pending};
+use super::ready::Flying;
 use kinesis_core::clock::later;
 
 const WRONG_SHARD: &str =
@@ -228,7 +229,7 @@ impl Driver {
         &mut self,
         predicted: &ShardKey,
         stored: Stored,
-        members: Vec<Pending>,
+        members: Flying,
         now: Instant,
     ) {
         let actual = &stored.shard_id;
@@ -236,15 +237,19 @@ impl Driver {
             if predicted.as_ref() != Some(actual) {
                 self.refresh.wanted = true;
             }
+            let (members, bytes) = members.into_delivered();
             self.settlement.deliver(
                 &self.stats,
                 &mut self.telemetry,
                 actual,
                 &stored.sequence_number,
                 members,
+                bytes,
             );
             return;
         }
+        // Checked key by key below, and maybe sent again: with their data.
+        let members = members.into_members();
         // An aggregate on a shard we did not predict (the stream resharded). KCL consumers drop
         // a whole aggregate holding a key outside the shard's range, so those members are sent
         // again (as the KPL does).
@@ -299,8 +304,9 @@ impl Driver {
     ) {
         if members.iter().all(|m| range.contains(m.hash())) {
             let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
+            let bytes = members.iter().map(|m| m.record.data.len() as u64).sum();
             self.settlement
-                .deliver(&self.stats, &mut self.telemetry, shard, seq, members);
+                .deliver(&self.stats, &mut self.telemetry, shard, seq, members, bytes);
             return;
         }
         self.send_again(predicted, stored, members, now);

@@ -296,7 +296,9 @@ impl Settlement {
     }
 
     /// Delivers the members of one Kinesis record stored on `shard` at `seq`, in their order
-    /// in it: their sub-sequence numbers are their positions (0 for a plain record).
+    /// in it: their sub-sequence numbers are their positions (0 for a plain record). `bytes`:
+    /// their data, all together (an aggregate's members may be without theirs: it is read
+    /// from none of them).
     pub(super) fn deliver(
         &mut self,
         stats: &Stats,
@@ -304,10 +306,10 @@ impl Settlement {
         shard: &ShardId,
         seq: &SequenceNumber,
         members: Vec<Pending>,
+        bytes: u64,
     ) {
         let n = members.len() as u64;
         let aggregated = members.len() > 1;
-        let mut bytes = 0;
         // Counted before any receipt resolves: a caller who saw its receipts sees the counts.
         stats.delivered.fetch_add(n, Ordering::Release);
         // Buffer space of the members from `send`: given back once, after their receipts.
@@ -317,7 +319,6 @@ impl Settlement {
         for (i, m) in members.into_iter().enumerate() {
             let sub = if aggregated { i as u64 } else { 0 };
             self.epochs.settle(m.epoch);
-            bytes += m.record.data.len() as u64;
             // Only retried records are recorded: recorders such as the Prometheus exporter's
             // keep every histogram value until scraped (record_many of zeros is a loop of
             // pushes), which cost more than the rest of delivery. First-try records are the

@@ -4,9 +4,10 @@
 //! ```text
 //!   shutdown(d) ─► flush everything ─► all settled, or d passed ─► abandon ─► ShutdownReport
 //!   handles dropped ─────────────────────────────────────────────► abandon
-//!   abandon: unsent (buffers, collector, retries) ─► Cancelled, in `undelivered`
-//!            in a running call ─────────────────────► Unknown, in `in_flight`
-//!            stored on a shard not checked yet ─────► delivered
+//!   abandon: never sent (buffers, collector, retries) ─────────────► Cancelled, in `undelivered`
+//!            in a running call; stored on a shard not checked yet;
+//!            waiting to go again after an attempt that may have stored
+//!            them (no readable answer, a shard not owning their keys) ─► Unknown, in `in_flight`
 //! ```
 
 use std::sync::atomic::Ordering;
@@ -43,6 +44,11 @@ impl Driver {
             unsent.extend(r.into_members());
         }
         unsent.extend(self.retries.take_all());
+        // Waiting to go again after an attempt that may have stored them: not "never sent" (a
+        // caller sending them again would make duplicates nothing flags); unknown, as in a
+        // running call.
+        let (maybe_stored, unsent): (Vec<Pending>, Vec<Pending>) =
+            unsent.into_iter().partition(|m| m.possible_duplicate);
         // Stored, on a shard not checked yet (it may not own their keys, and KCL consumers
         // then drop the aggregate): their fate is unknown, as for a call in flight.
         let unchecked = std::mem::take(&mut self.refresh.unverified)
@@ -51,6 +57,7 @@ impl Driver {
         // Drop the running calls; their outcome stays unknown.
         let mut flying = self.calls.abandon(now);
         flying.extend(unchecked);
+        flying.extend(maybe_stored);
         self.stats.calls_in_flight.store(0, Ordering::Relaxed);
         let (n_unsent, n_flying) = (unsent.len(), flying.len());
         let mut undelivered = Vec::with_capacity(n_unsent);

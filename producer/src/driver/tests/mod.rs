@@ -264,6 +264,23 @@ pub(super) fn start(cfg: ProducerConfig, map: Vec<Shard>, api: &Arc<FakeApi>) ->
     )
 }
 
+/// The records' data as text, sorted.
+pub(super) fn sorted_data(records: &[UserRecord]) -> Vec<String> {
+    let mut d: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+        .collect();
+    d.sort();
+    d
+}
+
+/// Until the fake got its first call (paused clock: virtual time advances meanwhile).
+pub(super) async fn until_a_call(api: &FakeApi) {
+    while api.calls().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// A retryable whole-call failure.
 pub(super) fn transient() -> AwsError {
     AwsError::other(

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::time::Duration;
 
 use super::{
-    Answer, FakeApi, config, one_shard, record, record_at, shard, shard_id, start, transient,
+    Answer, FakeApi, Seen, config, one_shard, record, record_at, shard, shard_id, start, transient,
 };
 use crate::error::{AttemptOutcome, FailureReason};
 
@@ -98,6 +98,10 @@ async fn an_aggregate_stored_on_a_shard_not_owning_its_keys_is_sent_again() {
         low.sequence_number, high.sequence_number,
         "not one aggregate again"
     );
+    // Sent again with their own data.
+    let mut again: Vec<String> = calls[1..].iter().flat_map(Seen::user_records).collect();
+    again.sort();
+    assert_eq!(again, ["high", "low"]);
 }
 
 const HALF: u128 = u128::MAX / 2;
@@ -220,13 +224,7 @@ async fn an_aggregate_unchecked_at_the_shutdown_deadline_is_reported_with_an_unk
     )
     .await;
     let report = p.shutdown(Duration::from_secs(1)).await;
-    let mut data: Vec<String> = report
-        .in_flight
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
-        .collect();
-    data.sort();
-    assert_eq!(data, ["high", "low"]);
+    assert_eq!(super::sorted_data(&report.in_flight), ["high", "low"]);
     assert_eq!((report.delivered, report.failed), (0, 2));
     for r in [low, high] {
         let err = r.await.unwrap_err();

@@ -2,7 +2,9 @@
 
 use tokio::time::{Duration, Instant};
 
-use super::{Answer, FakeApi, config, one_shard, record, start, transient};
+use super::{
+    Answer, FakeApi, config, one_shard, record, sorted_data, start, transient, until_a_call,
+};
 use crate::error::{AttemptOutcome, FailureReason};
 use crate::receipt::ReceiptError;
 
@@ -118,16 +120,8 @@ async fn shutdown_returns_at_its_deadline_handing_back_what_is_unsettled() {
         took >= Duration::from_secs(2) && took < Duration::from_secs(2) + Duration::from_millis(10),
         "{took:?}"
     );
-    let data = |rs: &[kinesis_core::UserRecord]| {
-        let mut d: Vec<String> = rs
-            .iter()
-            .map(|r| String::from_utf8_lossy(&r.data).into_owned())
-            .collect();
-        d.sort();
-        d
-    };
-    assert_eq!(data(&report.in_flight), ["r0"]);
-    assert_eq!(data(&report.undelivered), ["r1", "r2"]);
+    assert_eq!(sorted_data(&report.in_flight), ["r0"]);
+    assert_eq!(sorted_data(&report.undelivered), ["r1", "r2"]);
     assert_eq!((report.delivered, report.failed), (0, 3));
     let outcomes = futures::future::join_all(receipts).await;
     let reasons: Vec<String> = outcomes
@@ -237,16 +231,122 @@ async fn records_handed_back_from_an_aggregate_own_their_data() {
     for i in 0..3 {
         receipts.push(p.send(record("a", &format!("r{i}"))).await.unwrap());
     }
-    // Paused clock: this advances virtual time until the call went.
-    while api.calls().is_empty() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    until_a_call(&api).await;
     let report = p.shutdown(Duration::from_millis(100)).await;
-    assert_eq!(report.in_flight.len(), 3);
+    assert_eq!(sorted_data(&report.in_flight), ["r0", "r1", "r2"]);
     for r in &report.in_flight {
         assert!(r.data.is_unique(), "owns its data");
     }
     drop(receipts);
+}
+
+/// An aggregate's members travel in a call without their data (it is in the aggregate's
+/// bytes): every outcome but storage gives each its own back first — sent again after a failed
+/// call or failed entries, failed back to the caller (rejected; throttled with
+/// `fail_if_throttled`), handed back by a shutdown. Checked by the data itself, not by counts.
+#[tokio::test(start_paused = true)]
+async fn members_in_a_call_get_their_own_data_back_on_every_outcome_but_storage() {
+    let data = |i: usize| format!("rec-{i}");
+    let records = || (0..5).map(|i| record(&format!("k{i}"), &data(i)));
+    let want: Vec<String> = (0..5).map(data).collect();
+
+    // Sent again: the call fails whole, then every entry fails, then it is stored.
+    let api = FakeApi::new(one_shard(), |n, _| match n {
+        0 => Answer::Error(transient()),
+        1 => Answer::FailEntries("InternalFailure"),
+        _ => Answer::Store,
+    });
+    let p = start(config(), one_shard(), &api);
+    let outcome = p.send_batch(records().collect()).await.unwrap();
+    assert!(outcome.await.unwrap().all_delivered());
+    let calls = api.calls();
+    assert_eq!(calls.len(), 3);
+    assert!(calls.iter().all(|c| c.records.len() == 1), "one aggregate");
+    for c in &calls {
+        assert_eq!(
+            c.user_records(),
+            want,
+            "each attempt carries every record's data"
+        );
+    }
+
+    // Failed back to the caller: a call rejected, entries throttled with fail_if_throttled.
+    let rejected = || {
+        kinesis_core::AwsError::other(
+            "PutRecords",
+            kinesis_core::ErrorKind::Invalid,
+            "request rejected",
+        )
+    };
+    for throttled in [false, true] {
+        let api = FakeApi::new(one_shard(), move |_, _| {
+            if throttled {
+                Answer::FailEntries("ProvisionedThroughputExceededException")
+            } else {
+                Answer::Error(rejected())
+            }
+        });
+        let mut cfg = config();
+        cfg.fail_if_throttled = true;
+        let p = start(cfg, one_shard(), &api);
+        let mut receipts = Vec::new();
+        for r in records() {
+            receipts.push(p.send(r).await.unwrap());
+        }
+        let mut back = Vec::new();
+        for r in receipts {
+            let ReceiptError::Failed(e) = r.await.unwrap_err() else {
+                panic!("expected a failure")
+            };
+            back.push(String::from_utf8_lossy(&e.record.data).into_owned());
+        }
+        assert_eq!(back, want, "throttled: {throttled}");
+        assert_eq!(api.calls()[0].records[0].user_records, 5, "one aggregate");
+    }
+
+    // Handed back by a shutdown while the call is in flight.
+    let api = FakeApi::new(one_shard(), |_, _| Answer::Never);
+    let p = start(config(), one_shard(), &api);
+    let batch = p.send_batch(records().collect()).await.unwrap();
+    until_a_call(&api).await;
+    let report = p.shutdown(Duration::from_millis(100)).await;
+    assert_eq!(sorted_data(&report.in_flight), want);
+    drop(batch);
+}
+
+/// Review: records waiting to go again after a call with no readable outcome (they may be in
+/// the stream) were handed back at shutdown as never sent (`Cancelled`, `undelivered`): a
+/// caller sending them again would make duplicates nothing flags. They are `Unknown`,
+/// `in_flight`; records never attempted stay `Cancelled`.
+#[tokio::test(start_paused = true)]
+async fn records_that_may_be_stored_are_not_handed_back_as_never_sent() {
+    // The first call fails with its outcome unknown; the retry waits out the call backoff
+    // (100 ms), and the shutdown's deadline comes first.
+    let api = FakeApi::new(one_shard(), |n, _| {
+        if n == 0 {
+            Answer::Error(transient().with_outcome_unknown())
+        } else {
+            Answer::Never
+        }
+    });
+    let mut cfg = config();
+    cfg.max_in_flight_requests = 1;
+    let p = start(cfg, one_shard(), &api);
+    let mut maybe = Vec::new();
+    for i in 0..3 {
+        maybe.push(p.send(record("a", &format!("m{i}"))).await.unwrap());
+    }
+    until_a_call(&api).await;
+    let report = p.shutdown(Duration::from_millis(20)).await;
+    assert_eq!(api.calls().len(), 1, "the retry had not gone");
+    assert_eq!(sorted_data(&report.in_flight), ["m0", "m1", "m2"]);
+    assert!(report.undelivered.is_empty(), "{:?}", report.undelivered);
+    for r in maybe {
+        let ReceiptError::Failed(e) = r.await.unwrap_err() else {
+            panic!("expected a failure")
+        };
+        assert!(matches!(e.reason, FailureReason::Unknown), "{:?}", e.reason);
+    }
 }
 
 #[tokio::test(start_paused = true)]
