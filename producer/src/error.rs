@@ -109,6 +109,10 @@ pub struct PutError {
     /// `ProvisionedThroughputExceededException`) from an endpoint that fails as a whole
     /// (`CallFailed`) or a bad key. One entry per attempt counted in `attempts`.
     pub attempt_log: Vec<Attempt>,
+    /// An earlier attempt may have stored it all the same (a call with no readable outcome, or
+    /// an aggregate stored on a shard that does not own its key): sending it again may make a
+    /// duplicate. Always set for [`FailureReason::Unknown`].
+    pub possible_duplicate: bool,
     /// The record, for the caller to keep, log or send elsewhere.
     pub record: UserRecord,
 }

@@ -276,10 +276,12 @@ impl Settlement {
         self.epochs.settle(m.epoch);
         stats.failed.fetch_add(1, Ordering::Release);
         let attempt_log = m.take_attempt_log();
+        let possible_duplicate = m.possible_duplicate || matches!(reason, FailureReason::Unknown);
         let error = PutError {
             reason,
             attempts: m.attempts,
             attempt_log,
+            possible_duplicate,
             record: super::messages::detached(m.record, m.in_aggregate),
         };
         match m.reply {

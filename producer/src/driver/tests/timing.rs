@@ -346,6 +346,31 @@ async fn records_that_may_be_stored_are_not_handed_back_as_never_sent() {
             panic!("expected a failure")
         };
         assert!(matches!(e.reason, FailureReason::Unknown), "{:?}", e.reason);
+        assert!(e.possible_duplicate);
+    }
+
+    // Expired after such an attempt: the failure says it may be stored; after attempts known
+    // not to have been applied, it does not.
+    for unknown_first in [true, false] {
+        let api = FakeApi::new(one_shard(), move |n, _| {
+            if n == 0 && unknown_first {
+                Answer::Error(transient().with_outcome_unknown())
+            } else {
+                Answer::Error(transient())
+            }
+        });
+        let p = start(config(), one_shard(), &api);
+        let r = p.send(record("a", "x")).await.unwrap();
+        let ReceiptError::Failed(e) = r.await.unwrap_err() else {
+            panic!("expected a failure")
+        };
+        assert!(
+            matches!(e.reason, FailureReason::Expired { .. }),
+            "{:?}",
+            e.reason
+        );
+        assert_eq!(e.possible_duplicate, unknown_first);
+        assert!(e.attempts > 1);
     }
 }
 
