@@ -116,7 +116,23 @@ impl Driver {
             .store(self.calls.futures.len() as u64, Ordering::Relaxed);
         let took = now.saturating_duration_since(sent_at);
         match result {
-            Ok(results) => self.answered(id, batch, results, (sent_at, sent), took, now),
+            Ok(results) if results.len() == batch.len() => {
+                self.answered(id, batch, results, (sent_at, sent), took, now);
+            }
+            Ok(results) => {
+                // Not one result per record (a malformed answer): some or all may be stored.
+                let e = AwsError::other(
+                    "PutRecords",
+                    ErrorKind::Transient,
+                    format!(
+                        "response has {} entries for {} records",
+                        results.len(),
+                        batch.len()
+                    ),
+                )
+                .with_outcome_unknown();
+                self.call_failed(id, batch, e, (sent_at, sent), took, now);
+            }
             Err(e) => self.call_failed(id, batch, e, (sent_at, sent), took, now),
         }
     }

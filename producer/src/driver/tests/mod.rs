@@ -42,6 +42,8 @@ pub(super) enum Answer {
     FailEntries(&'static str),
     /// The whole call failed.
     Error(AwsError),
+    /// Only the first entries stored, the answer short of the others (malformed).
+    StoreFirst(usize),
     /// No answer, ever.
     Never,
     /// This answer, after a while.
@@ -146,6 +148,11 @@ impl FakeApi {
                 })
                 .collect(),
             Answer::StoreOn(id) => records.iter().map(|_| stored(shard_id(id))).collect(),
+            Answer::StoreFirst(k) => records
+                .iter()
+                .take(k)
+                .map(|_| stored(shard_id("shardId-000000000000")))
+                .collect(),
             Answer::FailEntries(code) => records
                 .iter()
                 .map(|_| EntryResult::Failed {

@@ -3,7 +3,7 @@
 use tokio::time::{Duration, Instant};
 
 use super::{
-    Answer, FakeApi, config, one_shard, record, sorted_data, start, transient, until_a_call,
+    Answer, FakeApi, Seen, config, one_shard, record, sorted_data, start, transient, until_a_call,
 };
 use crate::error::{AttemptOutcome, FailureReason};
 use crate::receipt::ReceiptError;
@@ -372,6 +372,42 @@ async fn records_that_may_be_stored_are_not_handed_back_as_never_sent() {
         assert_eq!(e.possible_duplicate, unknown_first);
         assert!(e.attempts > 1);
     }
+}
+
+/// Review: an answer with fewer entries than the call's records dropped the records past its
+/// end (their receipts never resolved, their buffer space held, a flush waiting forever). Now
+/// the whole call's outcome is unknown: every record is sent again, flagged.
+#[tokio::test(start_paused = true)]
+async fn a_short_answer_sends_every_record_again_flagged() {
+    let api = FakeApi::new(one_shard(), |n, _| {
+        if n == 0 {
+            Answer::StoreFirst(1)
+        } else {
+            Answer::Store
+        }
+    });
+    let mut cfg = config();
+    // Plain records, three to a call: the answer holds only the first.
+    cfg.aggregation = false;
+    let p = start(cfg, one_shard(), &api);
+    let outcome = p
+        .send_batch((0..3).map(|i| record("a", &format!("s{i}"))).collect())
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), outcome)
+        .await
+        .expect("every record settles")
+        .unwrap();
+    assert!(outcome.all_delivered());
+    assert_eq!(outcome.possible_duplicates, [0, 1, 2]);
+    let calls = api.calls();
+    assert_eq!(calls[0].records.len(), 3, "one call of three");
+    let again: Vec<String> = calls[1..].iter().flat_map(Seen::user_records).collect();
+    assert_eq!(again, ["s0", "s1", "s2"]);
+    tokio::time::timeout(Duration::from_secs(1), p.flush())
+        .await
+        .expect("a flush is answered")
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
