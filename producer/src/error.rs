@@ -199,8 +199,9 @@ pub enum FailureReason {
     /// Throttled, and `fail_if_throttled` is set.
     #[error("throttled: {0}")]
     Throttled(Arc<str>),
-    /// The producer shut down (or was dropped) before the record was sent.
-    #[error("producer shut down before the record was sent")]
+    /// The producer shut down (or was dropped) before the record was stored: it was never
+    /// sent, or every attempt is known not to have stored it (not in the stream).
+    #[error("producer shut down before the record was stored")]
     Cancelled,
     /// The producer shut down while the record was in a PutRecords call whose outcome is unknown,
     /// or while it waited to be sent again after such a call (or after landing in an aggregate

@@ -286,7 +286,8 @@ pub struct ShutdownReport {
     /// User records failed over the producer's life (their receipts say why), including those
     /// below.
     pub failed: u64,
-    /// Records never sent, handed back (their receipts fail with `Cancelled`).
+    /// Records not in the stream, handed back: never sent, or every attempt known not to have
+    /// stored them (their receipts fail with `Cancelled`).
     pub undelivered: Vec<UserRecord>,
     /// Records whose PutRecords call was still running at the deadline, or stored in an
     /// aggregate on a shard not checked yet (after a reshard: KCL consumers drop an aggregate

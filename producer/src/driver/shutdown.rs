@@ -4,7 +4,7 @@
 //! ```text
 //!   shutdown(d) ─► flush everything ─► all settled, or d passed ─► abandon ─► ShutdownReport
 //!   handles dropped ─────────────────────────────────────────────► abandon
-//!   abandon: never sent (buffers, collector, retries) ─────────────► Cancelled, in `undelivered`
+//!   abandon: not stored (buffers, collector, retries) ─────────────► Cancelled, in `undelivered`
 //!            in a running call; stored on a shard not checked yet;
 //!            waiting to go again after an attempt that may have stored
 //!            them (no readable answer, a shard not owning their keys) ─► Unknown, in `in_flight`
@@ -44,9 +44,9 @@ impl Driver {
             unsent.extend(r.into_members());
         }
         unsent.extend(self.retries.take_all());
-        // Waiting to go again after an attempt that may have stored them: not "never sent" (a
-        // caller sending them again would make duplicates nothing flags); unknown, as in a
-        // running call.
+        // Waiting to go again after an attempt that may have stored them: their fate is
+        // unknown, as in a running call (reported as not stored, a caller sending them again
+        // would make duplicates nothing flags).
         let (maybe_stored, unsent): (Vec<Pending>, Vec<Pending>) =
             unsent.into_iter().partition(|m| m.possible_duplicate);
         // Stored, on a shard not checked yet (it may not own their keys, and KCL consumers
