@@ -645,7 +645,6 @@ impl Unsealed {
         }
         let data = Bytes::from(self.buf);
         let spans = self.spans;
-        let data_bytes = spans.iter().map(|s| s.len).sum();
         let n = spans.len();
         let kr = KinesisRecord {
             partition_key: self.partition_key,
@@ -653,7 +652,7 @@ impl Unsealed {
             data,
             user_records: n,
         };
-        (kr, Slices { spans, data_bytes })
+        (kr, Slices { spans })
     }
 }
 
@@ -662,7 +661,6 @@ impl Unsealed {
 pub struct Slices {
     /// From the aggregate's first byte (its magic).
     spans: Vec<Span>,
-    data_bytes: usize,
 }
 
 impl Slices {
@@ -678,7 +676,7 @@ impl Slices {
 
     /// The records' data, in bytes, all together.
     pub fn data_bytes(&self) -> usize {
-        self.data_bytes
+        self.spans.iter().map(|s| s.len).sum()
     }
 
     /// Points each slot (one per record, in order) at its record's data in `aggregate` (the

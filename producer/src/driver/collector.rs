@@ -197,7 +197,7 @@ impl Driver {
         seal_call(&mut ready);
         let mut records = Vec::with_capacity(ready.len());
         let mut batch: Batch = Vec::with_capacity(ready.len());
-        let (mut users, bytes) = (0, bytes);
+        let mut users = 0;
         let now = Instant::now();
         for r in ready {
             let (key, oldest, size) = (r.key.clone(), r.oldest, r.size_bytes());
@@ -208,9 +208,6 @@ impl Driver {
                 .kinesis_record_sent(&key, members.len(), oldest, now);
             batch.push((key, size, members));
             records.push(kr);
-        }
-        if records.is_empty() {
-            return true;
         }
         let n = records.len();
         let id = self.calls.next_id;

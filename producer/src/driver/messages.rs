@@ -48,6 +48,12 @@ pub(crate) fn detached(mut record: UserRecord, in_aggregate: bool) -> UserRecord
     record
 }
 
+/// The data of `members`, in bytes, all together (each with its data: not an aggregate's
+/// members in flight, see `ready::Flying`).
+pub(crate) fn data_bytes(members: &[Pending]) -> u64 {
+    members.iter().map(|m| m.record.data.len() as u64).sum()
+}
+
 /// A record's failed attempts.
 #[derive(Debug)]
 pub(crate) struct Failures {

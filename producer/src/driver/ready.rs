@@ -27,7 +27,7 @@ use kinesis_core::{KinesisRecord, UserRecord};
 use tokio::time::Instant;
 
 use super::buffers::ShardKey;
-use super::messages::Pending;
+use super::messages::{Pending, data_bytes};
 
 enum Body {
     Sealed(KinesisRecord),
@@ -199,10 +199,10 @@ impl Flying {
     /// else may have them.
     pub(super) fn into_delivered(self) -> (Vec<Pending>, u64) {
         let bytes = match &self.held {
-            Some((_, slices)) => slices.data_bytes(),
-            None => self.members.iter().map(|m| m.record.data.len()).sum(),
+            Some((_, slices)) => slices.data_bytes() as u64,
+            None => data_bytes(&self.members),
         };
-        (self.members, bytes as u64)
+        (self.members, bytes)
     }
 }
 
@@ -215,7 +215,7 @@ pub(super) fn seal_call(call: &mut [Ready]) {
 }
 
 /// A user record as a plain (not aggregated) Kinesis record.
-pub(super) fn plain(r: &UserRecord) -> KinesisRecord {
+fn plain(r: &UserRecord) -> KinesisRecord {
     KinesisRecord {
         partition_key: r.partition_key.clone(),
         explicit_hash_key: r.explicit_hash_key,

@@ -27,7 +27,7 @@ use crate::error::AttemptOutcome;
 
 use super::Driver;
 use super::buffers::ShardKey;
-use super::messages::{Ended, Pending};
+use super::messages::{Ended, Pending, data_bytes};
 use super::ready::Flying;
 use kinesis_core::clock::later;
 
@@ -304,7 +304,7 @@ impl Driver {
     ) {
         if members.iter().all(|m| range.contains(m.hash())) {
             let (shard, seq) = (&stored.shard_id, &stored.sequence_number);
-            let bytes = members.iter().map(|m| m.record.data.len() as u64).sum();
+            let bytes = data_bytes(&members);
             self.settlement
                 .deliver(&self.stats, &mut self.telemetry, shard, seq, members, bytes);
             return;
