@@ -540,3 +540,76 @@ async fn an_endpoint_too_slow_for_the_calls_in_flight_gets_fewer_and_expires_not
     );
     check_all_delivered(&s, &outcomes, false).await;
 }
+
+/// Through the proxy: a call stored by the service, its connection lost after (an unknown
+/// outcome), and the producer shut down while the retry waits out its backoff. Those records
+/// are in the stream: the shutdown must not hand them back as never sent (`Cancelled`,
+/// `undelivered`) but as `Unknown`, `in_flight`, flagged — every one of them read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_stored_before_a_lost_connection_are_not_handed_back_as_never_sent() {
+    let Some(s) = setup(2, 11).await else { return };
+    let cfg = ProducerConfig {
+        // The retry waits far longer than the shutdown's deadline.
+        retry_min_delay: Duration::from_secs(20),
+        retry_max_delay: Duration::from_secs(30),
+        ..ProducerConfig::default()
+    };
+    let p = producer(&s, cfg).await;
+    s.faults
+        .kinesis_proxy
+        .add_rule(Rule::new(Some("PutRecords"), Fault::ResetAfterForward).times(1));
+    let mut receipts = Vec::new();
+    for i in 0..50 {
+        receipts.push(p.send(record(i)).await.unwrap());
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    while s
+        .faults
+        .kinesis_proxy
+        .stats()
+        .op("PutRecords")
+        .resets_after_forward
+        == 0
+    {
+        assert!(Instant::now() < until, "the call was never reset");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let report = p.shutdown(Duration::from_millis(300)).await;
+    assert!(
+        report.undelivered.is_empty(),
+        "{} handed back as never sent",
+        report.undelivered.len()
+    );
+    let outcomes = join_all(receipts).await;
+    let mut unknown = HashSet::new();
+    for (i, o) in outcomes.iter().enumerate() {
+        match o {
+            Ok(_) => {}
+            Err(ReceiptError::Failed(e)) => {
+                assert!(
+                    matches!(e.reason, FailureReason::Unknown),
+                    "{i}: {:?}",
+                    e.reason
+                );
+                assert!(e.possible_duplicate, "{i}");
+                assert_eq!(index_of(&e.record.data), i);
+                unknown.insert(i);
+            }
+            Err(e) => panic!("{i}: {e:?}"),
+        }
+    }
+    assert!(
+        !unknown.is_empty(),
+        "the reset call's records wait for their retry"
+    );
+    let in_flight: HashSet<usize> = report.in_flight.iter().map(|r| index_of(&r.data)).collect();
+    assert_eq!(in_flight, unknown);
+    // They are in the stream: "never sent" would have been false.
+    let read = read_stream(&s.env.kinesis, &s.stream).await.unwrap();
+    let stored: HashSet<usize> = read.records.iter().map(|r| index_of(&r.data)).collect();
+    assert!(
+        unknown.is_subset(&stored),
+        "{:?}",
+        unknown.difference(&stored)
+    );
+}
