@@ -613,3 +613,64 @@ async fn records_stored_before_a_lost_connection_are_not_handed_back_as_never_se
         unknown.difference(&stored)
     );
 }
+
+/// Through the proxy: the service stores a whole call, and its answer comes back with one entry
+/// for many records (`Fault::ShortAnswer`). The records past the answer's end must not be left
+/// unresolved (a flush hanging, buffer space held) nor counted delivered: the whole call's
+/// outcome is unknown, every record is sent again and flagged, and every record read back twice
+/// is one of the flagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_answer_through_the_proxy_sends_every_record_again_flagged() {
+    let Some(s) = setup(1, 12).await else { return };
+    let cfg = ProducerConfig {
+        // One entry per user record, so the call holds many and the answer one.
+        aggregation: false,
+        ..ProducerConfig::default()
+    };
+    let p = producer(&s, cfg).await;
+    s.faults
+        .kinesis_proxy
+        .add_rule(Rule::new(Some("PutRecords"), Fault::ShortAnswer { keep: 1 }).times(1));
+    let mut receipts = Vec::new();
+    for i in 0..30 {
+        receipts.push(p.send(record(i)).await.unwrap());
+    }
+    tokio::time::timeout(Duration::from_secs(30), p.flush())
+        .await
+        .expect("the flush is answered")
+        .unwrap();
+    assert_eq!(
+        s.faults
+            .kinesis_proxy
+            .stats()
+            .op("PutRecords")
+            .short_answers,
+        1
+    );
+    let mut flagged = HashSet::new();
+    for (i, o) in join_all(receipts).await.into_iter().enumerate() {
+        let d = o.unwrap_or_else(|e| panic!("{i}: {e:?}"));
+        if d.possible_duplicate {
+            flagged.insert(i);
+        }
+    }
+    assert!(
+        flagged.len() >= 2,
+        "the cut call's records are flagged: {flagged:?}"
+    );
+    let read = read_stream(&s.env.kinesis, &s.stream).await.unwrap();
+    let mut times = std::collections::HashMap::new();
+    for r in &read.records {
+        *times.entry(index_of(&r.data)).or_insert(0) += 1;
+    }
+    for i in 0..30 {
+        match times.get(&i).copied().unwrap_or(0) {
+            0 => panic!("{i} lost"),
+            1 => {}
+            _ => assert!(flagged.contains(&i), "{i} stored twice, not flagged"),
+        }
+    }
+    // The cut call was stored whole and sent again: its records are in the stream twice.
+    assert!(times.values().any(|&n| n > 1), "{times:?}");
+    p.shutdown(Duration::from_secs(5)).await;
+}

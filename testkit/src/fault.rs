@@ -16,6 +16,7 @@
 //!   ResetAfterForward   forward, wait for the response head, close without answering
 //!   ResetMidResponse    forward, send the head and `after_bytes` of body, close
 //!   PartialFailure      PutRecords: fail a fraction of the entries, forward the rest, merge
+//!   ShortAnswer         PutRecords: forward it whole, answer with only its first `keep` entries
 //! ```
 //!
 //! Each client connection gets its own upstream connection (both kept alive), so a reset closes
@@ -120,6 +121,15 @@ pub enum Fault {
         fraction: f64,
         /// Its `ErrorCode`, e.g. `ProvisionedThroughputExceededException`, `InternalFailure`.
         code: String,
+    },
+    /// PutRecords only: forward the request whole (every entry reaches the service), then
+    /// answer with only the service's first `keep` entries (`FailedRecordCount` counting the
+    /// failures among them): an answer the client cannot match to all its records, although
+    /// all of them may be stored. Requests to other operations, and answers that are not a
+    /// readable PutRecords result, pass through unchanged.
+    ShortAnswer {
+        /// Entries left in the answer.
+        keep: usize,
     },
 }
 
@@ -235,9 +245,11 @@ pub struct OpStats {
     pub resets_mid_response: u64,
     /// [`Fault::PartialFailure`] requests (with at least one entry drawn, or not).
     pub partial_failures: u64,
+    /// [`Fault::ShortAnswer`] answers.
+    pub short_answers: u64,
 }
 
-const COLUMNS: [&str; 9] = [
+const COLUMNS: [&str; 10] = [
     "requests",
     "injected",
     "error",
@@ -247,6 +259,7 @@ const COLUMNS: [&str; 9] = [
     "reset-after",
     "reset-mid",
     "partial",
+    "short",
 ];
 
 impl OpStats {
@@ -255,7 +268,7 @@ impl OpStats {
         self.kinds().iter().sum()
     }
 
-    fn kinds(&self) -> [u64; 7] {
+    fn kinds(&self) -> [u64; 8] {
         [
             self.errors,
             self.latency,
@@ -264,10 +277,11 @@ impl OpStats {
             self.resets_after_forward,
             self.resets_mid_response,
             self.partial_failures,
+            self.short_answers,
         ]
     }
 
-    fn kinds_mut(&mut self) -> [&mut u64; 7] {
+    fn kinds_mut(&mut self) -> [&mut u64; 8] {
         [
             &mut self.errors,
             &mut self.latency,
@@ -276,6 +290,7 @@ impl OpStats {
             &mut self.resets_after_forward,
             &mut self.resets_mid_response,
             &mut self.partial_failures,
+            &mut self.short_answers,
         ]
     }
 
@@ -288,6 +303,7 @@ impl OpStats {
             Fault::ResetAfterForward => 4,
             Fault::ResetMidResponse { .. } => 5,
             Fault::PartialFailure { .. } => 6,
+            Fault::ShortAnswer { .. } => 7,
         };
         *self.kinds_mut()[kind] += 1;
     }
@@ -638,6 +654,10 @@ impl Conn {
                 partial::put_records(&self.shared, req, fraction, &code).await
             }
             Fault::PartialFailure { .. } => Ok(self.forward(req).await?.map(boxed)),
+            Fault::ShortAnswer { keep } if op == "PutRecords" => {
+                partial::short_answer(&self.shared, req, keep).await
+            }
+            Fault::ShortAnswer { .. } => Ok(self.forward(req).await?.map(boxed)),
         }
     }
 
@@ -980,6 +1000,52 @@ mod partial {
             HeaderValue::from_static("application/x-amz-json-1.1"),
         );
         Ok(resp)
+    }
+
+    /// [`super::Fault::ShortAnswer`]: the request forwarded whole, the service's answer cut to
+    /// its first `keep` entries.
+    pub(super) async fn short_answer(
+        shared: &Shared,
+        req: Request<Incoming>,
+        keep: usize,
+    ) -> Result<Response<ProxyBody>, std::io::Error> {
+        let (head, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|_| reset("request body broke off"))?
+            .to_bytes();
+        let resp = forward(shared, head, body).await?;
+        let (mut resp_head, resp_body) = resp.into_parts();
+        let resp_body = resp_body
+            .collect()
+            .await
+            .map_err(|_| reset("response body broke off"))?
+            .to_bytes();
+        let parsed = serde_json::from_slice::<Value>(&resp_body).ok();
+        let cut = match parsed {
+            Some(mut v) if resp_head.status == StatusCode::OK => {
+                match v.get_mut("Records").and_then(Value::as_array_mut) {
+                    Some(entries) => {
+                        entries.truncate(keep);
+                        let failed = entries
+                            .iter()
+                            .filter(|e| e.get("ErrorCode").is_some_and(|c| !c.is_null()))
+                            .count();
+                        v["FailedRecordCount"] = json!(failed as u64);
+                        Some(Bytes::from(v.to_string()))
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        let body = cut.unwrap_or(resp_body);
+        resp_head
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let body = Full::new(body).map_err(|never| match never {});
+        Ok(Response::from_parts(resp_head, body.boxed_unsync()))
     }
 
     /// Sends `body` with `head` to the target on a connection of its own, and waits for the
