@@ -655,7 +655,9 @@ impl Conn {
             }
             Fault::PartialFailure { .. } => Ok(self.forward(req).await?.map(boxed)),
             Fault::ShortAnswer { keep } if op == "PutRecords" => {
-                partial::short_answer(&self.shared, req, keep).await
+                let (head, body) = req.into_parts();
+                let body = partial::whole(body, "request body broke off").await?;
+                partial::short_answer(&self.shared, head, body, keep).await
             }
             Fault::ShortAnswer { .. } => Ok(self.forward(req).await?.map(boxed)),
         }
@@ -669,11 +671,7 @@ impl Conn {
         mut released: tokio::sync::watch::Receiver<u64>,
     ) -> Result<Response<ProxyBody>, io::Error> {
         let (head, body) = req.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|_| reset("request broke off"))?
-            .to_bytes();
+        let body = partial::whole(body, "request broke off").await?;
         match self.shared.decide(op, Some(&body)) {
             Some(Fault::Error {
                 status,
@@ -692,6 +690,9 @@ impl Conn {
             Some(Fault::Latency(delay)) => {
                 tokio::time::sleep(delay).await;
                 partial::forward(&self.shared, head, body).await
+            }
+            Some(Fault::ShortAnswer { keep }) if op == "PutRecords" => {
+                partial::short_answer(&self.shared, head, body, keep).await
             }
             _ => partial::forward(&self.shared, head, body).await,
         }
@@ -909,11 +910,7 @@ mod partial {
         code: &str,
     ) -> Result<Response<ProxyBody>, std::io::Error> {
         let (head, body) = req.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|_| reset("request body broke off"))?
-            .to_bytes();
+        let body = whole(body, "request body broke off").await?;
         let Ok(mut request) = serde_json::from_slice::<Value>(&body) else {
             return forward(shared, head, body).await;
         };
@@ -940,11 +937,7 @@ mod partial {
             let body = Bytes::from(request.to_string());
             let resp = forward(shared, head.clone(), body).await?;
             let (resp_head, resp_body) = resp.into_parts();
-            let resp_body = resp_body
-                .collect()
-                .await
-                .map_err(|_| reset("response body broke off"))?
-                .to_bytes();
+            let resp_body = whole(resp_body, "response body broke off").await?;
             let parsed = serde_json::from_slice::<Value>(&resp_body).ok();
             let entries = parsed
                 .as_ref()
@@ -1002,50 +995,49 @@ mod partial {
         Ok(resp)
     }
 
-    /// [`super::Fault::ShortAnswer`]: the request forwarded whole, the service's answer cut to
-    /// its first `keep` entries.
+    /// [`super::Fault::ShortAnswer`]: the request (read whole) forwarded, the service's answer
+    /// cut to its first `keep` entries.
     pub(super) async fn short_answer(
         shared: &Shared,
-        req: Request<Incoming>,
+        head: hyper::http::request::Parts,
+        body: Bytes,
         keep: usize,
     ) -> Result<Response<ProxyBody>, std::io::Error> {
-        let (head, body) = req.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|_| reset("request body broke off"))?
-            .to_bytes();
-        let resp = forward(shared, head, body).await?;
-        let (mut resp_head, resp_body) = resp.into_parts();
-        let resp_body = resp_body
-            .collect()
-            .await
-            .map_err(|_| reset("response body broke off"))?
-            .to_bytes();
-        let parsed = serde_json::from_slice::<Value>(&resp_body).ok();
-        let cut = match parsed {
-            Some(mut v) if resp_head.status == StatusCode::OK => {
-                match v.get_mut("Records").and_then(Value::as_array_mut) {
-                    Some(entries) => {
-                        entries.truncate(keep);
-                        let failed = entries
-                            .iter()
-                            .filter(|e| e.get("ErrorCode").is_some_and(|c| !c.is_null()))
-                            .count();
-                        v["FailedRecordCount"] = json!(failed as u64);
-                        Some(Bytes::from(v.to_string()))
-                    }
-                    None => None,
-                }
+        let (mut resp_head, resp_body) = forward(shared, head, body).await?.into_parts();
+        let resp_body = whole(resp_body, "response body broke off").await?;
+        let mut answer = serde_json::from_slice::<Value>(&resp_body)
+            .ok()
+            .filter(|_| resp_head.status == StatusCode::OK);
+        let body = match answer
+            .as_mut()
+            .and_then(|v| v.get_mut("Records"))
+            .and_then(Value::as_array_mut)
+        {
+            Some(entries) => {
+                entries.truncate(keep);
+                let failed = entries
+                    .iter()
+                    .filter(|e| e.get("ErrorCode").is_some_and(|c| !c.is_null()))
+                    .count();
+                let mut v = answer.unwrap_or_default();
+                v["FailedRecordCount"] = json!(failed as u64);
+                Bytes::from(v.to_string())
             }
-            _ => None,
+            None => resp_body,
         };
-        let body = cut.unwrap_or(resp_body);
         resp_head
             .headers
             .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         let body = Full::new(body).map_err(|never| match never {});
         Ok(Response::from_parts(resp_head, body.boxed_unsync()))
+    }
+
+    /// A body read to its end; `broke` names the reset when it breaks off.
+    pub(super) async fn whole<B: hyper::body::Body>(
+        body: B,
+        broke: &'static str,
+    ) -> Result<Bytes, std::io::Error> {
+        Ok(body.collect().await.map_err(|_| reset(broke))?.to_bytes())
     }
 
     /// Sends `body` with `head` to the target on a connection of its own, and waits for the
@@ -1073,11 +1065,7 @@ mod partial {
         let resp = match resp {
             Ok(r) => {
                 let (head, body) = r.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map_err(|_| reset("target's answer broke off"))?
-                    .to_bytes();
+                let body = whole(body, "target's answer broke off").await?;
                 Ok(Response::from_parts(
                     head,
                     Full::new(body)
